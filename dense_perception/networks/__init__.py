@@ -1,0 +1,15 @@
+"""Networks as plain ``torch.nn.Module``s with the official state_dict keys, built by name.
+
+``build_network(name)`` returns a network in eval mode with random weights; load official weights
+with :func:`load_checkpoint` (strict key matching, ``weights_only`` reading).
+"""
+from __future__ import annotations
+
+from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, load_weights, read_checkpoint
+from .isr import ISRSetting
+from .registry import NetworkSpec, available_networks, build_network, network_spec
+
+__all__ = [
+    "Checkpoint", "CheckpointError", "ISRSetting", "NetworkSpec", "available_networks", "build_network",
+    "load_checkpoint", "load_weights", "network_spec", "read_checkpoint",
+]

@@ -1,0 +1,309 @@
+"""EDAFormer (ECCV 2024): embedding-free attention encoder + all-attention decoder, with live ISR.
+
+Written from ``shared/design/edaformer.md``. Module and parameter names follow the official mmseg
+state_dict (``backbone.*``, ``decode_head.*``) so official checkpoints load strictly.
+
+Attention has no q/k/v projections: the normalised tokens are the queries; keys and values are one
+tensor, the token map average-pooled by the level's ISR ratio and passed through a 1×1 conv. The pool
+ratio is a plain integer attribute, so ``set_isr`` takes effect at the next forward without a reload.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .common import check_image_batch
+from .isr import ISRSetting, isr_problem
+from .registry import NetworkSpec
+
+# LayerNorm eps is mixed in the official code (design doc, pitfall 1).
+_ENCODER_EPS = 1e-6
+_DEFAULT_EPS = 1e-5  # patch-embed norms and every decoder norm
+
+
+@dataclass(frozen=True)
+class EDAFormerConfig:
+    """Architecture of one EDAFormer variant."""
+
+    widths: tuple[int, int, int, int]
+    depths: tuple[int, int, int, int]
+    ffn_ratio: float  # encoder FFN hidden = floor(ratio × width)
+    decoder_ffn_ratio: int
+    fuse_width: int
+    heads: tuple[int, int, int, int] = (1, 2, 4, 8)
+    decoder_heads: tuple[int, int, int] = (8, 4, 2)  # c4, c3, c2
+    decoder_depths: tuple[int, int, int] = (3, 2, 1)  # c4, c3, c2
+
+
+VARIANTS: dict[str, EDAFormerConfig] = {
+    "t": EDAFormerConfig(widths=(32, 64, 128, 256), depths=(2, 2, 10, 2), ffn_ratio=3.8,
+                         decoder_ffn_ratio=2, fuse_width=128),
+    "b": EDAFormerConfig(widths=(64, 128, 256, 512), depths=(3, 3, 22, 3), ffn_ratio=4.0,
+                         decoder_ffn_ratio=1, fuse_width=768),
+}
+
+
+def tokens_to_map(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """``[B, h·w, C]`` row-major tokens → ``[B, C, h, w]``."""
+    return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], h, w)
+
+
+def map_to_tokens(x: torch.Tensor) -> torch.Tensor:
+    """``[B, C, h, w]`` → ``[B, h·w, C]`` row-major tokens."""
+    return x.flatten(2).transpose(1, 2)
+
+
+class EmbeddingFreeAttention(nn.Module):
+    """EFA: queries are the tokens; keys = values = 1×1 conv of the pooled token map.
+
+    The decoder variant adds LayerNorm (eps 1e-5) and GELU after the 1×1 conv (key ``attn.norm``).
+    """
+
+    def __init__(self, dim: int, heads: int, pool: int, decoder: bool) -> None:
+        super().__init__()
+        self.heads = heads
+        self.pool = pool  # effective key/value pooling ratio; changed by set_isr
+        self.sr = nn.Conv2d(dim, dim, kernel_size=1)
+        self.norm = nn.LayerNorm(dim, eps=_DEFAULT_EPS) if decoder else None
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        b, n, c = x.shape
+        q = x.reshape(b, n, self.heads, c // self.heads).transpose(1, 2)
+        kv = tokens_to_map(x, h, w)
+        if self.pool > 1:
+            kv = F.avg_pool2d(kv, kernel_size=self.pool, stride=self.pool)
+        kv = map_to_tokens(self.sr(kv))
+        if self.norm is not None:
+            kv = F.gelu(self.norm(kv))
+        kv = kv.reshape(b, kv.shape[1], self.heads, c // self.heads).transpose(1, 2)
+        out = F.scaled_dot_product_attention(q, kv, kv)  # memory-efficient kernel; scale = head_dim^-0.5
+        return self.proj(out.transpose(1, 2).reshape(b, n, c))
+
+
+class DepthwiseConv(nn.Module):
+    """3×3 depthwise conv on the token map (the official key nests it twice: ``dwconv.dwconv``)."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.dwconv = nn.Conv2d(dim, dim, 3, 1, 1, groups=dim)
+
+    def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        return map_to_tokens(self.dwconv(tokens_to_map(x, h, w)))
+
+
+class FeedForward(nn.Module):
+    """fc1 → (ReLU, encoder only) → depthwise 3×3 → GELU (exact) → fc2."""
+
+    def __init__(self, dim: int, hidden: int, relu: bool) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.relu = relu
+        self.dwconv = DepthwiseConv(hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        x = self.fc1(x)
+        if self.relu:
+            x = F.relu(x)
+        return self.fc2(F.gelu(self.dwconv(x, h, w)))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: ``x + EFA(LN(x))`` then ``x + FFN(LN(x))``."""
+
+    def __init__(self, dim: int, heads: int, hidden: int, pool: int, decoder: bool) -> None:
+        super().__init__()
+        eps = _DEFAULT_EPS if decoder else _ENCODER_EPS
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.attn = EmbeddingFreeAttention(dim, heads, pool, decoder)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = FeedForward(dim, hidden, relu=not decoder)
+
+    def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), h, w)
+        return x + self.mlp(self.norm2(x), h, w)
+
+
+class PatchEmbed(nn.Module):
+    """Overlapping patch embedding: strided conv + LayerNorm (eps 1e-5)."""
+
+    def __init__(self, in_ch: int, dim: int, kernel: int, stride: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(in_ch, dim, kernel, stride, kernel // 2)
+        self.norm = nn.LayerNorm(dim, eps=_DEFAULT_EPS)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
+        x = self.proj(x)
+        h, w = x.shape[2:]
+        return self.norm(map_to_tokens(x)), h, w
+
+
+class EmbeddingFreeTransformer(nn.Module):
+    """The EFT encoder; returns the four normalised stage maps."""
+
+    def __init__(self, cfg: EDAFormerConfig) -> None:
+        super().__init__()
+        in_ch = 3
+        for i, (dim, depth, heads) in enumerate(zip(cfg.widths, cfg.depths, cfg.heads), start=1):
+            kernel, stride = (7, 4) if i == 1 else (3, 2)
+            hidden = int(cfg.ffn_ratio * dim)
+            pool = ISRSetting().encoder[i - 1]
+            setattr(self, f"patch_embed{i}", PatchEmbed(in_ch, dim, kernel, stride))
+            setattr(self, f"block{i}", nn.ModuleList(
+                Block(dim, heads, hidden, pool, decoder=False) for _ in range(depth)))
+            setattr(self, f"norm{i}", nn.LayerNorm(dim, eps=_ENCODER_EPS))
+            in_ch = dim
+
+    def stages(self) -> list[tuple[PatchEmbed, nn.ModuleList, nn.LayerNorm]]:
+        return [(getattr(self, f"patch_embed{i}"), getattr(self, f"block{i}"), getattr(self, f"norm{i}"))
+                for i in range(1, 5)]
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        outs = []
+        for embed, blocks, norm in self.stages():
+            x, h, w = embed(x)
+            for blk in blocks:
+                x = blk(x, h, w)
+            x = tokens_to_map(norm(x), h, w)
+            outs.append(x)
+        return outs
+
+
+class FuseConv(nn.Module):
+    """1×1 conv (no bias) + BatchNorm + ReLU, named like mmcv's ConvModule."""
+
+    def __init__(self, in_ch: int, out_ch: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_ch, out_ch, 1, bias=False)
+        self.bn = nn.BatchNorm2d(out_ch, eps=1e-5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.bn(self.conv(x)))
+
+
+class EDAFormerHead(nn.Module):
+    """All-attention decoder: 3/2/1 EFA blocks on c4/c3/c2, upsample to c2, concat [c4,c3,c2], fuse, classify."""
+
+    LEVELS = ("c4", "c3", "c2")
+    _NAMES = {"c4": ("attn4", "attn44", "attn444"), "c3": ("attn3", "attn33"), "c2": ("attn2",)}
+
+    def __init__(self, cfg: EDAFormerConfig, num_classes: int) -> None:
+        super().__init__()
+        widths = {"c4": cfg.widths[3], "c3": cfg.widths[2], "c2": cfg.widths[1]}
+        for level, heads, depth, pool in zip(self.LEVELS, cfg.decoder_heads, cfg.decoder_depths,
+                                             ISRSetting().decoder):
+            dim = widths[level]
+            for name in self._NAMES[level][:depth]:
+                setattr(self, name, Block(dim, heads, dim * cfg.decoder_ffn_ratio, pool, decoder=True))
+        self.linear_fuse = FuseConv(sum(widths.values()), cfg.fuse_width)
+        self.linear_pred = nn.Conv2d(cfg.fuse_width, num_classes, 1)
+        # Created by the mmseg base class, unused in the forward, present in every checkpoint.
+        self.conv_seg = nn.Conv2d(128, num_classes, 1)
+
+    def level_blocks(self, level: str) -> list[Block]:
+        return [getattr(self, name) for name in self._NAMES[level]]
+
+    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        _, c2, c3, c4 = features
+        size = c2.shape[2:]
+        outs = []
+        for level, x in zip(self.LEVELS, (c4, c3, c2)):
+            h, w = x.shape[2:]
+            tokens = map_to_tokens(x)
+            for blk in self.level_blocks(level):
+                tokens = blk(tokens, h, w)
+            x = tokens_to_map(tokens, h, w)
+            if x.shape[2:] != size:
+                x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+            outs.append(x)
+        return self.linear_pred(self.linear_fuse(torch.cat(outs, dim=1)))
+
+
+class EDAFormer(nn.Module):
+    """EDAFormer segmentation network. ``net(x)`` gives raw logits ``[B, classes, ceil(H/8), ceil(W/8)]``."""
+
+    def __init__(self, variant: str = "t", num_classes: int = 150, name: str | None = None) -> None:
+        super().__init__()
+        if variant not in VARIANTS:
+            raise ValueError(f"unknown EDAFormer variant {variant!r}; choose from {sorted(VARIANTS)}")
+        if int(num_classes) < 1:
+            raise ValueError(f"num_classes must be ≥ 1, got {num_classes}")
+        self.name = name or f"edaformer_{variant}"
+        self.variant = variant
+        self.num_classes = int(num_classes)
+        cfg = VARIANTS[variant]
+        self.backbone = EmbeddingFreeTransformer(cfg)
+        self.decode_head = EDAFormerHead(cfg, self.num_classes)
+
+    # ---- ISR ---------------------------------------------------------------------------------
+    def _attention_levels(self) -> list[list[EmbeddingFreeAttention]]:
+        """Attention modules per ISR level: encoder stages 1-4, then decoder c4, c3, c2."""
+        levels = [[blk.attn for blk in blocks] for _, blocks, _ in self.backbone.stages()]
+        levels += [[blk.attn for blk in self.decode_head.level_blocks(lv)] for lv in EDAFormerHead.LEVELS]
+        return levels
+
+    @property
+    def isr(self) -> ISRSetting:
+        """The effective key/value pooling ratios now in use (paper notation)."""
+        pools = [level[0].pool for level in self._attention_levels()]
+        return ISRSetting(tuple(pools[:4]), tuple(pools[4:]))
+
+    def set_isr(
+        self,
+        ratio: int | ISRSetting = 1,
+        encoder: Sequence[int] | None = None,
+        decoder: Sequence[int] | None = None,
+    ) -> ISRSetting:
+        """Change the key/value pooling from the next forward on; no weight changes.
+
+        ``ratio`` multiplies every training pool (1 = training); ``encoder`` (stages 1-4) and
+        ``decoder`` (c4, c3, c2) give effective ratios directly and override the ratio's values;
+        an ``ISRSetting`` may be passed as ``ratio``.
+        Raises ``ValueError`` at once for anything but positive integers.
+        """
+        setting = ratio if isinstance(ratio, ISRSetting) else ISRSetting.make(ratio, encoder, decoder)
+        for level, pool in zip(self._attention_levels(), setting.encoder + setting.decoder):
+            for attn in level:
+                attn.pool = pool
+        return setting
+
+    def check_isr(self, height: int, width: int, setting: ISRSetting | None = None) -> None:
+        """Raise ``ValueError`` naming the level, map size and ratio if ``setting`` (default: the
+        current one) has a pool larger than a feature map for a ``height``×``width`` input."""
+        problem = isr_problem(setting or self.isr, height, width)
+        if problem:
+            raise ValueError(problem)
+
+    # ---- forward -----------------------------------------------------------------------------
+    def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The four encoder stage maps (strides 4, 8, 16, 32)."""
+        return self.backbone(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_image_batch(x)
+        self.check_isr(int(x.shape[2]), int(x.shape[3]))
+        return self.decode_head(self.backbone(x))
+
+
+def build_edaformer(variant: str, num_classes: int, name: str | None = None) -> EDAFormer:
+    return EDAFormer(variant=variant, num_classes=num_classes, name=name)
+
+
+def _specs() -> tuple[NetworkSpec, ...]:
+    classes = {"ade20k": 150, "cityscapes": 19, "cocostuff": 171}
+    return tuple(
+        NetworkSpec(
+            name=f"edaformer_{variant}_{dataset}", task="segmentation", family="edaformer",
+            builder=build_edaformer, kwargs={"variant": variant, "num_classes": n}, dataset=dataset,
+            description=f"EDAFormer-{variant.upper()} semantic segmentation, {dataset} ({n} classes)",
+        )
+        for variant in ("t", "b") for dataset, n in classes.items()
+    )
+
+
+NETWORKS = _specs()
