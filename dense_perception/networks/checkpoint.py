@@ -9,10 +9,8 @@ A network may adapt foreign key layouts (for example the Hugging Face DPT) by de
 """
 from __future__ import annotations
 
-import importlib
 import os
 import pickle
-import zipfile
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -47,28 +45,24 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
         raise CheckpointError(f"checkpoint {path!r} does not exist")
     try:
         obj = _load_weights_only(path)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError, OSError) as exc:
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    except Exception as exc:  # torch.load raises many types on garbage (IndexError, KeyError, ...)
         raise CheckpointError(
-            f"{path!r} is not a readable PyTorch checkpoint (truncated, corrupt, or another format): {reason}"
+            f"{path!r} is not a readable PyTorch checkpoint (truncated, corrupt, another format, or "
+            f"holding objects that weights_only loading refuses): {_reason(exc)}"
         ) from exc
     return unwrap_checkpoint(obj, source=path)
 
 
 #: Globals that plain NumPy arrays in checkpoint metadata (an mmseg palette, say) need; nothing executable.
-_NUMPY_GLOBALS = {
-    "numpy.core.multiarray._reconstruct",
-    "numpy._core.multiarray._reconstruct",
-    "numpy.core.multiarray.scalar",
-    "numpy._core.multiarray.scalar",
-    "numpy.ndarray",
-    "numpy.dtype",
-}
+_NUMPY_GLOBAL_NAMES = ("_reconstruct", "scalar", "ndarray", "dtype")
 
 
-def _resolve(qualified: str) -> Any:
-    module, _, name = qualified.rpartition(".")
-    return getattr(importlib.import_module(module), name)
+def _numpy_safe_globals() -> list[Any]:
+    import numpy as np
+
+    core = getattr(np, "_core", None) or np.core
+    dtype_classes = [c for c in vars(np.dtypes).values() if isinstance(c, type)]
+    return [core.multiarray._reconstruct, core.multiarray.scalar, np.ndarray, np.dtype, *dtype_classes]
 
 
 def _load_weights_only(path: str) -> Any:
@@ -77,11 +71,21 @@ def _load_weights_only(path: str) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
         needed = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-        allowed = [g for g in needed if g in _NUMPY_GLOBALS or g.startswith("numpy.dtypes.")]
-        if not needed or len(allowed) != len(needed):
+        if not needed or not all(g.startswith("numpy.") and g.rpartition(".")[2] in _NUMPY_GLOBAL_NAMES
+                                 or g.startswith("numpy.dtypes.") for g in needed):
             raise
-        with torch.serialization.safe_globals([_resolve(g) for g in allowed]):
+        with torch.serialization.safe_globals(_numpy_safe_globals()):
             return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _reason(exc: BaseException) -> str:
+    """The informative line of a torch.load error (its first lines are generic advice)."""
+    text = str(exc).strip()
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text.split(marker, 1)[1].strip()
+    line = text.splitlines()[0].strip() if text else ""
+    return line or type(exc).__name__
 
 
 def unwrap_checkpoint(obj: Any, source: str = "<memory>") -> Checkpoint:
@@ -92,7 +96,10 @@ def unwrap_checkpoint(obj: Any, source: str = "<memory>") -> Checkpoint:
     for wrapper in ("state_dict", "model"):
         inner = obj.get(wrapper)
         if isinstance(inner, Mapping) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
-            meta = {k: v for k, v in obj.items() if k != wrapper and k != "optimizer"}
+            # mmcv keeps CLASSES/PALETTE under "meta"; flatten it with any other non-weight entries
+            meta = {k: v for k, v in obj.items() if k not in (wrapper, "optimizer", "meta")}
+            if isinstance(obj.get("meta"), Mapping):
+                meta.update(obj["meta"])
             obj = inner
             break
     tensors = {k: v for k, v in obj.items() if isinstance(v, torch.Tensor)}

@@ -80,7 +80,9 @@ class EmbeddingFreeAttention(nn.Module):
         kv = map_to_tokens(self.sr(kv))
         if self.norm is not None:
             kv = F.gelu(self.norm(kv))
-        kv = kv.reshape(b, kv.shape[1], self.heads, c // self.heads).transpose(1, 2)
+        # Contiguous channels: the fused (flash) CPU/GPU kernels need a unit stride in the last dim and
+        # silently fall back to the full score matrix otherwise (1 GB per head at 1024x2048).
+        kv = kv.reshape(b, kv.shape[1], self.heads, c // self.heads).transpose(1, 2).contiguous()
         out = F.scaled_dot_product_attention(q, kv, kv)  # memory-efficient kernel; scale = head_dim^-0.5
         return self.proj(out.transpose(1, 2).reshape(b, n, c))
 

@@ -1,0 +1,1 @@
+"""Sub-commands of the ``dense-perception`` command line, one module each."""

@@ -1,0 +1,123 @@
+"""The one checkpoint loader: official wrappers, weights_only reading, strict and clear failures."""
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from dense_perception.networks import CheckpointError, build_network, load_checkpoint, read_checkpoint
+from dense_perception.networks.common import fill_reference_weights
+
+
+@pytest.fixture(scope="module")
+def net():
+    return build_network("edaformer_t_ade20k")
+
+
+def _mmseg_file(path: Path, state_dict: dict) -> Path:
+    """An mmcv/mmseg checkpoint as published: weights under state_dict, metadata beside them."""
+    torch.save({
+        "meta": {"CLASSES": ("wall", "building"), "PALETTE": np.array([[120, 120, 120], [180, 120, 120]]),
+                 "mmseg_version": "0.11.0", "iter": 160000},
+        "state_dict": state_dict,
+        "optimizer": {"state": {}, "param_groups": [{"lr": 0.0}]},
+    }, path)
+    return path
+
+
+def test_official_mmseg_checkpoint_loads_strictly_with_metadata(net, tmp_path: Path) -> None:
+    weights = fill_reference_weights(net)
+    path = _mmseg_file(tmp_path / "edaformer_t_ade.pth", weights)
+    ckpt = load_checkpoint(net, path)
+    assert ckpt.meta["CLASSES"] == ("wall", "building")
+    assert isinstance(ckpt.meta["PALETTE"], np.ndarray), "numpy metadata is read without unpickling code"
+    assert "optimizer" not in ckpt.meta
+    for key, value in net.state_dict().items():
+        assert torch.equal(value, weights[key]), key
+
+
+def test_plain_and_model_wrapped_state_dicts_load(net, tmp_path: Path) -> None:
+    weights = fill_reference_weights(net)
+    torch.save(weights, tmp_path / "plain.pt")
+    torch.save({"model": weights, "optimizer": {}}, tmp_path / "wrapped.pt")
+    load_checkpoint(net, tmp_path / "plain.pt")
+    load_checkpoint(net, tmp_path / "wrapped.pt")
+
+
+def test_wrong_network_names_counts_and_first_keys(tmp_path: Path) -> None:
+    b = build_network("edaformer_b_ade20k")
+    t = build_network("edaformer_t_ade20k")
+    path = _mmseg_file(tmp_path / "b.pth", b.state_dict())
+    with pytest.raises(CheckpointError) as info:
+        load_checkpoint(t, path)
+    msg = str(info.value)
+    assert "network expects 354 entries, file has 564" in msg
+    assert "210 unexpected: backbone.block1.2.attn.proj.bias" in msg
+    assert "with the wrong shape (file vs network)" in msg and "(64, 64, 1, 1) vs (32, 32, 1, 1)" in msg
+
+
+def test_missing_and_unexpected_keys_are_listed(net, tmp_path: Path) -> None:
+    weights = fill_reference_weights(net)
+    weights.pop("decode_head.conv_seg.weight")
+    weights["module.extra"] = torch.zeros(1)
+    with pytest.raises(CheckpointError, match=r"1 missing: decode_head.conv_seg.weight.*1 unexpected: module.extra"):
+        load_checkpoint(net, _mmseg_file(tmp_path / "x.pth", weights))
+
+
+def test_class_count_mismatch_is_a_shape_error(tmp_path: Path) -> None:
+    city = build_network("edaformer_t_cityscapes")
+    with pytest.raises(CheckpointError, match=r"decode_head.conv_seg.bias \(19,\) vs \(150,\)"):
+        load_checkpoint(build_network("edaformer_t_ade20k"), _mmseg_file(tmp_path / "c.pth", city.state_dict()))
+
+
+@pytest.mark.parametrize("content, match", [
+    (b"", "not a readable PyTorch checkpoint"),
+    (b"this is not a checkpoint\n", "not a readable PyTorch checkpoint"),
+    (b"PK\x03\x04" + b"\x00" * 64, "not a readable PyTorch checkpoint"),
+])
+def test_files_that_are_not_checkpoints(tmp_path: Path, content: bytes, match: str) -> None:
+    path = tmp_path / "bad.pth"
+    path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=match):
+        read_checkpoint(path)
+
+
+def test_truncated_checkpoint(net, tmp_path: Path) -> None:
+    good = _mmseg_file(tmp_path / "good.pth", fill_reference_weights(net))
+    data = good.read_bytes()
+    bad = tmp_path / "truncated.pth"
+    bad.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="truncated, corrupt"):
+        read_checkpoint(bad)
+
+
+class _Payload:
+    def __reduce__(self):
+        return (print, ("code ran",))
+
+
+def test_pickled_code_is_never_executed(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "evil.pth"
+    torch.save({"state_dict": {"a": torch.zeros(1)}, "meta": _Payload()}, path, pickle_protocol=2)
+    with pytest.raises(CheckpointError):
+        read_checkpoint(path)
+    assert "code ran" not in capsys.readouterr().out
+
+
+def test_other_pickles_and_missing_files(tmp_path: Path) -> None:
+    path = tmp_path / "list.pkl"
+    with open(path, "wb") as f:
+        pickle.dump([1, 2, 3], f)
+    with pytest.raises(CheckpointError):
+        read_checkpoint(path)
+    torch.save([torch.zeros(1)], tmp_path / "list.pt")
+    with pytest.raises(CheckpointError, match="expected a dict of tensors, found list"):
+        read_checkpoint(tmp_path / "list.pt")
+    torch.save({"state_dict": {}, "meta": {}}, tmp_path / "empty.pt")
+    with pytest.raises(CheckpointError, match="holds no tensors"):
+        read_checkpoint(tmp_path / "empty.pt")
+    with pytest.raises(CheckpointError, match="does not exist"):
+        read_checkpoint(tmp_path / "nope.pth")

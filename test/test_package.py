@@ -1,0 +1,29 @@
+"""The ROS package manifest is valid for catkin_pkg (else colcon treats us as plain Python)."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from catkin_pkg.package import parse_package
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_package_xml_is_a_valid_ament_python_package() -> None:
+    pkg = parse_package(str(REPO / "package.xml"))
+    pkg.validate()  # raises InvalidPackage, e.g. on a malformed maintainer e-mail
+    assert pkg.name == "dense_perception" and pkg.package_format == 3
+    assert [e.content for e in pkg.exports if e.tagname == "build_type"] == ["ament_python"]
+    exec_deps = {d.name for d in pkg.exec_depends}
+    assert {"rclpy", "sensor_msgs", "std_msgs", "diagnostic_msgs", "cv_bridge", "launch", "launch_ros",
+            "python3-numpy", "python3-opencv", "python3-torch"} <= exec_deps
+    assert {d.name for d in pkg.test_depends} == {"python3-pytest"}
+
+
+def test_ament_resource_marker_and_rclpy_confinement() -> None:
+    assert (REPO / "resource" / "dense_perception").is_file()
+    package = REPO / "dense_perception"
+    importing = re.compile(r"^\s*(import|from)\s+rclpy\b", re.M)
+    offenders = [str(p.relative_to(REPO)) for p in package.rglob("*.py")
+                 if p.relative_to(package).parts[0] != "ros" and importing.search(p.read_text())]
+    assert not offenders, f"rclpy imported outside dense_perception/ros/: {offenders}"
