@@ -1,0 +1,1 @@
+"""ROS-free image-to-result steps: pre-processing, post-processing, colour, clouds."""

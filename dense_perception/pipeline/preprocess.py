@@ -1,0 +1,178 @@
+"""Pre-processing: camera image → normalised network input, one implementation per model family.
+
+Shared by every backend (torch, onnxruntime, tensorrt). Each function follows the official inference
+(``shared/design/dpt.md`` section 8, ``shared/design/edaformer.md`` section 6) and uses OpenCV the way
+the official code does, so the network input is the official one bit for bit.
+
+Input images are RGB ``uint8`` ``[H, W, 3]`` (see :func:`as_rgb_uint8` for what else is accepted).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+
+#: EDAFormer / mmseg ImageNet statistics on the 0-255 scale, RGB order.
+IMAGENET_MEAN = (123.675, 116.28, 103.53)
+IMAGENET_STD = (58.395, 57.12, 57.375)
+#: DPT network targets (height, width) of the official keep-aspect resize, per checkpoint dataset.
+DPT_TARGETS = {"midas": (384, 384), "nyu": (480, 640), "kitti": (352, 1216)}
+#: EDAFormer official test scales (long side, short side) and whether sides are aligned to 32.
+EDAFORMER_SCALES = {"ade20k": ((2048, 512), True), "cocostuff": ((2048, 512), True),
+                    "cityscapes": ((2048, 1024), False)}
+
+
+class ImageError(ValueError):
+    """An input image that cannot be processed (size, dtype, channels, NaNs)."""
+
+
+@dataclass(frozen=True)
+class NetworkInput:
+    """A pre-processed image: the float32 batch the engines take, and how it maps to the image."""
+
+    tensor: torch.Tensor  # [1, 3, h, w] float32, normalised
+    image_size: tuple[int, int]  # (H, W) of the image the result must come back to
+    network_size: tuple[int, int]  # (h, w) fed to the network
+
+
+def as_rgb_uint8(image: np.ndarray) -> np.ndarray:
+    """Validate an image and return it as a contiguous RGB ``uint8`` ``[H, W, 3]`` array.
+
+    Accepted: ``uint8`` ``[H, W, 3]`` (RGB), ``[H, W]`` or ``[H, W, 1]`` grey (replicated), ``[H, W, 4]``
+    RGBA (alpha dropped), and float images in [0, 1] (rounded to 8 bits). Anything else, empty images
+    and NaN/inf values raise :class:`ImageError` naming the problem.
+    """
+    if not isinstance(image, np.ndarray):
+        raise ImageError(f"expected a NumPy image array, got {type(image).__name__}")
+    if image.ndim == 2:
+        image = image[:, :, None]
+    if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
+        raise ImageError(f"expected an image of shape HxW, HxWx1, HxWx3 or HxWx4, got {image.shape}")
+    if image.shape[0] == 0 or image.shape[1] == 0:
+        raise ImageError(f"empty image: shape {image.shape}")
+    if image.dtype == np.uint8:
+        rgb = image
+    elif np.issubdtype(image.dtype, np.floating):
+        if not np.isfinite(image).all():
+            raise ImageError(f"image contains {int((~np.isfinite(image)).sum())} NaN or infinite values")
+        if image.min() < 0 or image.max() > 1:
+            raise ImageError(f"float images must lie in [0, 1], found [{image.min():.3g}, {image.max():.3g}]")
+        rgb = np.rint(image * 255).astype(np.uint8)
+    else:
+        raise ImageError(f"unsupported image dtype {image.dtype}: use uint8 RGB (or float in [0, 1])")
+    if rgb.shape[2] == 1:
+        rgb = np.repeat(rgb, 3, axis=2)
+    elif rgb.shape[2] == 4:
+        rgb = rgb[:, :, :3]
+    return np.ascontiguousarray(rgb)
+
+
+def _to_batch(chw_float32: np.ndarray) -> torch.Tensor:
+    return torch.from_numpy(np.ascontiguousarray(chw_float32.transpose(2, 0, 1)))[None]
+
+
+# ---- DPT ---------------------------------------------------------------------------------------
+def dpt_network_size(height: int, width: int, target: tuple[int, int]) -> tuple[int, int]:
+    """Official DPT ``Resize(keep_aspect_ratio=True, ensure_multiple_of=32, resize_method="minimal")``.
+
+    The scale closer to 1 is used for both sides (ties go to the height's), each side is rounded to a
+    multiple of 32 with NumPy's half-to-even rounding. A side that would round to 0 (tiny images) is
+    clamped to 32 — the official code would produce an empty image there.
+    """
+    scale_h, scale_w = target[0] / height, target[1] / width
+    scale = scale_w if abs(1 - scale_w) < abs(1 - scale_h) else scale_h
+    return tuple(max(32, int(np.round(scale * side / 32) * 32)) for side in (height, width))  # type: ignore
+
+
+def kitti_crop(image: np.ndarray) -> np.ndarray:
+    """The official ``--kitti_crop``: the bottom 352 rows and the central 1216 columns."""
+    height, width = image.shape[:2]
+    if height < 352 or width < 1216:
+        raise ImageError(f"the KITTI crop needs at least 352x1216 pixels, got {height}x{width}")
+    top, left = height - 352, (width - 1216) // 2
+    return image[top:top + 352, left:left + 1216]
+
+
+def preprocess_dpt(image_rgb: np.ndarray, target: tuple[int, int] = DPT_TARGETS["midas"],
+                   input_size: tuple[int, int] | None = None) -> NetworkInput:
+    """DPT/MiDaS input: float64 [0, 1] image, OpenCV cubic resize, ``(x - 0.5) / 0.5``, float32 NCHW.
+
+    ``target`` is the official (height, width) of the keep-aspect resize; ``input_size`` instead forces
+    an exact network size (multiples of 32; aspect not kept), e.g. for fixed-shape engines.
+    """
+    rgb = as_rgb_uint8(image_rgb)
+    height, width = rgb.shape[:2]
+    if input_size is not None:
+        net_h, net_w = check_input_size(input_size, 32)
+    else:
+        net_h, net_w = dpt_network_size(height, width, target)
+    image = rgb.astype(np.float64) / 255.0
+    image = cv2.resize(image, (net_w, net_h), interpolation=cv2.INTER_CUBIC)
+    normalised = ((image - 0.5) / 0.5).astype(np.float32)
+    return NetworkInput(_to_batch(normalised), (height, width), (net_h, net_w))
+
+
+def check_input_size(size: tuple[int, int], multiple: int = 1) -> tuple[int, int]:
+    """A forced network input size as ints; ``ValueError`` unless positive multiples of ``multiple``."""
+    height, width = (int(v) for v in size)
+    if height < multiple or width < multiple or height % multiple or width % multiple:
+        kind = f"positive multiples of {multiple}" if multiple > 1 else "positive"
+        raise ValueError(f"network input size must be {kind}, got {height}x{width}")
+    return height, width
+
+
+# ---- EDAFormer ---------------------------------------------------------------------------------
+def rescale_size(height: int, width: int, scale: tuple[int, int]) -> tuple[int, int]:
+    """mmcv ``rescale_size`` with ``keep_ratio``: the largest size within (long, short), ``int(x + 0.5)``."""
+    long_edge, short_edge = max(scale), min(scale)
+    factor = min(long_edge / max(height, width), short_edge / min(height, width))
+    return max(1, int(height * factor + 0.5)), max(1, int(width * factor + 0.5))
+
+
+def edaformer_network_size(height: int, width: int, dataset: str) -> tuple[int, int]:
+    """The official test-time size for an image (aligned resize for ADE20K/COCO-Stuff)."""
+    scale, align = EDAFORMER_SCALES[dataset]
+    new_h, new_w = rescale_size(height, width, scale)
+    if align:
+        new_h, new_w = math.ceil(new_h / 32) * 32, math.ceil(new_w / 32) * 32
+    return new_h, new_w
+
+
+def normalise_imagenet(image_rgb: np.ndarray) -> np.ndarray:
+    """mmcv ``imnormalize`` on an RGB image: float32, ``cv2.subtract`` mean, ``cv2.multiply`` by 1/std."""
+    image = image_rgb.astype(np.float32)
+    mean = np.float64(np.array(IMAGENET_MEAN).reshape(1, -1))
+    std_inv = 1 / np.float64(np.array(IMAGENET_STD).reshape(1, -1))
+    cv2.subtract(image, mean, image)
+    cv2.multiply(image, std_inv, image)
+    return image
+
+
+def preprocess_edaformer(image_rgb: np.ndarray, dataset: str = "ade20k",
+                         input_size: tuple[int, int] | None = None) -> NetworkInput:
+    """EDAFormer input as the official test pipeline builds it.
+
+    ADE20K / COCO-Stuff: keep-ratio rescale into (2048, 512) with OpenCV bilinear on the uint8 image,
+    then each side rounded up to a multiple of 32 and resized again (mmseg's ``AlignedResize``).
+    Cityscapes: keep-ratio rescale into (2048, 1024), no alignment. ``input_size`` forces an exact size.
+    Then ImageNet mean/std normalisation, float32 NCHW.
+    """
+    if dataset not in EDAFORMER_SCALES:
+        raise ValueError(f"unknown dataset {dataset!r}; choose from {sorted(EDAFORMER_SCALES)}")
+    rgb = as_rgb_uint8(image_rgb)
+    height, width = rgb.shape[:2]
+    if input_size is not None:
+        net_h, net_w = check_input_size(input_size)
+        image = cv2.resize(rgb, (net_w, net_h), interpolation=cv2.INTER_LINEAR)
+    else:
+        scale, align = EDAFORMER_SCALES[dataset]
+        new_h, new_w = rescale_size(height, width, scale)
+        image = cv2.resize(rgb, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+        if align:
+            aligned = (math.ceil(new_h / 32) * 32, math.ceil(new_w / 32) * 32)
+            image = cv2.resize(image, (aligned[1], aligned[0]), interpolation=cv2.INTER_LINEAR)
+    normalised = normalise_imagenet(image)
+    return NetworkInput(_to_batch(normalised), (height, width), normalised.shape[:2])

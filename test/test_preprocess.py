@@ -1,0 +1,155 @@
+"""Pre-processing gives the official network inputs (bit for bit where OpenCV is used the same way)."""
+from __future__ import annotations
+
+import math
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from dense_perception.pipeline.preprocess import (
+    DPT_TARGETS, ImageError, as_rgb_uint8, dpt_network_size, edaformer_network_size, kitti_crop,
+    preprocess_dpt, preprocess_edaformer,
+)
+
+
+def _image(height: int, width: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
+
+
+# ---- DPT: shared/design/dpt.md section 8 -------------------------------------------------------
+@pytest.mark.parametrize("hw, target, expected", [
+    ((480, 640), DPT_TARGETS["midas"], (384, 512)),
+    ((1080, 1920), DPT_TARGETS["midas"], (384, 672)),
+    ((375, 1242), DPT_TARGETS["midas"], (384, 1280)),
+    ((480, 640), DPT_TARGETS["nyu"], (480, 640)),
+    ((352, 1216), DPT_TARGETS["kitti"], (352, 1216)),
+    ((375, 1242), DPT_TARGETS["kitti"], (352, 1216)),
+    ((1, 1), DPT_TARGETS["midas"], (384, 384)),
+    ((384, 384), DPT_TARGETS["midas"], (384, 384)),
+])
+def test_dpt_sizes_follow_the_official_examples(hw, target, expected) -> None:
+    assert dpt_network_size(*hw, target) == expected
+
+
+def test_dpt_rounding_is_half_to_even_and_never_zero() -> None:
+    # 400x400 image, target 384: scale 0.96 -> 384/32 = 12 exactly; 1000x1000 -> 12
+    assert dpt_network_size(400, 400, (384, 384)) == (384, 384)
+    # a 1000x16 strip: scale_h 0.384 (closer to 1 than 24) -> width 16*0.384/32 rounds to 0 -> clamped
+    assert dpt_network_size(1000, 16, (384, 384)) == (384, 32)
+    # 2.5 rounds to 2 (half to even): side*scale/32 == 2.5 -> 64
+    assert dpt_network_size(80, 384, (80, 384)) == (64, 384)
+
+
+def _official_dpt_input(image_bgr: np.ndarray, target: tuple[int, int]) -> np.ndarray:
+    """run_monodepth.py + dpt/transforms.py as documented: BGR->RGB, /255 float64, cubic, (x-.5)/.5."""
+    img = cv2.cvtColor(image_bgr, cv2.COLOR_BGR2RGB) / 255.0
+    h, w = img.shape[:2]
+    sh, sw = target[0] / h, target[1] / w
+    scale = sw if abs(1 - sw) < abs(1 - sh) else sh
+    new_h = int(np.round(scale * h / 32) * 32)
+    new_w = int(np.round(scale * w / 32) * 32)
+    img = cv2.resize(img, (new_w, new_h), interpolation=cv2.INTER_CUBIC)
+    img = (img - 0.5) / 0.5
+    return np.ascontiguousarray(np.transpose(img, (2, 0, 1))).astype(np.float32)[None]
+
+
+@pytest.mark.parametrize("hw, dataset", [((480, 640), "midas"), ((375, 1242), "kitti"), ((300, 500), "nyu")])
+def test_dpt_input_is_the_official_input_bit_for_bit(hw, dataset) -> None:
+    rgb = _image(*hw)
+    ours = preprocess_dpt(rgb, DPT_TARGETS[dataset])
+    official = _official_dpt_input(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), DPT_TARGETS[dataset])
+    assert ours.tensor.dtype == torch.float32 and ours.image_size == hw
+    assert np.array_equal(ours.tensor.numpy(), official)
+
+
+def test_dpt_forced_size_and_kitti_crop() -> None:
+    out = preprocess_dpt(_image(480, 640), input_size=(256, 320))
+    assert out.network_size == (256, 320) and out.tensor.shape == (1, 3, 256, 320)
+    with pytest.raises(ValueError, match="multiples of 32"):
+        preprocess_dpt(_image(48, 64), input_size=(250, 320))
+    frame = _image(375, 1242)
+    crop = kitti_crop(frame)
+    assert crop.shape == (352, 1216, 3) and np.array_equal(crop, frame[23:, 13:1229])
+    with pytest.raises(ImageError, match="352x1216"):
+        kitti_crop(_image(300, 1242))
+
+
+# ---- EDAFormer: shared/design/edaformer.md section 6 (mmcv 1.2.7 transforms) -------------------
+def _official_edaformer_input(image_bgr: np.ndarray, scale: tuple[int, int], align: bool) -> np.ndarray:
+    """mmseg test pipeline as documented: imrescale (keep ratio, int(x+0.5), cv2 bilinear), AlignedResize
+    (sides up to multiples of 32, cv2 bilinear), imnormalize (float32, BGR->RGB, cv2.subtract mean,
+    cv2.multiply by 1/std), DefaultFormatBundle (HWC -> CHW)."""
+    h, w = image_bgr.shape[:2]
+    factor = min(max(scale) / max(h, w), min(scale) / min(h, w))
+    new_w, new_h = int(w * factor + 0.5), int(h * factor + 0.5)
+    img = cv2.resize(image_bgr, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    if align:
+        img = cv2.resize(img, (int(np.ceil(new_w / 32)) * 32, int(np.ceil(new_h / 32)) * 32),
+                         interpolation=cv2.INTER_LINEAR)
+    img = img.copy().astype(np.float32)
+    mean = np.float64(np.array([123.675, 116.28, 103.53]).reshape(1, -1))
+    stdinv = 1 / np.float64(np.array([58.395, 57.12, 57.375]).reshape(1, -1))
+    cv2.cvtColor(img, cv2.COLOR_BGR2RGB, img)
+    cv2.subtract(img, mean, img)
+    cv2.multiply(img, stdinv, img)
+    return np.ascontiguousarray(img.transpose(2, 0, 1))[None]
+
+
+@pytest.mark.parametrize("hw, dataset, expected", [
+    ((480, 640), "ade20k", (512, 704)),
+    ((512, 683), "ade20k", (512, 704)),
+    ((375, 500), "cocostuff", (512, 704)),
+    ((1024, 2048), "cityscapes", (1024, 2048)),
+    ((720, 1280), "cityscapes", (1024, 1820)),
+    ((100, 3000), "ade20k", (96, 2048)),
+])
+def test_edaformer_input_is_the_official_input_bit_for_bit(hw, dataset, expected) -> None:
+    rgb = _image(*hw, seed=1)
+    ours = preprocess_edaformer(rgb, dataset)
+    scale = (2048, 1024) if dataset == "cityscapes" else (2048, 512)
+    official = _official_edaformer_input(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), scale, dataset != "cityscapes")
+    assert ours.network_size == expected == edaformer_network_size(*hw, dataset)
+    assert np.array_equal(ours.tensor.numpy(), official)
+
+
+def test_edaformer_forced_size() -> None:
+    out = preprocess_edaformer(_image(480, 640), "ade20k", input_size=(480, 640))
+    assert out.network_size == (480, 640) and out.image_size == (480, 640)
+    expected = (_image(480, 640).astype(np.float32) - np.float32([123.675, 116.28, 103.53])) / np.float32(
+        [58.395, 57.12, 57.375])
+    assert np.abs(out.tensor[0].permute(1, 2, 0).numpy() - expected).max() < 1e-5
+    with pytest.raises(ValueError, match="positive"):
+        preprocess_edaformer(_image(8, 8), "ade20k", input_size=(0, 64))
+
+
+# ---- input validation ---------------------------------------------------------------------------
+def test_accepted_image_kinds() -> None:
+    grey = np.full((4, 5), 7, np.uint8)
+    assert as_rgb_uint8(grey).shape == (4, 5, 3) and (as_rgb_uint8(grey) == 7).all()
+    rgba = np.zeros((4, 5, 4), np.uint8)
+    rgba[..., 3] = 255
+    assert as_rgb_uint8(rgba).shape == (4, 5, 3) and as_rgb_uint8(rgba).max() == 0
+    assert as_rgb_uint8(np.full((2, 2, 3), 1.0, np.float32)).max() == 255
+
+
+@pytest.mark.parametrize("bad, match", [
+    (np.zeros((0, 5, 3), np.uint8), "empty image"),
+    (np.zeros((5, 5, 2), np.uint8), "HxWx3"),
+    (np.zeros((2, 5, 5, 3), np.uint8), "HxWx3"),
+    (np.zeros((5, 5, 3), np.int64), "unsupported image dtype int64"),
+    (np.full((5, 5, 3), np.nan, np.float32), "75 NaN or infinite"),
+    (np.full((5, 5, 3), 3.0, np.float32), r"\[0, 1\]"),
+    ([[1, 2, 3]], "NumPy image array"),
+])
+def test_bad_images_are_refused_with_the_reason(bad, match) -> None:
+    with pytest.raises(ImageError, match=match):
+        as_rgb_uint8(bad)
+
+
+def test_tiny_and_huge_images() -> None:
+    assert preprocess_dpt(_image(1, 1)).network_size == (384, 384)
+    assert preprocess_edaformer(_image(1, 1), "ade20k").network_size == (512, 512)
+    big = preprocess_edaformer(np.zeros((4000, 6000, 3), np.uint8), "ade20k")
+    assert big.network_size == (512, 768) and math.isfinite(float(big.tensor.sum()))
