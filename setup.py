@@ -4,6 +4,16 @@ from glob import glob
 from setuptools import find_packages, setup
 
 PACKAGE = "dense_perception"
+# rmw-fastrtps-cpp is required: without it `import rclpy` fails (librmw_fastrtps_cpp.so missing).
+ROS_JAZZY_WHEELS = [
+    "ros-jazzy-rclpy==7.1.6",
+    "ros-jazzy-rmw-fastrtps-cpp==8.4.3",
+    "ros-jazzy-sensor-msgs==5.3.6",
+    "ros-jazzy-std-msgs==5.3.6",
+    "ros-jazzy-rcl-interfaces==2.0.3",
+    "ros-jazzy-diagnostic-msgs==5.3.6",
+    "ros-jazzy-visualization-msgs==5.3.6",
+]
 
 setup(
     name=PACKAGE,
@@ -27,9 +37,17 @@ setup(
         "opencv-python-headless>=4.8,<5",
         # Install torch first and pinned on machines without a GPU (pip install torch==2.13.0).
         "torch>=2.1",
+        # bags and MCAP (CLI), CDR, and every ROS image encoding mapped to OpenCV conversions
+        "rosbags>=0.10",
+        "rosbags-image>=0.10",
+        "onnx>=1.15",
+        "onnxruntime>=1.17",
     ],
     extras_require={
-        "test": ["pytest>=7", "transformers>=4.40", "catkin_pkg>=1.0"],
+        "test": ["pytest>=7", "transformers>=4.40", "catkin_pkg>=1.0", "matplotlib>=3.7"],
+        # ROS 2 Jazzy's rclpy and messages as PyPI wheels, for machines without a ROS install
+        # (shared/design/ros-testing.md). Inside a sourced ROS 2 installation do not install these.
+        "ros-wheels": ROS_JAZZY_WHEELS,
     },
     zip_safe=True,
     maintainer="dense_perception maintainers",
@@ -38,6 +56,7 @@ setup(
     entry_points={
         "console_scripts": [
             "dense-perception = dense_perception.cli:main",
+            "cloud = dense_perception.ros.cloud_node:main",
         ],
     },
 )

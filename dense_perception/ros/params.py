@@ -1,0 +1,131 @@
+"""Node parameters from a declarative table: descriptors, ranges, read-only flags and validation.
+
+Each node lists its parameters as :class:`ParamSpec` rows. :func:`declare_parameters` declares them
+with a ``ParameterDescriptor`` (type, description, integer/float range, read-only), so
+``ros2 param describe`` documents them, and checks the start-up values. :func:`make_validator`
+builds the on-set-parameters callback: rclpy itself rejects a wrong type, an out-of-range number or
+a read-only parameter; the callback adds the checks a descriptor cannot express (string choices,
+relations between parameters) and answers ``SetParametersResult(successful=False, reason=...)``.
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from rcl_interfaces.msg import (
+    FloatingPointRange,
+    IntegerRange,
+    ParameterDescriptor,
+    ParameterType,
+    SetParametersResult,
+)
+from rclpy.node import Node
+from rclpy.parameter import Parameter
+
+#: A check on the candidate values of all a node's parameters: a reason to reject, or None.
+CrossCheck = Callable[[Mapping[str, Any]], "str | None"]
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One parameter: its default (which fixes its type), its meaning and the values it takes."""
+
+    name: str
+    default: Any  # bool, int, float, str, or a list (then give param_type)
+    description: str
+    read_only: bool = False
+    minimum: int | float | None = None  # inclusive; needs maximum too (a descriptor range)
+    maximum: int | float | None = None
+    choices: tuple[str, ...] = ()
+    #: a ParameterType constant; inferred from a scalar default when None
+    param_type: int | None = None
+
+    def descriptor(self) -> ParameterDescriptor:
+        """The ParameterDescriptor that ``ros2 param describe`` shows."""
+        descriptor = ParameterDescriptor(
+            name=self.name, type=self.param_type or _parameter_type(self.default),
+            description=self.description,
+            read_only=self.read_only)
+        if self.choices:
+            descriptor.additional_constraints = f"one of: {', '.join(self.choices)}"
+        if self.minimum is not None and self.maximum is not None:
+            if isinstance(self.default, int) and not isinstance(self.default, bool):
+                descriptor.integer_range = [IntegerRange(
+                    from_value=int(self.minimum), to_value=int(self.maximum), step=1)]
+            elif isinstance(self.default, float):
+                descriptor.floating_point_range = [FloatingPointRange(
+                    from_value=float(self.minimum), to_value=float(self.maximum), step=0.0)]
+        return descriptor
+
+    def check(self, value: Any) -> str | None:
+        """Why ``value`` is not acceptable for this parameter, or None if it is."""
+        if self.choices and value not in self.choices:
+            return f"{self.name} must be one of {', '.join(self.choices)}, got {value!r}"
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"{self.name} must be finite, got {value}"
+        if not isinstance(value, (int, float)):
+            return None
+        if self.minimum is not None and value < self.minimum:
+            return f"{self.name} must be >= {self.minimum}, got {value}"
+        if self.maximum is not None and value > self.maximum:
+            return f"{self.name} must be <= {self.maximum}, got {value}"
+        return None
+
+
+def declare_parameters(node: Node, specs: Sequence[ParamSpec],
+                       cross_check: CrossCheck | None = None) -> dict[str, Any]:
+    """Declare ``specs`` on ``node`` and return their values (defaults or overrides).
+
+    Raises ``ValueError`` with the reason when a start-up value (e.g. from a YAML file) is invalid.
+    """
+    node.declare_parameters("", [(spec.name, spec.default, spec.descriptor()) for spec in specs])
+    values = {spec.name: node.get_parameter(spec.name).value for spec in specs}
+    reasons = [reason for spec in specs if (reason := spec.check(values[spec.name]))]
+    if cross_check is not None and (reason := cross_check(values)):
+        reasons.append(reason)
+    if reasons:
+        raise ValueError(f"invalid parameters for node {node.get_name()}: {'; '.join(reasons)}")
+    return values
+
+
+def make_validator(node: Node, specs: Sequence[ParamSpec], cross_check: CrossCheck | None = None
+                   ) -> Callable[[list[Parameter]], SetParametersResult]:
+    """An on-set-parameters callback checking ``specs`` (and ``cross_check``) before a change.
+
+    Parameters not in ``specs`` (e.g. ``use_sim_time``) are left to other callbacks.
+    """
+    by_name = {spec.name: spec for spec in specs}
+
+    def validate(parameters: list[Parameter]) -> SetParametersResult:
+        changes = {p.name: p.value for p in parameters if p.name in by_name}
+        reasons = [reason for name, value in changes.items()
+                   if (reason := by_name[name].check(value))]
+        if cross_check is not None and changes and not reasons:
+            candidate = current_values(node, specs)
+            candidate.update(changes)
+            if reason := cross_check(candidate):
+                reasons.append(reason)
+        if reasons:
+            return SetParametersResult(successful=False, reason="; ".join(reasons))
+        return SetParametersResult(successful=True)
+
+    return validate
+
+
+def current_values(node: Node, specs: Iterable[ParamSpec]) -> dict[str, Any]:
+    """The node's current value of each parameter in ``specs``."""
+    return {spec.name: node.get_parameter(spec.name).value for spec in specs}
+
+
+def _parameter_type(default: Any) -> int:
+    if isinstance(default, bool):  # before int: bool is an int
+        return ParameterType.PARAMETER_BOOL
+    if isinstance(default, int):
+        return ParameterType.PARAMETER_INTEGER
+    if isinstance(default, float):
+        return ParameterType.PARAMETER_DOUBLE
+    if isinstance(default, str):
+        return ParameterType.PARAMETER_STRING
+    raise TypeError(f"cannot infer the parameter type of {default!r}: give param_type")

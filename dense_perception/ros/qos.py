@@ -1,0 +1,61 @@
+"""QoS profiles of the nodes' inputs and outputs, configurable through read-only parameters.
+
+Inputs follow the latest-frame policy: best effort, keep last, depth **1**, so a busy node never
+works on a stale frame (``rclpy.qos.qos_profile_sensor_data`` keeps 5, which adds latency).
+Outputs are reliable, keep last, depth 1 by default, which RViz and ``ros2 topic echo`` receive.
+"""
+from __future__ import annotations
+
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+
+from .params import ParamSpec
+
+_RELIABILITY = {
+    "best_effort": ReliabilityPolicy.BEST_EFFORT,
+    "reliable": ReliabilityPolicy.RELIABLE,
+}
+
+#: The QoS parameters every node declares (read-only: subscriptions are made at start-up).
+QOS_PARAMETERS: tuple[ParamSpec, ...] = (
+    ParamSpec("input_reliability", "best_effort",
+              "Reliability of the input subscriptions: best_effort (latest frame, drops allowed) "
+              "or reliable", read_only=True, choices=tuple(_RELIABILITY)),
+    ParamSpec("input_depth", 1, "History depth of the input subscriptions (1 = latest frame only)",
+              read_only=True, minimum=1, maximum=100),
+    ParamSpec("output_reliability", "reliable",
+              "Reliability of the publishers: reliable (RViz default) or best_effort",
+              read_only=True, choices=tuple(_RELIABILITY)),
+    ParamSpec("output_depth", 1, "History depth of the publishers", read_only=True,
+              minimum=1, maximum=100),
+)
+
+
+def make_qos(reliability: str, depth: int) -> QoSProfile:
+    """A keep-last, volatile profile; ``reliability`` is ``best_effort`` or ``reliable``."""
+    if reliability not in _RELIABILITY:
+        raise ValueError(
+            f"reliability must be one of {', '.join(_RELIABILITY)}, got {reliability!r}")
+    if depth < 1:
+        raise ValueError(f"QoS depth must be >= 1, got {depth}")
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=depth,
+                      reliability=_RELIABILITY[reliability], durability=DurabilityPolicy.VOLATILE)
+
+
+def input_qos(reliability: str = "best_effort", depth: int = 1) -> QoSProfile:
+    """The latest-frame input profile (best effort, keep last 1 by default)."""
+    return make_qos(reliability, depth)
+
+
+def output_qos(reliability: str = "reliable", depth: int = 1) -> QoSProfile:
+    """The output profile (reliable, keep last 1 by default)."""
+    return make_qos(reliability, depth)
+
+
+def qos_from_parameters(node: Node) -> tuple[QoSProfile, QoSProfile]:
+    """(input, output) profiles from a node that declared :data:`QOS_PARAMETERS`."""
+    def value(name: str):
+        return node.get_parameter(name).value
+
+    return (input_qos(value("input_reliability"), value("input_depth")),
+            output_qos(value("output_reliability"), value("output_depth")))
