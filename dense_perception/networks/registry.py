@@ -23,13 +23,14 @@ class NetworkSpec:
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     description: str = ""
     dataset: str = ""
+    output: Any = None  # what a depth network's raw output means (depth_units.DepthOutput)
 
 
 def _collect() -> Mapping[str, NetworkSpec]:
-    from . import edaformer
+    from . import dpt, edaformer
 
     specs: dict[str, NetworkSpec] = {}
-    for module in (edaformer,):
+    for module in (edaformer, dpt):
         for spec in module.NETWORKS:
             specs[spec.name] = spec
     return MappingProxyType(specs)
