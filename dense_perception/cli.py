@@ -11,6 +11,11 @@ from typing import Sequence
 #: sub-command name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("dense_perception.commands.info", "parameters and multiply-adds of a network"),
+    "demo": ("dense_perception.commands.demo", "depth, labels, cloud and an MCAP bag of a bundled sample image"),
+    "run": ("dense_perception.commands.run", "depth, labels and clouds for an image, folder, video or rosbag2"),
+    "bench": ("dense_perception.commands.bench", "latency, throughput and memory per network and backend"),
+    "export": ("dense_perception.commands.export", "fixed-shape ONNX graph of a network (one per size and ISR)"),
+    "weights": ("dense_perception.commands.weights", "list, download, verify and import the official checkpoints"),
 }
 
 

@@ -1,0 +1,338 @@
+"""The Python API the ROS nodes and the command line call: image in, depth or labels out.
+
+    from dense_perception.api import DepthEstimator, Segmenter
+    depth = DepthEstimator("dpt_hybrid_midas", checkpoint="models/dpt_hybrid-midas-501f0c75.pt")
+    seg = Segmenter("edaformer_t_ade20k", checkpoint="models/edaformer_t_ade20k.pth")
+    result = depth.predict(image_rgb)          # result.depth: float32 HxW
+    labels = seg.predict(image_rgb).labels     # uint8 HxW (uint16 above 256 classes)
+    seg.set_isr(ratio=2)                       # faster from the next frame on
+
+Both share one machinery (:class:`_Predictor`): network construction and strict checkpoint loading,
+engine choice, one pre-processing function per family and one post-processing module.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from .engines.base import Engine, EngineError
+from .engines.torch_engine import TorchEngine
+from .networks import ISRSetting, build_network, load_checkpoint, network_spec
+from .networks.depth_units import DepthOutput
+from .networks.isr import isr_problem
+from .pipeline import postprocess, preprocess
+from .pipeline.labels import LabelSet, label_set, label_set_for_classes, label_set_from_checkpoint_meta
+from .pipeline.preprocess import NetworkInput
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
+#: Default folder of ONNX graphs and engines built on demand.
+DEFAULT_ENGINE_DIR = os.path.join("models", "engines")
+
+
+@dataclass
+class DepthResult:
+    """Depth at the image's size.
+
+    ``depth`` is metres for metric networks (NYU, KITTI); for MiDaS networks it is *relative inverse
+    depth* (larger = nearer, unknown scale and shift) unless the estimator was given ``depth_scale`` and
+    ``depth_shift``, in which case it is metres from that fit (``kind == "metric_fitted"``).
+    """
+
+    depth: np.ndarray
+    kind: str  # "metric", "relative_inverse" or "metric_fitted"
+    network: str
+    network_size: tuple[int, int]
+    untrained: bool = False
+
+    @property
+    def is_metric(self) -> bool:
+        return self.kind in ("metric", "metric_fitted")
+
+
+@dataclass
+class SegmentationResult:
+    """Labels at the image's size, and optionally the top class's probability per pixel."""
+
+    labels: np.ndarray
+    network: str
+    network_size: tuple[int, int]
+    isr: ISRSetting
+    confidence: np.ndarray | None = None
+    untrained: bool = False
+
+
+@dataclass
+class _Loaded:
+    net: torch.nn.Module
+    meta: dict[str, Any] = field(default_factory=dict)
+    untrained: bool = True
+
+
+def _load_network(name: str, checkpoint: str | os.PathLike | None) -> _Loaded:
+    net = build_network(name)
+    if checkpoint is None:
+        log.warning("%s: no checkpoint given — running with UNTRAINED random weights; results are "
+                    "meaningless (see models/README.md for the official files)", name)
+        return _Loaded(net)
+    ckpt = load_checkpoint(net, checkpoint)
+    return _Loaded(net, dict(ckpt.meta), untrained=False)
+
+
+def choose_backend(requested: str, device: torch.device) -> tuple[str, str]:
+    """The backend to use and why. ``auto``: torch on CUDA; on CPU the measured fastest installed one."""
+    if requested not in BACKENDS:
+        raise ValueError(f"unknown backend {requested!r}; choose from {', '.join(BACKENDS)}")
+    if requested != "auto":
+        return requested, "requested"
+    if device.type == "cuda":
+        return "torch", "CUDA device present (TensorRT engines are opt-in with backend='tensorrt')"
+    return "torch", "CPU: eager torch fp32"
+
+
+class _Predictor:
+    """Shared machinery of DepthEstimator and Segmenter."""
+
+    def __init__(self, network: str, task: str, checkpoint: str | os.PathLike | None, backend: str,
+                 precision: str, device: str | torch.device | None, input_size: tuple[int, int] | None,
+                 engine_dir: str | os.PathLike | None) -> None:
+        spec = network_spec(network)
+        if spec.task != task:
+            raise ValueError(f"{network} is a {spec.task} network, not {task}")
+        self.spec = spec
+        self.device = torch.device(device) if device is not None else torch.device(
+            "cuda" if torch.cuda.is_available() else "cpu")
+        self.precision = precision
+        self.input_size = None if input_size is None else tuple(int(v) for v in input_size)
+        self.backend, reason = choose_backend(backend, self.device)
+        log.info("%s: backend %s on %s (%s)", network, self.backend, self.device, reason)
+        self._loaded = _load_network(network, checkpoint)
+        self.engine_dir = os.fspath(engine_dir or DEFAULT_ENGINE_DIR)
+        self._engines: dict[tuple[int, int], Engine] = {}
+        self._lock = threading.Lock()
+        if self.backend == "torch":
+            self._torch_engine: TorchEngine | None = TorchEngine(self._loaded.net, self.device, precision)
+        else:
+            self._torch_engine = None
+            if self.backend == "tensorrt":
+                raise EngineError("the TensorRT backend is not available yet in this version")
+
+    @property
+    def untrained(self) -> bool:
+        return self._loaded.untrained
+
+    @property
+    def network(self) -> str:
+        return self.spec.name
+
+    def engine_for(self, network_size: tuple[int, int]) -> Engine:
+        """The engine serving a network input size (fixed-shape backends keep one per size)."""
+        if self._torch_engine is not None:
+            return self._torch_engine
+        with self._lock:
+            if network_size not in self._engines:
+                self._engines[network_size] = self._make_fixed_engine(network_size)
+                while len(self._engines) > 2:  # a camera stream uses one size; bound memory
+                    self._engines.pop(next(iter(self._engines)))
+            return self._engines[network_size]
+
+    def _make_fixed_engine(self, network_size: tuple[int, int]) -> Engine:
+        from .engines.onnx_engine import onnx_engine_for_network
+
+        return onnx_engine_for_network(self._loaded.net, network_size[0], network_size[1],
+                                       self.engine_dir, precision=self.precision)
+
+    def describe(self) -> dict[str, Any]:
+        engine = self._torch_engine or next(iter(self._engines.values()), None)
+        info = {"network": self.network, "backend": self.backend, "device": str(self.device),
+                "precision": self.precision, "untrained": self.untrained}
+        if engine is not None:
+            info.update(engine.describe())
+        return info
+
+    def _run(self, prepared: NetworkInput) -> torch.Tensor:
+        return self.engine_for(prepared.network_size).infer(prepared.tensor)
+
+
+class DepthEstimator(_Predictor):
+    """Monocular depth with a DPT network.
+
+    Args:
+        network: ``dpt_hybrid_midas`` (default), ``dpt_large_midas``, ``dpt_hybrid_nyu``, ``dpt_hybrid_kitti``.
+        checkpoint: official checkpoint file (or a converted Hugging Face one); None = untrained weights.
+        backend: ``auto``, ``torch`` or ``onnxruntime`` (``tensorrt`` comes with its own issue).
+        precision: ``fp32`` (CPU and GPU), ``fp16``/``bf16`` (CUDA).
+        input_size: exact network input (H, W), multiples of 32; None = the official keep-aspect rule.
+        depth_scale, depth_shift: for MiDaS networks, a per-scene fit on inverse depth that turns the
+            output into metres (``1 / (scale·d + shift)``).
+        kitti_crop: apply the official KITTI crop (bottom 352 rows, central 1216 columns) first.
+    """
+
+    def __init__(self, network: str = "dpt_hybrid_midas", checkpoint: str | os.PathLike | None = None,
+                 backend: str = "auto", precision: str = "fp32", device: str | torch.device | None = None,
+                 input_size: tuple[int, int] | None = None, depth_scale: float | None = None,
+                 depth_shift: float | None = None, kitti_crop: bool = False,
+                 engine_dir: str | os.PathLike | None = None) -> None:
+        super().__init__(network, "depth", checkpoint, backend, precision, device, input_size, engine_dir)
+        self.output: DepthOutput = self._loaded.net.output_units
+        if (depth_scale is None) != (depth_shift is None):
+            raise ValueError("give both depth_scale and depth_shift, or neither")
+        if depth_scale is not None and self.output.is_metric:
+            raise ValueError(f"{network} already outputs metres; depth_scale/depth_shift are for MiDaS networks")
+        self.depth_scale, self.depth_shift = depth_scale, depth_shift
+        self.kitti_crop = kitti_crop
+
+    def preprocess(self, image_rgb: np.ndarray) -> NetworkInput:
+        """The official DPT input for this network's dataset (or the forced ``input_size``)."""
+        if self.kitti_crop:
+            image_rgb = preprocess.kitti_crop(preprocess.as_rgb_uint8(image_rgb))
+        target = preprocess.DPT_TARGETS[self.spec.dataset]
+        return preprocess.preprocess_dpt(image_rgb, target, self.input_size)
+
+    def predict(self, image_rgb: np.ndarray) -> DepthResult:
+        """Depth for one RGB uint8 image, at its size (the KITTI crop's size with ``kitti_crop``)."""
+        prepared = self.preprocess(image_rgb)
+        raw = self._run(prepared)
+        depth = postprocess.depth_to_image(raw, prepared.image_size, self.output)
+        kind = self.output.kind
+        if self.depth_scale is not None:
+            depth = postprocess.relative_to_metres(depth, self.depth_scale, self.depth_shift)
+            kind = "metric_fitted"
+        return DepthResult(depth, kind, self.network, prepared.network_size, self.untrained)
+
+
+class Segmenter(_Predictor):
+    """Semantic segmentation with an EDAFormer network and live ISR.
+
+    Args:
+        network: ``edaformer_{t,b}_{ade20k,cityscapes,cocostuff}``.
+        checkpoint: official mmseg checkpoint; None = untrained weights.
+        input_size: exact network input (H, W); None = the dataset's official test-time resize.
+        label_mode: ``official`` (bilinear logits to the image, then argmax) or ``fast`` (argmax at
+            network resolution, nearest-neighbour labels).
+        sliding_window: Cityscapes' official evaluation mode (1024×1024 crops, stride 768); slow.
+        isr: initial ISR setting (an :class:`ISRSetting`, or an int ratio).
+    """
+
+    def __init__(self, network: str = "edaformer_t_ade20k", checkpoint: str | os.PathLike | None = None,
+                 backend: str = "auto", precision: str = "fp32", device: str | torch.device | None = None,
+                 input_size: tuple[int, int] | None = None, label_mode: str = "official",
+                 sliding_window: bool = False, isr: ISRSetting | int = 1,
+                 engine_dir: str | os.PathLike | None = None) -> None:
+        super().__init__(network, "segmentation", checkpoint, backend, precision, device, input_size,
+                         engine_dir)
+        self.label_mode = postprocess.LabelMode(label_mode)
+        self.sliding_window = sliding_window
+        num_classes = self._loaded.net.num_classes
+        try:
+            fallback = label_set(self.spec.dataset)
+        except ValueError:
+            fallback = label_set_for_classes(num_classes)
+        self.labels: LabelSet = label_set_from_checkpoint_meta(self._loaded.meta, fallback)
+        self._isr = isr if isinstance(isr, ISRSetting) else ISRSetting.from_ratio(isr)
+        self._apply_isr()
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.labels.names
+
+    @property
+    def palette(self) -> np.ndarray:
+        return self.labels.palette
+
+    @property
+    def isr(self) -> ISRSetting:
+        return self._isr
+
+    def check_isr(self, setting: ISRSetting, height: int, width: int) -> None:
+        """``ValueError`` naming the level, map size and ratio if ``setting`` cannot run for an *image*
+        of ``height``×``width`` (checked at the network input size this image gets)."""
+        net_h, net_w = self.network_size_for(height, width)
+        problem = isr_problem(setting, net_h, net_w)
+        if problem:
+            raise ValueError(problem)
+
+    def network_size_for(self, height: int, width: int) -> tuple[int, int]:
+        if self.input_size is not None:
+            return self.input_size  # type: ignore[return-value]
+        if self.sliding_window:
+            return (min(1024, height), min(1024, width))
+        return preprocess.edaformer_network_size(height, width, self.spec.dataset)
+
+    def set_isr(self, ratio: int | ISRSetting = 1, encoder: Sequence[int] | None = None,
+                decoder: Sequence[int] | None = None) -> ISRSetting:
+        """Switch ISR from the next frame on. Invalid values raise ``ValueError`` and change nothing."""
+        setting = ratio if isinstance(ratio, ISRSetting) else ISRSetting.make(ratio, encoder, decoder)
+        previous, self._isr = self._isr, setting
+        try:
+            self._apply_isr()
+        except Exception:
+            self._isr = previous
+            self._apply_isr()
+            raise
+        return setting
+
+    def _apply_isr(self) -> None:
+        self._loaded.net.set_isr(self._isr)
+        engines: list[Engine] = [self._torch_engine] if self._torch_engine else list(self._engines.values())
+        for engine in engines:
+            engine.set_isr(self._isr)
+
+    def _make_fixed_engine(self, network_size: tuple[int, int]) -> Engine:
+        engine = super()._make_fixed_engine(network_size)
+        engine.set_isr(self._isr)
+        return engine
+
+    def preprocess(self, image_rgb: np.ndarray) -> NetworkInput:
+        return preprocess.preprocess_edaformer(image_rgb, self.spec.dataset, self.input_size)
+
+    def logits(self, image_rgb: np.ndarray) -> tuple[torch.Tensor, NetworkInput]:
+        """Raw logits ``[1, K, h, w]`` (stride 8) and the pre-processed input they came from."""
+        prepared = self.preprocess(image_rgb)
+        return self._run(prepared), prepared
+
+    def predict(self, image_rgb: np.ndarray, with_confidence: bool = False) -> SegmentationResult:
+        """Labels for one RGB uint8 image at its size."""
+        if self.sliding_window:
+            return self._predict_sliding(image_rgb, with_confidence)
+        logits, prepared = self.logits(image_rgb)
+        labels, confidence = postprocess.labels_from_logits(
+            logits, prepared.network_size, prepared.image_size, self.label_mode, with_confidence)
+        return SegmentationResult(labels, self.network, prepared.network_size, self._isr, confidence,
+                                  self.untrained)
+
+    def _predict_sliding(self, image_rgb: np.ndarray, with_confidence: bool) -> SegmentationResult:
+        """mmseg ``slide_inference``: 1024×1024 crops at stride 768, logits averaged on a canvas."""
+        prepared = self.preprocess(image_rgb)
+        batch = prepared.tensor
+        height, width = prepared.network_size
+        crop, stride = 1024, 768
+        canvas = None
+        count = torch.zeros(1, 1, height, width)
+        rows = max(height - crop + stride - 1, 0) // stride + 1
+        cols = max(width - crop + stride - 1, 0) // stride + 1
+        for r in range(rows):
+            for c in range(cols):
+                y2, x2 = min(r * stride + crop, height), min(c * stride + crop, width)
+                y1, x1 = max(y2 - crop, 0), max(x2 - crop, 0)
+                tile = batch[:, :, y1:y2, x1:x2]
+                out = self.engine_for((y2 - y1, x2 - x1)).infer(tile).float().cpu()
+                out = torch.nn.functional.interpolate(out, size=(y2 - y1, x2 - x1), mode="bilinear",
+                                                      align_corners=False)
+                if canvas is None:
+                    canvas = torch.zeros(1, out.shape[1], height, width)
+                canvas[:, :, y1:y2, x1:x2] += out
+                count[:, :, y1:y2, x1:x2] += 1
+        logits = canvas / count
+        labels, confidence = postprocess.labels_from_logits(
+            logits, prepared.network_size, prepared.image_size, postprocess.LabelMode.OFFICIAL,
+            with_confidence)
+        return SegmentationResult(labels, self.network, prepared.network_size, self._isr, confidence,
+                                  self.untrained)

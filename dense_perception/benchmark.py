@@ -1,0 +1,231 @@
+"""Benchmark machinery behind ``dense-perception bench``: latency, throughput, peak memory, MACs.
+
+Each measured configuration ("case") runs in a fresh subprocess, so its peak memory is its own
+(peak resident set size on the CPU, ``torch.cuda.max_memory_allocated`` on CUDA). Cases of the same
+network share weights made by the references' seeded rule (the shapes and cost of a real checkpoint).
+
+Backends measured side by side:
+- ``eager``: the network called directly in fp32 under ``torch.no_grad`` — the floor to beat;
+- ``torch``: our torch engine (``TorchEngine``);
+- ``torch-compile``: the same with ``torch.compile``;
+- ``onnxruntime``: the exported graph in ONNX Runtime;
+- ``transformers`` (DPT only): Hugging Face's ``DPTForDepthEstimation`` with the same weights.
+"""
+from __future__ import annotations
+
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from .networks import ISRSetting, build_network, network_spec
+from .networks.common import fill_reference_weights
+from .networks.cost import count_cost
+
+BACKENDS = ("eager", "torch", "torch-compile", "onnxruntime", "transformers")
+#: Backends whose graphs have a fixed batch of 1 (no throughput-at-batch figure).
+FIXED_BATCH_ONE = ("onnxruntime",)
+
+
+@dataclass(frozen=True)
+class Case:
+    """One configuration to measure."""
+
+    network: str
+    backend: str
+    height: int
+    width: int
+    isr: str | None = None  # ISRSetting text, EDAFormer only
+    batch: int = 4  # for the throughput figure
+    device: str = "cpu"
+    threads: int = 2
+    #: time image → result (pre-processing + network + post-processing) on a camera frame of this
+    #: (height, width) instead of the bare network; DPT backends torch/eager/transformers only
+    end_to_end: tuple[int, int] | None = None
+
+
+@dataclass
+class Measurement:
+    case: Case
+    latency_ms: list[float] = field(default_factory=list)  # batch 1
+    batch_ms: list[float] = field(default_factory=list)  # batch ``case.batch``
+    peak_mib: float = float("nan")
+    gmacs: float = float("nan")
+    error: str | None = None
+
+    @property
+    def p50(self) -> float:
+        return statistics.median(self.latency_ms) if self.latency_ms else float("nan")
+
+    @property
+    def p90(self) -> float:
+        return float(np.percentile(self.latency_ms, 90)) if self.latency_ms else float("nan")
+
+    @property
+    def fps(self) -> float:
+        return 1000.0 / self.p50 if self.latency_ms else float("nan")
+
+    @property
+    def throughput(self) -> float:
+        """Images per second at batch ``case.batch``."""
+        return self.case.batch * 1000.0 / statistics.median(self.batch_ms) if self.batch_ms else float("nan")
+
+    def to_json(self) -> dict[str, Any]:
+        return {**asdict(self), "p50_ms": self.p50, "p90_ms": self.p90, "fps": self.fps,
+                "throughput_ips": self.throughput}
+
+
+def _timed(fn: Callable[[], Any], warmup: int, runs: int, sync: Callable[[], None]) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    sync()
+    times = []
+    for _ in range(runs):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def _network(case: Case) -> torch.nn.Module:
+    net = build_network(case.network)
+    net.load_state_dict(fill_reference_weights(net))
+    if case.isr and hasattr(net, "set_isr"):
+        net.set_isr(ISRSetting.parse(case.isr))
+    return net
+
+
+def _runner(case: Case, net: torch.nn.Module, workdir: str) -> Callable[[torch.Tensor], Any]:
+    """A function running one batch through the case's backend."""
+    device = torch.device(case.device)
+    if case.backend == "eager":
+        net = net.to(device)
+
+        def eager(x: torch.Tensor) -> Any:
+            with torch.no_grad():
+                return net(x.to(device))
+        return eager
+    if case.backend in ("torch", "torch-compile"):
+        from .engines.torch_engine import TorchEngine
+
+        return TorchEngine(net, device, compile=case.backend == "torch-compile").infer
+    if case.backend == "onnxruntime":
+        from .engines.onnx_engine import onnx_engine_for_network
+
+        return onnx_engine_for_network(net, case.height, case.width, workdir).infer
+    if case.backend == "transformers":
+        from .networks.dpt_hf import hf_model_with_weights_of
+
+        model = hf_model_with_weights_of(net).to(device).eval()
+
+        def hf(x: torch.Tensor) -> Any:
+            with torch.no_grad():
+                return model(pixel_values=x.to(device)).predicted_depth
+        return hf
+    raise ValueError(f"unknown backend {case.backend!r}; choose from {', '.join(BACKENDS)}")
+
+
+def _end_to_end_runner(case: Case, net: torch.nn.Module) -> Callable[[np.ndarray], Any]:
+    """Image → depth at the image's size, each implementation with its own documented pipeline:
+    ours keeps the aspect ratio (official MiDaS rule), ``transformers`` resizes to 384×384."""
+    device = torch.device(case.device)
+    if case.backend == "transformers":
+        from transformers import DPTImageProcessor
+
+        from .networks.dpt_hf import hf_model_with_weights_of
+
+        model = hf_model_with_weights_of(net).to(device).eval()
+        processor = DPTImageProcessor()
+
+        def hf(image: np.ndarray) -> Any:
+            inputs = processor(images=image, return_tensors="pt").to(device)
+            with torch.no_grad():
+                out = model(**inputs)
+            return processor.post_process_depth_estimation(out, target_sizes=[image.shape[:2]])[0][
+                "predicted_depth"].cpu().numpy()
+        return hf
+    from .engines.torch_engine import TorchEngine
+    from .pipeline.postprocess import depth_to_image
+    from .pipeline.preprocess import DPT_TARGETS, preprocess_dpt
+
+    spec = network_spec(case.network)
+    infer = TorchEngine(net, device).infer if case.backend == "torch" else None
+
+    def ours(image: np.ndarray) -> Any:
+        prepared = preprocess_dpt(image, DPT_TARGETS[spec.dataset])
+        if infer is None:  # eager: the network called directly
+            with torch.no_grad():
+                raw = net.to(device)(prepared.tensor.to(device))
+        else:
+            raw = infer(prepared.tensor)
+        return depth_to_image(raw, prepared.image_size, net.output_units)
+    return ours
+
+
+def measure_in_process(case: Case, warmup: int, runs: int) -> Measurement:
+    """Measure one case in this process (``measure`` wraps it in a subprocess)."""
+    torch.set_num_threads(case.threads)
+    result = Measurement(case)
+    net = _network(case)
+    result.gmacs = count_cost(net, case.height, case.width).total_macs / 1e9
+    sync = torch.cuda.synchronize if case.device.startswith("cuda") else (lambda: None)
+    gen = torch.Generator().manual_seed(7)
+    x1 = torch.randn(1, 3, case.height, case.width, generator=gen)
+    xb = torch.randn(case.batch, 3, case.height, case.width, generator=gen)
+    if case.end_to_end:
+        image = np.random.default_rng(7).integers(0, 256, (*case.end_to_end, 3), dtype=np.uint8)
+        run_image = _end_to_end_runner(case, net)
+        result.latency_ms = _timed(lambda: run_image(image), warmup, runs, sync)
+        result.peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return result
+    with tempfile.TemporaryDirectory() as workdir:
+        run = _runner(case, net, workdir)
+        result.latency_ms = _timed(lambda: run(x1), warmup, runs, sync)
+        if case.batch > 1 and case.backend not in FIXED_BATCH_ONE:
+            result.batch_ms = _timed(lambda: run(xb), 1, max(2, runs // 3), sync)
+    if case.device.startswith("cuda"):
+        result.peak_mib = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        result.peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return result
+
+
+def measure(case: Case, warmup: int = 2, runs: int = 10, timeout: float = 1800) -> Measurement:
+    """Measure one case in a fresh subprocess; failures come back as ``Measurement.error``."""
+    cmd = [sys.executable, "-m", "dense_perception.benchmark", json.dumps(asdict(case)), str(warmup), str(runs)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=os.environ.copy())
+    except subprocess.TimeoutExpired:
+        return Measurement(case, error=f"timed out after {timeout:.0f} s")
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return Measurement(case, error=tail)
+    data = json.loads(lines[-1])
+    return Measurement(case, data["latency_ms"], data["batch_ms"], data["peak_mib"], data["gmacs"])
+
+
+def case_from_json(data: dict[str, Any]) -> Case:
+    if data.get("end_to_end") is not None:
+        data = {**data, "end_to_end": tuple(data["end_to_end"])}
+    return Case(**data)
+
+
+def _main(argv: list[str]) -> None:
+    case = case_from_json(json.loads(argv[0]))
+    result = measure_in_process(case, int(argv[1]), int(argv[2]))
+    print(json.dumps(result.to_json()))
+
+
+if __name__ == "__main__":
+    _main(sys.argv[1:])

@@ -1,0 +1,1 @@
+"""Inference engines behind one protocol (base.Engine): torch, ONNX Runtime; ONNX export."""

@@ -1,0 +1,339 @@
+"""ONNX export: one fixed-shape graph per network, batch, input size, ISR setting and precision.
+
+The graph has one input ``image`` ``[B, 3, H, W]`` float32 and one output, ``logits`` (segmentation)
+or ``depth`` (depth networks), both float32 also in fp16 graphs. What the file was made for is stamped in
+its ``metadata_props`` (:class:`GraphInfo`), so a loader can refuse a file made for another setting.
+
+How a graph is made:
+
+1. **Trace** with torch's TorchScript-based exporter (``torch.onnx.export(..., dynamo=False)``, still
+   present in torch 2.13). It gives a plain graph at fixed shapes; the networks' Python checks (shape
+   validation, ISR fit) run once at trace time and leave nothing in the graph, and ISR pooling ratios
+   become constant ``AveragePool`` kernels -- which is why ISR is baked in.
+2. **Fold constants** with ONNX Runtime's *basic* graph optimisations (standard ONNX operators only:
+   constant folding, redundant-node removal, MatMul+Add -> Gemm). The traced
+   ``scaled_dot_product_attention`` computes its scale at run time from ``Shape -> Slice -> Cast ->
+   Sqrt``; folding turns that into a constant, which TensorRT and the fp16 conversion both prefer.
+3. **fp16** (optional): ``onnxconverter_common.float16.convert_float_to_float16`` on the folded fp32
+   graph, with float32 I/O (``keep_io_types``) and the numerically fragile operators kept in float32
+   (:data:`FP16_KEEP_FLOAT`: normalisations, softmax, reductions, powers and square roots, plus the
+   converter's own block list, which includes Resize). Converting the finished graph, rather than tracing
+   a half-precision torch module, keeps one trace path for both precisions and needs no change to the
+   networks (a half module would need every LayerNorm/GroupNorm wrapped to compute in float32, and
+   CPU half kernels are incomplete). TensorRT builds its own fp16 engine from the fp32 graph anyway;
+   the fp16 graph is for ONNX Runtime's CUDA provider.
+4. ``onnx.checker.check_model``, then an atomic write (temporary file in the target folder +
+   ``os.replace``), so a reader never sees a half-written file.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import io
+import logging
+import os
+import tempfile
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Mapping
+
+import onnx
+import torch
+from torch import nn
+
+from .. import __version__
+from ..networks.isr import ISRSetting
+from ..networks.registry import network_spec
+from .base import EngineError
+
+log = logging.getLogger(__name__)
+
+INPUT_NAME = "image"
+#: Output name by registry task.
+OUTPUT_NAMES: Mapping[str, str] = MappingProxyType({"segmentation": "logits", "depth": "depth"})
+PRECISIONS = ("fp32", "fp16")
+#: Lowest opset exported (LayerNormalization is a plain operator from 17 on).
+MIN_OPSET = 17
+#: Operators an fp16 graph keeps in float32 (on top of the converter's DEFAULT_OP_BLOCK_LIST).
+FP16_KEEP_FLOAT = (
+    "LayerNormalization", "InstanceNormalization", "GroupNormalization", "BatchNormalization",
+    "Softmax", "ReduceMean", "ReduceSum", "Pow", "Sqrt", "Exp",
+)
+#: Prefix of every metadata key this package writes.
+METADATA_PREFIX = "dense_perception."
+
+
+@dataclass(frozen=True)
+class GraphInfo:
+    """What an exported graph was made for, as stamped in its metadata."""
+
+    network: str
+    task: str
+    batch: int
+    height: int
+    width: int
+    precision: str
+    opset: int
+    isr: str  # ISRSetting text, "" for networks without ISR
+    weights_digest: str  # see weights_digest(); ties a cached graph to the weights it holds
+    version: str  # dense_perception version that wrote it
+    weights: str = "unspecified"  # "untrained", or the checkpoint's file name and sha256
+
+    @property
+    def isr_setting(self) -> ISRSetting | None:
+        return ISRSetting.parse(self.isr) if self.isr else None
+
+    @property
+    def isr_slug(self) -> str:
+        setting = self.isr_setting
+        return setting.slug if setting else "noisr"
+
+    @property
+    def input_shape(self) -> tuple[int, int, int, int]:
+        return (self.batch, 3, self.height, self.width)
+
+    @property
+    def output_name(self) -> str:
+        return OUTPUT_NAMES[self.task]
+
+    def to_props(self) -> dict[str, str]:
+        """Metadata entries (strings), including the derived input size and ISR slug for readers."""
+        props = {f.name: str(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        props.update(input_size=f"{self.height}x{self.width}", isr_slug=self.isr_slug)
+        return {METADATA_PREFIX + k: v for k, v in props.items()}
+
+    @classmethod
+    def from_props(cls, props: Mapping[str, str], source: str) -> "GraphInfo":
+        """Read the entries written by :meth:`to_props`; ``EngineError`` when they are missing or bad."""
+        integers = ("batch", "height", "width", "opset")
+        values: dict[str, Any] = {}
+        try:
+            for f in dataclasses.fields(cls):
+                key = METADATA_PREFIX + f.name
+                if key in props:
+                    values[f.name] = int(props[key]) if f.name in integers else props[key]
+            info = cls(**values)
+            _ = info.isr_setting  # validates the ISR text
+        except (TypeError, ValueError) as exc:
+            raise EngineError(
+                f"{source}: not an ONNX graph exported by dense_perception (its metadata lacks or garbles "
+                f"the {METADATA_PREFIX}* entries: {exc}); export one with `dense-perception export`"
+            ) from None
+        if info.task not in OUTPUT_NAMES or info.precision not in PRECISIONS:
+            raise EngineError(f"{source}: unknown task {info.task!r} or precision {info.precision!r} in metadata")
+        return info
+
+    def differences(self, **expected: Any) -> list[str]:
+        """``"field: file has A, wanted B"`` for each given field whose value differs."""
+        return [f"{name}: file has {getattr(self, name)!r}, wanted {value!r}"
+                for name, value in expected.items() if getattr(self, name) != value]
+
+    def cache_key(self) -> dict[str, Any]:
+        """The fields a cached graph must match to be reused (everything but the ``weights`` label)."""
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "weights"}
+
+
+def weights_digest(net: nn.Module) -> str:
+    """Short sha256 of the network's state_dict (names, dtypes, shapes, values)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(net.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)};".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy())
+    return digest.hexdigest()[:16]
+
+
+def network_isr(net: nn.Module) -> ISRSetting | None:
+    """The network's ISR setting now, or None for networks without ISR."""
+    return net.isr if hasattr(net, "set_isr") else None
+
+
+def graph_info(net: nn.Module, height: int, width: int, precision: str = "fp32", opset: int = MIN_OPSET,
+               batch: int = 1, isr: ISRSetting | None = None, weights: str = "unspecified") -> GraphInfo:
+    """What :func:`export_onnx` would stamp for these arguments (``isr`` None = the network's own)."""
+    name = getattr(net, "name", None)
+    if not isinstance(name, str):
+        raise ValueError(f"{type(net).__name__} has no registry name (.name); cannot export it")
+    spec = network_spec(name)
+    setting = isr or network_isr(net)
+    if setting is not None and not hasattr(net, "set_isr"):
+        raise ValueError(f"{name} has no inference spatial reduction")
+    return GraphInfo(network=name, task=spec.task, batch=int(batch), height=int(height), width=int(width),
+                     precision=precision, opset=int(opset), isr=str(setting) if setting else "",
+                     weights_digest=weights_digest(net), version=__version__, weights=weights)
+
+
+def graph_file_name(info: GraphInfo) -> str:
+    """``<network>_<H>x<W>_<isr slug or noisr>_<precision>.onnx`` (batch > 1 adds ``_b<B>``)."""
+    batch = f"_b{info.batch}" if info.batch != 1 else ""
+    return f"{info.network}_{info.height}x{info.width}_{info.isr_slug}_{info.precision}{batch}.onnx"
+
+
+def _check_arguments(height: int, width: int, precision: str, opset: int, batch: int) -> None:
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    if opset < MIN_OPSET:
+        raise ValueError(f"opset {opset} is too old; use {MIN_OPSET} or newer")
+    if min(height, width, batch) < 1:
+        raise ValueError(f"batch, height and width must be positive, got {batch}, {height}, {width}")
+
+
+def _trace(net: nn.Module, info: GraphInfo) -> bytes:
+    """The TorchScript-exporter graph at fixed shapes, as serialised bytes."""
+    device = next(net.parameters()).device
+    dummy = torch.zeros(info.input_shape, device=device)
+    buffer = io.BytesIO()
+    with warnings.catch_warnings(), torch.no_grad():
+        # trace-time Python checks (shape validation, ISR fit) are meant to become constants
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+        warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
+        warnings.filterwarnings("ignore", message="Constant folding")  # done by _fold_constants instead
+        torch.onnx.export(net, (dummy,), buffer, dynamo=False, opset_version=info.opset,
+                          input_names=[INPUT_NAME], output_names=[info.output_name],
+                          do_constant_folding=False)  # _fold_constants does it, several times faster
+    return buffer.getvalue()
+
+
+def _fold_constants(model_bytes: bytes) -> onnx.ModelProto:
+    """ONNX Runtime's basic (standard-operator) optimisations, written back as an ONNX model."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    options.log_severity_level = 3
+    options.add_session_config_entry("session.disable_prepacking", "1")  # this session never runs
+    with tempfile.TemporaryDirectory(prefix="dp_fold_") as folder:
+        options.optimized_model_filepath = os.path.join(folder, "folded.onnx")
+        ort.InferenceSession(model_bytes, options, providers=["CPUExecutionProvider"])
+        model = onnx.load(options.optimized_model_filepath)
+    used = {node.domain for node in model.graph.node} | {""}
+    kept = [op for op in model.opset_import if op.domain in used]  # ORT lists all of its own domains
+    del model.opset_import[:]
+    model.opset_import.extend(kept)
+    return model
+
+
+def _to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
+    try:
+        from onnxconverter_common import float16
+    except ImportError:
+        raise EngineError("fp16 ONNX export needs onnxconverter-common: pip install onnxconverter-common") from None
+    with warnings.catch_warnings():
+        # one warning per weight below 1e-7, which fp16 cannot hold (the converter rounds it to 1e-7)
+        warnings.simplefilter("ignore", UserWarning)
+        return float16.convert_float_to_float16(
+            model, keep_io_types=True, op_block_list=list(float16.DEFAULT_OP_BLOCK_LIST) + list(FP16_KEEP_FLOAT))
+
+
+def _save_atomically(model: onnx.ModelProto, out_path: Path) -> None:
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        onnx.save(model, tmp)
+        os.replace(tmp, out_path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def export_onnx(net: nn.Module, out_path: str | os.PathLike, height: int, width: int, precision: str = "fp32",
+                opset: int = MIN_OPSET, batch: int = 1, isr: ISRSetting | None = None,
+                weights: str = "unspecified") -> Path:
+    """Export ``net`` (a registry network) as a fixed-shape ONNX graph at ``out_path``.
+
+    Args:
+        height, width, batch: the fixed input shape ``[batch, 3, height, width]``.
+        precision: ``fp32`` or ``fp16`` (float32 input and output either way).
+        opset: ONNX opset, 17 or newer.
+        isr: EDAFormer ISR setting to bake in; None = the network's current one. ``net`` is not changed.
+        weights: label stamped in the metadata (``"untrained"``, a checkpoint name and hash, ...).
+
+    Raises:
+        ValueError: bad arguments, an ISR that does not fit the size, a size the network refuses.
+        EngineError: fp16 requested without onnxconverter-common.
+    """
+    _check_arguments(height, width, precision, opset, batch)
+    info = graph_info(net, height, width, precision, opset, batch, isr, weights)
+    return write_graph(net, info, Path(out_path))
+
+
+def write_graph(net: nn.Module, info: GraphInfo, out_path: Path) -> Path:
+    """Trace, fold, convert and save the graph ``info`` describes (see the module docstring)."""
+    setting = info.isr_setting
+    if setting is not None:
+        if setting != net.isr:
+            net = copy.deepcopy(net)
+            net.set_isr(setting)
+        net.check_isr(info.height, info.width)
+    model = _fold_constants(_trace(net.eval(), info))
+    if info.precision == "fp16":
+        model = _to_fp16(model)
+    model.producer_name, model.producer_version = "dense_perception", __version__
+    model.doc_string = f"{info.network} {info.task}, input {INPUT_NAME} {list(info.input_shape)}"
+    onnx.helper.set_model_props(model, info.to_props())
+    onnx.checker.check_model(model)
+    _save_atomically(model, out_path)
+    log.info("exported %s (%s) to %s", info.network, info.isr or "no ISR", out_path)
+    return out_path
+
+
+def read_graph_info(model: onnx.ModelProto | str | os.PathLike) -> GraphInfo:
+    """The :class:`GraphInfo` stamped in a model or file; ``EngineError`` for a corrupt or foreign file."""
+    source = "<model>"
+    if not isinstance(model, onnx.ModelProto):
+        source = os.fspath(model)
+        try:
+            model = onnx.load(source)
+        except FileNotFoundError:
+            raise EngineError(f"{source}: no such ONNX file") from None
+        except Exception as exc:  # protobuf DecodeError and friends
+            raise EngineError(f"{source}: not a readable ONNX file ({type(exc).__name__}: {exc})") from None
+    return GraphInfo.from_props({p.key: p.value for p in model.metadata_props}, source)
+
+
+@dataclass(frozen=True)
+class GraphCache:
+    """Graphs of one network at one size and precision in a folder, exported on demand.
+
+    ``cache(setting)`` returns ``<folder>/<graph_file_name>``, reusing the file when its metadata matches
+    (network, size, ISR, precision, opset, package version and the digest of the network's current
+    weights) and exporting over it when it is missing, stale, corrupt or foreign. The network is never
+    modified (another ISR is exported from a copy).
+    """
+
+    net: nn.Module
+    height: int
+    width: int
+    folder: Path
+    precision: str = "fp32"
+    opset: int = MIN_OPSET
+
+    def __post_init__(self) -> None:
+        _check_arguments(self.height, self.width, self.precision, self.opset, 1)
+
+    def __call__(self, isr: ISRSetting | None = None) -> Path:
+        wanted = graph_info(self.net, self.height, self.width, self.precision, self.opset, 1, isr)
+        path = Path(self.folder) / graph_file_name(wanted)
+        problem = _cache_problem(path, wanted)
+        if problem is None:
+            log.debug("reusing %s", path)
+            return path
+        log.info("exporting %s: %s", path, problem)
+        return write_graph(self.net, wanted, path)
+
+
+def _cache_problem(path: Path, wanted: GraphInfo) -> str | None:
+    """Why the file at ``path`` cannot serve as ``wanted`` (missing, unreadable, other setting), or None."""
+    if not path.exists():
+        return "not exported yet"
+    try:
+        found = read_graph_info(path)
+    except EngineError as exc:
+        return f"replacing an unusable file ({exc})"
+    differences = found.differences(**wanted.cache_key())
+    return f"replacing a stale file ({'; '.join(differences)})" if differences else None

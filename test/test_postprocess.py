@@ -1,0 +1,79 @@
+"""Post-processing: official label path, the fast label mode's disagreement, depth conversion order."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import load_case, reference_cases
+from dense_perception.networks.depth_units import KITTI, MIDAS, NYU
+from dense_perception.pipeline.postprocess import (
+    depth_to_image, label_dtype, labels_from_logits, relative_to_metres,
+)
+
+
+@pytest.mark.parametrize("case", reference_cases("edaformer"))
+def test_official_labels_reproduce_the_reference_pred_and_fast_mode_disagreement(case: str) -> None:
+    _, ref = load_case("edaformer", case)
+    logits = torch.from_numpy(ref["output"])
+    size = ref["pred"].shape[1:]
+    official, _ = labels_from_logits(logits, size, size, "official")
+    assert np.array_equal(official, ref["pred"][0])
+    fast, _ = labels_from_logits(logits, size, size, "fast")
+    disagreement = float((fast != official).mean())
+    # Measured on the shared references: 21.0 % (training ISR) and 19.8 % (ISR) of pixels. Random weights
+    # give 150-class logits with small regions (92 % of pixels lie within 8 px of a class boundary), the
+    # worst case for this mode; README "label modes" quotes it.
+    assert 0.15 < disagreement < 0.25, disagreement
+    print(f"{case}: fast label mode disagrees on {disagreement:.2%} of pixels")
+
+
+def test_fast_mode_differs_only_along_boundaries_of_large_regions() -> None:
+    yy, xx = torch.meshgrid(torch.arange(30.0), torch.arange(40.0), indexing="ij")
+    logits = torch.stack([xx + 0.3 * yy - 20, 20 - xx - 0.3 * yy, torch.full_like(xx, -5)])[None]
+    official, _ = labels_from_logits(logits, (240, 320), (240, 320), "official")
+    fast, _ = labels_from_logits(logits, (240, 320), (240, 320), "fast")
+    differ = np.argwhere(fast != official)
+    assert 0 < len(differ) < 0.02 * fast.size
+    boundary_x = np.argmax(official == 0, axis=1)  # first column of class 0 in each row
+    assert np.abs(differ[:, 1] - boundary_x[differ[:, 0]]).max() <= 8, "within one logit cell"
+
+
+def test_two_official_resizes_when_network_and_image_sizes_differ() -> None:
+    logits = torch.randn(1, 5, 8, 12, generator=torch.Generator().manual_seed(0))
+    labels, confidence = labels_from_logits(logits, (64, 96), (50, 70), "official", with_confidence=True)
+    step1 = F.interpolate(logits, size=(64, 96), mode="bilinear", align_corners=False)
+    expected = F.interpolate(step1, size=(50, 70), mode="bilinear", align_corners=False)
+    assert np.array_equal(labels, expected.argmax(1)[0].numpy().astype(np.uint8))
+    assert confidence.shape == (50, 70) and confidence.dtype == np.float32
+    assert np.allclose(confidence, expected.softmax(1).max(1).values[0].numpy(), atol=1e-6)
+
+
+def test_label_dtype_and_fast_confidence() -> None:
+    assert label_dtype(150) == np.uint8 and label_dtype(256) == np.uint8 and label_dtype(300) == np.uint16
+    logits = torch.zeros(1, 300, 4, 4)
+    logits[0, 299] = 1
+    labels, confidence = labels_from_logits(logits, (32, 32), (30, 31), "fast", with_confidence=True)
+    assert labels.dtype == np.uint16 and (labels == 299).all() and labels.shape == (30, 31)
+    assert confidence.shape == (30, 31)
+
+
+def test_metric_depth_is_converted_before_the_bicubic_resize() -> None:
+    raw = torch.rand(1, 12, 16, generator=torch.Generator().manual_seed(1)) * 3000
+    depth = depth_to_image(raw, (24, 32), NYU)
+    metres_first = 1 / torch.clamp(raw * NYU.scale + NYU.shift, min=1e-8)
+    expected = F.interpolate(metres_first[:, None], size=(24, 32), mode="bicubic", align_corners=False)[0, 0]
+    assert np.allclose(depth, expected.numpy(), rtol=1e-6)
+    resized_first = F.interpolate(raw[:, None], size=(24, 32), mode="bicubic", align_corners=False)[0, 0]
+    wrong = 1 / torch.clamp(resized_first * NYU.scale + NYU.shift, min=1e-8)
+    assert not np.allclose(depth, wrong.numpy(), rtol=1e-6), "the order is observable"
+    assert depth_to_image(raw, (12, 16), KITTI).dtype == np.float32
+
+
+def test_relative_depth_stays_relative_and_fits_to_metres() -> None:
+    raw = torch.tensor([[[0.0, 1.0], [2.0, 4.0]]])
+    inverse = depth_to_image(raw, (2, 2), MIDAS)
+    assert np.array_equal(inverse, raw[0].numpy())
+    metres = relative_to_metres(inverse, scale=0.5, shift=0.0)
+    assert np.isnan(metres[0, 0]) and metres[0, 1] == 2.0 and metres[1, 1] == 0.5
