@@ -24,6 +24,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(exclude=["test", "test.*", "bench"]),
+    package_data={PACKAGE: ["data/sample.jpg", "data/LICENSE.md"]},
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
@@ -42,9 +43,11 @@ setup(
         "rosbags-image>=0.10",
         "onnx>=1.15",
         "onnxruntime>=1.17",
+        "onnxconverter-common>=1.16",  # fp16 ONNX graphs with norms and softmax kept in fp32
+        "tqdm>=4.60",
     ],
     extras_require={
-        "test": ["pytest>=7", "transformers>=4.40", "catkin_pkg>=1.0", "matplotlib>=3.7"],
+        "test": ["pytest>=7", "transformers>=4.40", "catkin_pkg>=1.0", "matplotlib>=3.7", "plyfile>=1.0"],
         # ROS 2 Jazzy's rclpy and messages as PyPI wheels, for machines without a ROS install
         # (shared/design/ros-testing.md). Inside a sourced ROS 2 installation do not install these.
         "ros-wheels": ROS_JAZZY_WHEELS,
@@ -56,7 +59,10 @@ setup(
     entry_points={
         "console_scripts": [
             "dense-perception = dense_perception.cli:main",
+            "depth = dense_perception.ros.depth_node:main",
+            "seg = dense_perception.ros.seg_node:main",
             "cloud = dense_perception.ros.cloud_node:main",
+            "perception = dense_perception.ros.perception:main",
         ],
     },
 )

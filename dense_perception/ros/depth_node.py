@@ -1,0 +1,161 @@
+"""The ``depth`` node: monocular depth with DPT (:class:`dense_perception.api.DepthEstimator`).
+
+Subscribes (relative names, remappable):
+  ``image`` (sensor_msgs/Image: rgb8, bgr8, rgba8, bgra8, mono8, mono16, yuv422 variants, bayer
+  patterns), or ``image/compressed`` (sensor_msgs/CompressedImage) with ``compressed:=true``;
+  ``camera_info`` (sensor_msgs/CameraInfo), matched to the image by exact stamp (else the latest).
+Publishes, each with the input image's header:
+  ``depth/image`` (32FC1). **Metric networks** (``dpt_hybrid_nyu``, ``dpt_hybrid_kitti``): metres
+  (REP 118). **MiDaS networks** (``dpt_*_midas``): *relative inverse depth* — larger is nearer,
+  unknown scale and shift, not metres — unless ``depth_scale`` > 0, which turns it into metres by
+  ``1 / (depth_scale·d + depth_shift)`` (a per-scene fit on inverse depth).
+  ``depth/camera_info`` — the camera's CameraInfo with the image's header, so
+  ``depth_image_proc`` and RViz's DepthCloud can use ``depth/image``; not published while no
+  camera_info has arrived (depth still is, with a throttled warning).
+  ``depth/colored`` (rgb8) — the depth through a colour map, near = low end, with a range that
+  follows the scene slowly (:class:`~dense_perception.pipeline.colormap.StableRange`).
+``/diagnostics`` — frame rate, latency, dropped/rejected/failed frames.
+"""
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sensor_msgs.msg import CameraInfo, Image
+
+from ..api import DepthEstimator, DepthResult
+from ..networks.registry import available_networks
+from ..pipeline.colormap import COLORMAPS, StableRange, colorize_depth
+from .diagnostics import INPUT_SIZE, InferenceNode, Listeners, optional_size
+from .messages import camera_info_with_header, copy_header, to_image_msg
+from .params import ParamSpec
+from .runtime import run_node
+from .sync import StampMatcher, stamp_key
+
+CAMERA_INFO = "camera_info"
+
+DEPTH_PARAMETERS: tuple[ParamSpec, ...] = (
+    ParamSpec("network", "dpt_hybrid_midas", "DPT network: MiDaS ones give relative inverse depth, "
+              "nyu/kitti ones metres", read_only=True,
+              choices=tuple(available_networks("depth"))),
+    ParamSpec("depth_scale", 0.0, "MiDaS networks: scale of a per-scene fit on inverse depth; > 0 "
+              "publishes metres = 1 / (depth_scale*d + depth_shift); 0 = relative inverse depth",
+              read_only=True, minimum=0.0, maximum=1.0e9),
+    ParamSpec("depth_shift", 0.0, "MiDaS networks: shift of that fit (used when depth_scale > 0)",
+              read_only=True, minimum=-1.0e9, maximum=1.0e9),
+    ParamSpec("colormap", "turbo", "Colour map of depth/colored", choices=tuple(COLORMAPS)),
+    ParamSpec("color_range_alpha", 0.1, "How fast the colour range of depth/colored follows the "
+              "scene (moving-average weight of each frame; 1 = every frame on its own)",
+              minimum=0.001, maximum=1.0),
+    ParamSpec("camera_info_queue_size", 10, "camera_info messages kept for matching by stamp",
+              read_only=True, minimum=1, maximum=100),
+)
+#: Integer-list parameters (declared apart, see ``declare_integer_lists``).
+DEPTH_LISTS: tuple[ParamSpec, ...] = (INPUT_SIZE,)
+
+
+@dataclass(frozen=True)
+class DepthFrame:
+    """One processed frame, as handed to in-process listeners (the ``perception`` executable)."""
+
+    header: Any  # std_msgs/Header of the input image
+    rgb: np.ndarray  # [H, W, 3] uint8, the decoded input
+    result: DepthResult  # depth at the image's size
+    camera_info: CameraInfo | None  # matched by stamp (else the latest), None if none arrived
+
+
+@dataclass(frozen=True)
+class DepthColor:
+    """The dynamic colour settings, swapped as a whole."""
+
+    colormap: str
+    publish: bool
+    range: StableRange
+
+
+class DepthNode(InferenceNode):
+    """``image`` (+ ``camera_info``) → ``depth/image``, ``depth/camera_info``, ``depth/colored``."""
+
+    input_multiple = 32
+
+    def __init__(self, node_name: str = "depth", **kwargs: Any) -> None:
+        self.estimator: DepthEstimator
+        self._color: DepthColor
+        super().__init__(node_name, DEPTH_PARAMETERS, DEPTH_LISTS, **kwargs)
+        self.listeners: Listeners[DepthFrame] = Listeners()
+        self._info_lock = threading.Lock()
+        self._infos = StampMatcher([CAMERA_INFO],
+                                   capacity=self.get_parameter("camera_info_queue_size").value)
+        self.info_sub = self.create_subscription(
+            CameraInfo, "camera_info", self._on_camera_info, self.input_qos)
+        self.depth_pub = self.create_publisher(Image, "depth/image", self.output_qos)
+        self.info_pub = self.create_publisher(CameraInfo, "depth/camera_info", self.output_qos)
+        self.colored_pub = self.create_publisher(Image, "depth/colored", self.output_qos)
+
+    # -- InferenceNode hooks ----------------------------------------------------------------------
+
+    def build(self, values: Mapping[str, Any]) -> None:
+        fitted = values["depth_scale"] > 0
+        self.estimator = DepthEstimator(
+            values["network"], checkpoint=values["checkpoint"] or None, backend=values["backend"],
+            precision=values["precision"], device=values["device"] or None,
+            input_size=optional_size(values["input_size"]),
+            depth_scale=values["depth_scale"] if fitted else None,
+            depth_shift=values["depth_shift"] if fitted else None)
+
+    def apply_parameters(self, values: Mapping[str, Any]) -> None:
+        self._color = DepthColor(values["colormap"], values["publish_colored"], StableRange(
+            alpha=values["color_range_alpha"], inverse=self.relative))
+
+    def process(self, rgb: np.ndarray, header: Any) -> None:
+        result = self.estimator.predict(rgb)
+        out_header = copy_header(header)
+        self.depth_pub.publish(to_image_msg(result.depth, "32FC1", out_header))
+        info = self._camera_info_for(header)
+        if info is not None:
+            self.info_pub.publish(camera_info_with_header(info, out_header))
+        else:
+            self.warnings.warn(CAMERA_INFO, (
+                f"no CameraInfo received on {self.info_sub.topic_name}: publishing depth without "
+                "depth/camera_info"))
+        color = self._color
+        if color.publish:
+            vmin, vmax = color.range.update(result.depth)
+            colored = colorize_depth(result.depth, vmin, vmax, color.colormap,
+                                     inverse=color.range.inverse)
+            self.colored_pub.publish(to_image_msg(colored, "rgb8", out_header))
+        self.listeners.emit(DepthFrame(out_header, rgb, result, info))
+
+    def diagnostic_values(self) -> dict[str, Any]:
+        return {"network": self.estimator.network, "backend": self.estimator.backend,
+                "output": "relative inverse depth" if self.relative else "metres",
+                "untrained": self.estimator.untrained}
+
+    # -- camera_info ------------------------------------------------------------------------------
+
+    @property
+    def relative(self) -> bool:
+        """True when ``depth/image`` holds relative inverse depth rather than metres."""
+        return not self.estimator.output.is_metric and self.estimator.depth_scale is None
+
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        with self._info_lock:
+            self._infos.add(CAMERA_INFO, stamp_key(msg.header.stamp), msg)
+
+    def _camera_info_for(self, header: Any) -> CameraInfo | None:
+        """The camera_info with the image's stamp, else the latest (intrinsics rarely change)."""
+        with self._info_lock:
+            info = self._infos.get(CAMERA_INFO, stamp_key(header.stamp))
+            return info if info is not None else self._infos.latest(CAMERA_INFO)
+
+
+def main(args: list[str] | None = None) -> int:
+    """Entry point of the ``depth`` executable."""
+    return run_node(DepthNode, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

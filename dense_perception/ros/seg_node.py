@@ -1,0 +1,194 @@
+"""The ``seg`` node: semantic segmentation with EDAFormer and live ISR
+(:class:`dense_perception.api.Segmenter`).
+
+Subscribes ``image`` (any encoding :mod:`dense_perception.io.images` reads), or
+``image/compressed`` with ``compressed:=true``. Publishes, each with the input image's header:
+  ``seg/labels`` — class ids at the image's size: mono8, or 16UC1 above 255 classes;
+  ``seg/colored`` (rgb8) — the dataset's palette blended over the image (``overlay_alpha``);
+  ``seg/label_info`` — vision_msgs/LabelInfo (class id → name), once, transient-local, where
+  vision_msgs is installed. The names are always also the read-only ``class_names`` parameter.
+``/diagnostics`` — frame rate, latency, dropped frames and the ISR setting in use.
+
+ISR (Inference Spatial Reduction) is dynamic: ``isr_ratio`` (k multiplies every training pooling
+ratio), or explicit ``isr_encoder`` / ``isr_decoder`` in the paper's notation (e.g. [16,8,2,1] and
+[2,4,8], decoder listed c4, c3, c2); empty (or [0], which ``ros2 param set`` can send) = from
+``isr_ratio``. A setting whose pooling exceeds a feature map is rejected with the reason — at the
+fixed ``input_size`` if set, else at the last image's network size. A change applies from the next
+frame on.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from rcl_interfaces.msg import ParameterType
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import Image
+from std_msgs.msg import Header
+
+from ..api import SegmentationResult, Segmenter
+from ..networks.isr import ISRSetting
+from ..networks.registry import available_networks
+from ..pipeline.colormap import colorize_labels, overlay
+from .diagnostics import INPUT_SIZE, InferenceNode, Listeners, optional_size
+from .messages import copy_header, to_image_msg
+from .params import ParamSpec
+from .runtime import run_node
+
+try:  # not on the Python package registries; every ROS desktop install has it
+    from vision_msgs.msg import LabelInfo, VisionClass
+except ImportError:  # pragma: no cover - depends on the installation
+    LabelInfo = VisionClass = None
+
+SEG_PARAMETERS: tuple[ParamSpec, ...] = (
+    ParamSpec("network", "edaformer_t_ade20k", "EDAFormer network (size t/b, dataset)",
+              read_only=True, choices=tuple(available_networks("segmentation"))),
+    ParamSpec("label_mode", "official", "official: logits resized to the image, then argmax; "
+              "fast: argmax at network resolution, labels resized (nearest)", read_only=True,
+              choices=("official", "fast")),
+    ParamSpec("isr_ratio", 1, "ISR: every key/value pooling ratio multiplied by this "
+              "(1 = training ratios; larger = faster, coarser attention)", minimum=1, maximum=64),
+    ParamSpec("overlay_alpha", 0.5, "Weight of the palette colours over the image in seg/colored",
+              minimum=0.0, maximum=1.0),
+)
+ISR_LISTS: tuple[ParamSpec, ...] = (
+    ParamSpec("isr_encoder", [], "ISR: effective pooling ratios of encoder stages 1-4, e.g. "
+              "[16, 8, 2, 1]; empty or [0] = from isr_ratio",
+              param_type=ParameterType.PARAMETER_INTEGER_ARRAY),
+    ParamSpec("isr_decoder", [], "ISR: effective pooling ratios of decoder levels c4, c3, c2, e.g. "
+              "[2, 4, 8]; empty or [0] = from isr_ratio",
+              param_type=ParameterType.PARAMETER_INTEGER_ARRAY),
+)
+#: Integer-list parameters (declared apart, see ``declare_integer_lists``).
+SEG_LISTS: tuple[ParamSpec, ...] = (INPUT_SIZE,) + ISR_LISTS
+CLASS_NAMES = ParamSpec("class_names", [""], "The network's class names, index = label id "
+                        "(read-only, set by the node)", read_only=True,
+                        param_type=ParameterType.PARAMETER_STRING_ARRAY)
+#: LabelInfo is latched: late subscribers (RViz, loggers) still get it.
+LABEL_INFO_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
+                            reliability=ReliabilityPolicy.RELIABLE,
+                            durability=DurabilityPolicy.TRANSIENT_LOCAL)
+LABEL_ENCODINGS = {np.dtype(np.uint8): "mono8", np.dtype(np.uint16): "16UC1"}
+
+
+@dataclass(frozen=True)
+class SegFrame:
+    """One processed frame, as handed to in-process listeners (the ``perception`` executable)."""
+
+    header: Any  # std_msgs/Header of the input image
+    rgb: np.ndarray  # [H, W, 3] uint8
+    result: SegmentationResult  # labels at the image's size and the ISR setting used
+
+
+@dataclass(frozen=True)
+class SegSettings:
+    """The dynamic parameters, swapped as a whole."""
+
+    isr: ISRSetting
+    publish_colored: bool
+    overlay_alpha: float
+
+
+def isr_from_values(values: Mapping[str, Any]) -> ISRSetting:
+    """The ISR setting the parameters ask for (``ValueError`` with the reason if invalid)."""
+    def explicit(ratios: Sequence[int]) -> list[int] | None:
+        return None if len(ratios) == 0 or list(ratios) == [0] else list(ratios)
+
+    return ISRSetting.make(values["isr_ratio"], explicit(values["isr_encoder"]),
+                           explicit(values["isr_decoder"]))
+
+
+def label_info_message(names: Sequence[str], header: Any) -> Any:
+    """A vision_msgs/LabelInfo mapping each label id to its name (needs vision_msgs)."""
+    if LabelInfo is None:
+        raise RuntimeError("vision_msgs is not installed")
+    return LabelInfo(header=header, threshold=0.0, class_map=[
+        VisionClass(class_id=index, class_name=name) for index, name in enumerate(names)])
+
+
+class SegNode(InferenceNode):
+    """``image`` → ``seg/labels``, ``seg/colored``, ``seg/label_info``; see the module docstring."""
+
+    def __init__(self, node_name: str = "seg", **kwargs: Any) -> None:
+        self.segmenter: Segmenter
+        self._settings: SegSettings
+        super().__init__(node_name, SEG_PARAMETERS, SEG_LISTS, **kwargs)
+        self.listeners: Listeners[SegFrame] = Listeners()
+        self.declare_parameter(CLASS_NAMES.name, list(self.segmenter.class_names),
+                               CLASS_NAMES.descriptor(), ignore_override=True)
+        self.labels_pub = self.create_publisher(Image, "seg/labels", self.output_qos)
+        self.colored_pub = self.create_publisher(Image, "seg/colored", self.output_qos)
+        self.label_info_pub = None
+        if LabelInfo is not None:
+            self.label_info_pub = self.create_publisher(LabelInfo, "seg/label_info", LABEL_INFO_QOS)
+            header = Header(stamp=self.get_clock().now().to_msg())
+            self.label_info_pub.publish(label_info_message(self.segmenter.class_names, header))
+
+    # -- InferenceNode hooks ----------------------------------------------------------------------
+
+    def build(self, values: Mapping[str, Any]) -> None:
+        self.segmenter = Segmenter(
+            values["network"], checkpoint=values["checkpoint"] or None, backend=values["backend"],
+            precision=values["precision"], device=values["device"] or None,
+            input_size=optional_size(values["input_size"]), label_mode=values["label_mode"])
+
+    def check_parameters(self, values: Mapping[str, Any]) -> str | None:
+        """ISR values that make a setting, and whose pools fit the network's feature maps."""
+        try:
+            setting = isr_from_values(values)
+        except ValueError as error:
+            return str(error)
+        size = optional_size(values["input_size"]) or self.last_image_size
+        if size is None:
+            return None  # no image yet: checked against the first frame (see process)
+        try:
+            self.segmenter.check_isr(setting, *size)
+        except ValueError as error:
+            where = "input_size" if values["input_size"] else "the last image's network size"
+            return f"{error} ({where}; try a smaller isr_ratio)"
+        return None
+
+    def apply_parameters(self, values: Mapping[str, Any]) -> None:
+        self._settings = SegSettings(isr_from_values(values), values["publish_colored"],
+                                     values["overlay_alpha"])
+
+    def process(self, rgb: np.ndarray, header: Any) -> None:
+        settings = self._settings
+        self._switch_isr(settings.isr, rgb.shape[0], rgb.shape[1])
+        result = self.segmenter.predict(rgb)
+        out_header = copy_header(header)
+        labels = result.labels
+        self.labels_pub.publish(to_image_msg(labels, LABEL_ENCODINGS[labels.dtype], out_header))
+        if settings.publish_colored:
+            colored = overlay(rgb, colorize_labels(labels, self.segmenter.palette),
+                              settings.overlay_alpha)
+            self.colored_pub.publish(to_image_msg(colored, "rgb8", out_header))
+        self.listeners.emit(SegFrame(out_header, rgb, result))
+
+    def diagnostic_values(self) -> dict[str, Any]:
+        return {"network": self.segmenter.network, "backend": self.segmenter.backend,
+                "isr": str(self.segmenter.isr), "classes": len(self.segmenter.class_names),
+                "untrained": self.segmenter.untrained}
+
+    # -- ISR --------------------------------------------------------------------------------------
+
+    def _switch_isr(self, requested: ISRSetting, height: int, width: int) -> None:
+        """Worker thread: apply a requested ISR setting between frames, if it fits this image."""
+        if requested == self.segmenter.isr:
+            return
+        try:
+            self.segmenter.check_isr(requested, height, width)
+            self.segmenter.set_isr(requested)
+        except ValueError as error:
+            self.warnings.warn("isr", f"keeping ISR {self.segmenter.isr}: {error}")
+
+
+def main(args: list[str] | None = None) -> int:
+    """Entry point of the ``seg`` executable."""
+    return run_node(SegNode, args)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

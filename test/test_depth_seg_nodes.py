@@ -1,0 +1,401 @@
+"""The ``depth`` and ``seg`` nodes and the one-process ``perception`` graph, with real rclpy.
+
+A test node publishes Image (+ CameraInfo) and receives every output; parameters go through the
+real SetParameters service, built as ``ros2 param set`` builds it. Networks run with untrained
+weights at small fixed input sizes, so the values are compared with the node's own predictor.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import rclpy
+from builtin_interfaces.msg import Time
+from diagnostic_msgs.msg import DiagnosticArray
+from rcl_interfaces.msg import Parameter as ParameterMsg
+from rcl_interfaces.srv import SetParameters
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.parameter import Parameter, get_parameter_value
+from rclpy.qos import QoSProfile, ReliabilityPolicy
+from ros_fixtures import ros_context, ros_environment, spin_until  # noqa: F401
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
+from std_msgs.msg import Header
+
+from dense_perception.io.images import image_array
+from dense_perception.networks.isr import ISRSetting
+from dense_perception.pipeline.cloud import CLOUD_DTYPE
+from dense_perception.pipeline.colormap import (
+    colorize_depth, colorize_labels, overlay, robust_range)
+from dense_perception.ros import seg_node
+from dense_perception.ros.depth_node import DepthNode
+from dense_perception.ros.diagnostics import FrameTiming
+from dense_perception.ros.messages import camera_info_with_header, to_image_msg
+from dense_perception.ros.perception import Perception, parse_options
+from dense_perception.ros.seg_node import SegNode, isr_from_values, label_info_message
+
+FRAME = "camera_optical_frame"
+HEIGHT, WIDTH = 48, 64
+RELIABLE = QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE)
+RNG = np.random.default_rng(0)
+RGB = RNG.integers(0, 256, (HEIGHT, WIDTH, 3), dtype=np.uint8)
+K = [40.0, 0.0, 32.0, 0.0, 40.0, 24.0, 0.0, 0.0, 1.0]
+
+
+def header(sec: int) -> Header:
+    return Header(frame_id=FRAME, stamp=Time(sec=sec, nanosec=7))
+
+
+def bgr8_image(sec: int, rgb: np.ndarray = RGB) -> Image:
+    """The frame as a camera driver sends it: bgr8 (the node must convert)."""
+    msg = to_image_msg(np.ascontiguousarray(rgb[..., ::-1]), "rgb8", header(sec))
+    msg.encoding = "bgr8"
+    return msg
+
+
+def camera_info(sec: int) -> CameraInfo:
+    return camera_info_with_header(CameraInfo(width=WIDTH, height=HEIGHT, k=K), header(sec))
+
+
+def rss_bytes() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+class Harness:
+    """Nodes under test and a tester node, on one executor spun by the test thread."""
+
+    def __init__(self, context, nodes, outputs: dict[str, type], raw_input: bool = True) -> None:
+        self.nodes = list(nodes)
+        self.tester = rclpy.create_node("tester", context=context)
+        self.image_pub = self.tester.create_publisher(Image, "image", RELIABLE)
+        self.info_pub = self.tester.create_publisher(CameraInfo, "camera_info", RELIABLE)
+        self.received: dict[str, list] = {topic: [] for topic in outputs}
+        subs = [self.tester.create_subscription(kind, topic, self.received[topic].append, RELIABLE)
+                for topic, kind in outputs.items()]
+        self.executor = SingleThreadedExecutor(context=context)
+        for node in self.nodes + [self.tester]:
+            self.executor.add_node(node)
+        def discovered() -> bool:
+            image_ok = self.image_pub.get_subscription_count() > 0 or not raw_input
+            return image_ok and all(sub.get_publisher_count() > 0 for sub in subs)
+        assert self.spin_until(discovered), "discovery timed out"
+
+    def spin_until(self, condition, timeout_s: float = 20.0) -> bool:
+        return spin_until(self.executor, condition, timeout_s)
+
+    def next(self, topic: str, count: int, timeout_s: float = 30.0):
+        assert self.spin_until(lambda: len(self.received[topic]) >= count, timeout_s), (
+            f"no message #{count} on {topic}; "
+            f"{[node.warnings.last_message for node in self.nodes]}")
+        return self.received[topic][count - 1]
+
+    def set_parameter(self, node_name: str, name: str, text: str):
+        """What ``ros2 param set /<node_name> <name> <text>`` sends, through the real service."""
+        client = self.tester.create_client(SetParameters, f"/{node_name}/set_parameters")
+        assert self.spin_until(client.service_is_ready)
+        request = SetParameters.Request(
+            parameters=[ParameterMsg(name=name, value=get_parameter_value(text))])
+        future = client.call_async(request)
+        assert self.spin_until(future.done)
+        self.tester.destroy_client(client)
+        [result] = future.result().results
+        return result
+
+    def close(self) -> None:
+        self.executor.shutdown()
+        for node in self.nodes + [self.tester]:
+            node.destroy_node()
+
+
+@pytest.fixture
+def harness(ros_context):
+    made: list[Harness] = []
+
+    def make(nodes, outputs, **kwargs) -> Harness:
+        made.append(Harness(ros_context, nodes, outputs, **kwargs))
+        return made[-1]
+
+    yield make
+    for item in made:
+        item.close()
+
+
+def overrides(**values) -> list[Parameter]:
+    return [Parameter(name, value=value) for name, value in values.items()]
+
+
+def make_seg(context, **values) -> SegNode:
+    return SegNode(context=context, parameter_overrides=overrides(input_size=[64, 64], **values))
+
+
+def seg_outputs() -> dict[str, type]:
+    return {"seg/labels": Image, "seg/colored": Image, "/diagnostics": DiagnosticArray}
+
+
+def assert_header(msg, sec: int) -> None:
+    assert msg.header.frame_id == FRAME
+    assert (msg.header.stamp.sec, msg.header.stamp.nanosec) == (sec, 7)
+
+
+# -- seg ------------------------------------------------------------------------------------------
+
+
+def test_seg_publishes_labels_colored_and_diagnostics(ros_context, harness):
+    seg = make_seg(ros_context, diagnostics_period=0.2)
+    graph = harness([seg], seg_outputs())
+    graph.image_pub.publish(bgr8_image(3))
+    labels_msg = graph.next("seg/labels", 1)
+    colored_msg = graph.next("seg/colored", 1)
+
+    for msg in (labels_msg, colored_msg):
+        assert_header(msg, 3)
+        assert (msg.height, msg.width) == (HEIGHT, WIDTH)
+    assert (labels_msg.encoding, colored_msg.encoding) == ("mono8", "rgb8")
+    expected = seg.segmenter.predict(RGB).labels  # bgr8 was converted to the same RGB
+    labels = image_array(labels_msg)
+    assert np.array_equal(labels, expected)
+    assert np.array_equal(image_array(colored_msg),
+                          overlay(RGB, colorize_labels(expected, seg.segmenter.palette), 0.5))
+
+    names = seg.get_parameter("class_names").value
+    assert list(names) == list(seg.segmenter.class_names) and len(names) == 150
+    assert not seg.set_parameters([Parameter("class_names", value=["x"])])[0].successful
+    assert seg_node.LabelInfo is not None or seg.label_info_pub is None  # tested path without it
+
+    def seg_status():
+        return [s for msg in graph.received["/diagnostics"] for s in msg.status
+                if s.name.startswith("/seg") and dict((kv.key, kv.value) for kv in s.values)
+                .get("frames processed") == "1"]
+    assert graph.spin_until(lambda: seg_status()), "no /diagnostics from /seg"
+    values = {kv.key: kv.value for kv in seg_status()[-1].values}
+    assert values["isr"] == "[8,4,2,1]-[1,2,4]" and values["untrained"] == "True"
+    assert float(values["latency mean (ms)"]) > 0
+
+
+def test_isr_ratio_set_through_the_service_applies_at_the_next_frame(ros_context, harness):
+    seg = make_seg(ros_context)
+    results = []
+    seg.listeners.add(results.append)
+    graph = harness([seg], seg_outputs())
+    graph.image_pub.publish(bgr8_image(1))
+    graph.next("seg/labels", 1)
+    assert graph.spin_until(lambda: len(results) == 1)  # listeners run just after publishing
+    assert results[-1].result.isr == ISRSetting.from_ratio(1)
+
+    accepted = graph.set_parameter("seg", "isr_ratio", "2")
+    assert accepted.successful, accepted.reason
+    graph.image_pub.publish(bgr8_image(2))
+    assert_header(graph.next("seg/labels", 2), 2)
+    assert graph.spin_until(lambda: len(results) == 2)
+    assert results[-1].result.isr == ISRSetting.from_ratio(2) == seg.segmenter.isr
+
+    too_coarse = graph.set_parameter("seg", "isr_ratio", "3")  # 24 > the 16x16 stage-1 map
+    assert not too_coarse.successful
+    assert "does not fit a 64x64 input" in too_coarse.reason and "16x16" in too_coarse.reason
+    zero = graph.set_parameter("seg", "isr_ratio", "0")
+    assert not zero.successful and "isr_ratio" in zero.reason
+    wrong_length = graph.set_parameter("seg", "isr_decoder", "[1, 2]")
+    assert not wrong_length.successful and "3 values" in wrong_length.reason
+    explicit = graph.set_parameter("seg", "isr_encoder", "[16, 8, 2, 1]")
+    assert explicit.successful, explicit.reason
+    assert seg.get_parameter("isr_ratio").value == 2
+
+    graph.image_pub.publish(bgr8_image(3))  # still serving, with the explicit encoder
+    assert_header(graph.next("seg/labels", 3), 3)
+    assert graph.spin_until(lambda: len(results) == 3)
+    assert results[-1].result.isr == ISRSetting((16, 8, 2, 1), (2, 4, 8))
+    back = graph.set_parameter("seg", "isr_encoder", "[0]")  # `ros2 param set` cannot send []
+    assert back.successful and isr_from_values(
+        {"isr_ratio": 2, "isr_encoder": [0], "isr_decoder": []}) == ISRSetting.from_ratio(2)
+
+
+def test_latest_frame_policy_under_a_burst_of_200_frames(ros_context, harness):
+    seg = make_seg(ros_context, publish_colored=False)
+    graph = harness([seg], {"seg/labels": Image})
+    messages = [bgr8_image(sec) for sec in range(1, 201)]
+    baseline = None
+    for index, msg in enumerate(messages):
+        received = seg.worker.submitted
+        graph.image_pub.publish(msg)
+        graph.spin_until(lambda: seg.worker.submitted > received, timeout_s=1.0)
+        if index == 49:
+            baseline = rss_bytes()
+    assert seg.worker.wait_idle(30.0)
+    assert graph.spin_until(lambda: graph.received["seg/labels"] and
+                            graph.received["seg/labels"][-1].header.stamp.sec == 200)
+    worker = seg.worker
+    assert worker.submitted >= 190  # (best effort may lose a few on the way)
+    assert worker.dropped > 100 and worker.processed + worker.dropped == worker.submitted
+    assert len(graph.received["seg/labels"]) == worker.processed < 100
+    stamps = [msg.header.stamp.sec for msg in graph.received["seg/labels"]]
+    assert stamps == sorted(stamps)
+    assert rss_bytes() - baseline < 30 * 2**20, "memory grew during the burst"
+
+
+@pytest.mark.parametrize("bad, reason", [
+    (Image(height=4, width=4, encoding="hsv8", step=12, data=bytes(48)), "unsupported image"),
+    (Image(height=0, width=0, encoding="rgb8", step=0), "empty image"),
+    (Image(height=4, width=4, encoding="rgb8", step=5, data=bytes(20)), "step 5 is smaller"),
+    (Image(height=4, width=4, encoding="32FC1", step=16, data=bytes(64)), "not colour"),
+])
+def test_bad_images_are_reported_and_the_next_frame_is_served(ros_context, harness, bad, reason):
+    seg = make_seg(ros_context)
+    graph = harness([seg], seg_outputs())
+    bad.header = header(1)
+    graph.image_pub.publish(bad)
+    assert graph.spin_until(lambda: seg.diagnostics.rejected == 1)
+    message = seg.warnings.last_message["bad_image"]
+    assert reason in message and "(1, 7)" in message and "/image" in message
+    graph.image_pub.publish(bgr8_image(2))
+    assert_header(graph.next("seg/labels", 1), 2)
+    assert seg.worker.failed == 0
+
+
+def test_compressed_input(ros_context, harness):
+    import cv2
+
+    seg = make_seg(ros_context, compressed=True)
+    graph = harness([seg], seg_outputs(), raw_input=False)
+    publisher = graph.tester.create_publisher(CompressedImage, "image/compressed", RELIABLE)
+    assert graph.spin_until(lambda: publisher.get_subscription_count() > 0)
+    ok, png = cv2.imencode(".png", RGB[..., ::-1])
+    publisher.publish(CompressedImage(header=header(4), format="png", data=png.tobytes()))
+    labels = graph.next("seg/labels", 1)
+    assert_header(labels, 4)
+    assert np.array_equal(image_array(labels), seg.segmenter.predict(RGB).labels)
+
+
+def test_label_info_message_maps_ids_to_names(monkeypatch):
+    class Fake:
+        def __init__(self, **fields):
+            self.__dict__.update(fields)
+
+    monkeypatch.setattr(seg_node, "LabelInfo", Fake)
+    monkeypatch.setattr(seg_node, "VisionClass", Fake)
+    msg = label_info_message(["road", "car"], header(1))
+    assert [(c.class_id, c.class_name) for c in msg.class_map] == [(0, "road"), (1, "car")]
+    monkeypatch.setattr(seg_node, "LabelInfo", None)
+    with pytest.raises(RuntimeError, match="vision_msgs"):
+        label_info_message(["road"], header(1))
+
+
+# -- depth ----------------------------------------------------------------------------------------
+
+
+def test_depth_outputs_with_and_without_camera_info(ros_context, harness):
+    depth = DepthNode(context=ros_context, parameter_overrides=overrides(input_size=[64, 64]))
+    graph = harness([depth], {"depth/image": Image, "depth/camera_info": CameraInfo,
+                              "depth/colored": Image})
+    graph.image_pub.publish(bgr8_image(1))  # no camera_info yet: depth is still published
+    first = graph.next("depth/image", 1, timeout_s=60.0)
+    assert_header(first, 1)
+    assert "no CameraInfo received" in depth.warnings.last_message["camera_info"]
+    assert not graph.received["depth/camera_info"]
+
+    graph.info_pub.publish(camera_info(2))
+    assert graph.spin_until(lambda: depth._camera_info_for(header(2)) is not None)
+    graph.image_pub.publish(bgr8_image(2))
+    depth_msg = graph.next("depth/image", 2, timeout_s=60.0)
+    info_msg = graph.next("depth/camera_info", 1)
+    colored_msg = graph.next("depth/colored", 2)
+    for msg in (depth_msg, info_msg, colored_msg):
+        assert_header(msg, 2)
+    assert (depth_msg.encoding, colored_msg.encoding) == ("32FC1", "rgb8")
+    assert (depth_msg.height, depth_msg.width, info_msg.height, info_msg.width) == (
+        HEIGHT, WIDTH, HEIGHT, WIDTH)
+    assert list(info_msg.k) == K
+
+    expected = depth.estimator.predict(RGB)
+    assert expected.kind == "relative_inverse" and depth.relative
+    np.testing.assert_allclose(image_array(depth_msg), expected.depth, rtol=1e-5, atol=1e-6)
+    first_colored = colorize_depth(expected.depth, *robust_range(expected.depth, inverse=True),
+                                   inverse=True)
+    assert np.array_equal(image_array(graph.received["depth/colored"][0]), first_colored)
+
+    rejected = depth.set_parameters([Parameter("colormap", value="jet")])[0]
+    assert not rejected.successful and "turbo" in rejected.reason
+
+
+# -- one process ----------------------------------------------------------------------------------
+
+
+def test_perception_passes_depth_and_labels_to_the_cloud_in_memory(ros_context, harness):
+    perception = Perception(context=ros_context, parameter_overrides=overrides(
+        input_size=[64, 64], depth_scale=1.0, depth_shift=0.5, sync_timeout=10.0))
+    assert list(perception.cloud.subscriptions) == []  # no topic round trip for the cloud
+    graph = harness(perception.nodes, {"points": PointCloud2, "seg/labels": Image,
+                                       "depth/image": Image})
+    graph.info_pub.publish(camera_info(5))
+    assert graph.spin_until(lambda: perception.depth._camera_info_for(header(5)) is not None)
+    graph.image_pub.publish(bgr8_image(5))
+    cloud = graph.next("points", 1, timeout_s=60.0)
+    labels = image_array(graph.next("seg/labels", 1))
+    assert_header(cloud, 5)
+    assert_header(graph.next("depth/image", 1), 5)
+    points = np.frombuffer(bytes(cloud.data), CLOUD_DTYPE)
+    assert points.size > 0 and np.isfinite(points["z"]).all()
+    assert set(np.unique(points["label"])) <= set(np.unique(labels))
+    assert perception.cloud.stats.incomplete == 0
+    assert perception.seg.get_parameter("isr_ratio").value == 1  # each node its own parameters
+    assert perception.depth.get_parameter("depth_scale").value == 1.0
+
+
+def test_perception_options():
+    options = parse_options(["--seg", "false"])
+    assert (options.depth, options.seg, options.cloud) == (True, False, True)
+    with pytest.raises(SystemExit):
+        parse_options(["--depth", "false", "--seg", "no", "--cloud", "0"])
+
+
+def test_frame_timing():
+    timing = FrameTiming(window=3)
+    assert timing.summary() == (0.0, 0.0, 0.0)
+    for index, latency in enumerate([0.1, 0.2, 0.3, 0.4]):
+        timing.record(latency, now=10.0 + 0.5 * index)
+    fps, mean, worst = timing.summary()
+    assert fps == pytest.approx(2.0) and mean == pytest.approx(0.3) and worst == 0.4
+
+
+def test_nodes_start_from_the_packaged_config(ros_context):
+    """rcl reads config/perception.yaml (wildcard sections, empty lists) and the nodes accept it."""
+    config = os.path.join(os.path.dirname(__file__), "..", "config", "perception.yaml")
+    cli_args = ["--ros-args", "--params-file", config]
+    seg = SegNode(context=ros_context, namespace="/robot", cli_args=cli_args)
+    depth = DepthNode(context=ros_context, namespace="/robot", cli_args=cli_args)
+    try:
+        for node in (seg, depth):
+            assert node.get_parameter("input_size").value == []
+            assert node.get_parameter("output_reliability").value == "reliable"
+        assert seg.get_parameter("isr_encoder").type_ == Parameter.Type.INTEGER_ARRAY
+        assert seg.set_parameters([Parameter("isr_encoder", value=[16, 8, 2, 1])])[0].successful
+        assert depth.get_parameter("network").value == "dpt_hybrid_midas"
+    finally:
+        seg.destroy_node()
+        depth.destroy_node()
+
+
+def test_perception_main_runs_the_chosen_nodes_and_exits_cleanly(ros_context):
+    import signal
+    import subprocess
+    import sys
+
+    from ros_fixtures import wait_until
+
+    process = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from dense_perception.ros.perception import main; "
+         "raise SystemExit(main(sys.argv))", "--depth", "false", "--cloud", "false",
+         "--ros-args", "-r", "__ns:=/main_test", "-p", "input_size:=[64,64]"],
+        env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    observer = rclpy.create_node("perception_observer", context=ros_context)
+    try:
+        assert wait_until(lambda: ("seg", "/main_test") in observer.get_node_names_and_namespaces(),
+                          timeout_s=20.0), process.poll()
+        assert ("depth", "/main_test") not in observer.get_node_names_and_namespaces()
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=10.0) == 0, process.stdout.read()
+    finally:
+        observer.destroy_node()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
