@@ -6,7 +6,6 @@ One file per input size, ISR setting and precision (ISR is baked into the graph)
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 from pathlib import Path
 
@@ -32,20 +31,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_isr_arguments(parser)
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _isr_requested(args: argparse.Namespace) -> bool:
     return args.isr != 1 or bool(args.isr_encoder) or bool(args.isr_decoder)
 
 
 def main(args: argparse.Namespace) -> int:
     from ..engines.tensorrt_ops import SOURCE, unsupported_ops
+    from ..weights import sha256_file
 
     height, width = args.size
     net = build_network(args.network)
@@ -60,7 +52,7 @@ def main(args: argparse.Namespace) -> int:
         weights = "untrained"
     else:
         load_checkpoint(net, args.checkpoint)
-        weights = f"{args.checkpoint.name} sha256:{file_sha256(args.checkpoint)}"
+        weights = f"{args.checkpoint.name} sha256:{sha256_file(args.checkpoint)}"
     path = export_onnx(net, args.out, height, width, precision=args.precision, opset=args.opset,
                        batch=args.batch, weights=weights)
     import onnx

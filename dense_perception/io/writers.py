@@ -24,7 +24,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from ..pipeline.cloud import CLOUD_DTYPE, POINT_STEP, cloud_fields, unpack_rgb
+from ..pipeline.cloud import cloud_fields, pointcloud2_layout, unpack_rgb
 from .images import image_fields
 from .sources import CameraInfoData, Frame
 
@@ -86,21 +86,6 @@ def label_encoding(labels: np.ndarray) -> str:
     if labels.dtype == np.uint16:
         return "16UC1"
     raise ValueError(f"labels must be uint8 or uint16, got {labels.dtype}")
-
-
-def pointcloud2_fields(cloud: np.ndarray) -> dict[str, Any]:
-    """The PointCloud2 fields of a 1-D (unorganised, dense) cloud, as the cloud node publishes it.
-
-    ``fields`` is a list of ``(name, offset, datatype, count)``; ``data`` the cloud's bytes.
-    """
-    if cloud.dtype != CLOUD_DTYPE or cloud.ndim != 1:
-        raise ValueError(f"expected a 1-D cloud of CLOUD_DTYPE, got {cloud.dtype} {cloud.shape}")
-    return {
-        "height": 1, "width": int(cloud.size),
-        "fields": [(f.name, f.offset, int(f.datatype), f.count) for f in cloud_fields()],
-        "is_bigendian": False, "point_step": POINT_STEP, "row_step": POINT_STEP * int(cloud.size),
-        "data": np.ascontiguousarray(cloud).view(np.uint8).reshape(-1), "is_dense": True,
-    }
 
 
 class BagWriter:
@@ -196,11 +181,10 @@ class BagWriter:
             p=np.asarray(camera.projection(), dtype=np.float64), binning_x=0, binning_y=0, roi=roi)
 
     def _pointcloud2(self, cloud: np.ndarray, header: Any) -> Any:
-        fields = pointcloud2_fields(cloud)
-        fields["fields"] = [self._msg("sensor_msgs/msg/PointField", name=name, offset=offset,
-                                      datatype=datatype, count=count)
-                            for name, offset, datatype, count in fields["fields"]]
-        return self._msg("sensor_msgs/msg/PointCloud2", header=header, **fields)
+        fields = [self._msg("sensor_msgs/msg/PointField", name=f.name, offset=f.offset,
+                            datatype=int(f.datatype), count=f.count) for f in cloud_fields()]
+        return self._msg("sensor_msgs/msg/PointCloud2", header=header, fields=fields,
+                         **pointcloud2_layout(cloud))
 
 
 def parse_file_kinds(text: str) -> frozenset[str]:

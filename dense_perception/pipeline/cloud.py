@@ -71,6 +71,28 @@ def cloud_fields() -> tuple[CloudField, ...]:
     return _FIELDS
 
 
+def pointcloud2_layout(cloud: np.ndarray, organized_shape: tuple[int, int] | None = None) -> dict[str, Any]:
+    """Every PointCloud2 field but ``header`` and ``fields`` for a cloud from :func:`build_cloud`.
+
+    A 2-D cloud (or ``organized_shape`` = (height, width)) is organised (``is_dense`` False, NaN marks
+    invalid points); a 1-D cloud holds valid points only (``is_dense`` True). ``data`` is the cloud's
+    bytes (CLOUD_DTYPE is little-endian by construction). Shared by the ROS publisher and the bag writer.
+    """
+    if cloud.dtype != CLOUD_DTYPE:
+        raise ValueError(f"cloud dtype {cloud.dtype} is not CLOUD_DTYPE")
+    if organized_shape is None and cloud.ndim == 2:
+        organized_shape = (int(cloud.shape[0]), int(cloud.shape[1]))
+    if organized_shape is not None:
+        height, width = organized_shape
+        if height * width != cloud.size:
+            raise ValueError(f"organized shape {organized_shape} does not hold {cloud.size} points")
+    else:
+        height, width = 1, int(cloud.size)
+    return {"height": height, "width": width, "is_bigendian": False, "point_step": POINT_STEP,
+            "row_step": POINT_STEP * width, "is_dense": organized_shape is None,
+            "data": np.ascontiguousarray(cloud).reshape(-1).view(np.uint8)}
+
+
 @dataclass(frozen=True)
 class CameraModel:
     """Pinhole intrinsics of an image of ``width`` x ``height`` pixels."""

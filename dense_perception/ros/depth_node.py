@@ -29,7 +29,7 @@ from sensor_msgs.msg import CameraInfo, Image
 from ..api import DepthEstimator, DepthResult
 from ..networks.registry import available_networks
 from ..pipeline.colormap import COLORMAPS, StableRange, colorize_depth
-from .diagnostics import INPUT_SIZE, InferenceNode, Listeners, optional_size
+from .inference_node import INPUT_SIZE, InferenceNode, Listeners, optional_size
 from .messages import camera_info_with_header, copy_header, to_image_msg
 from .params import ParamSpec
 from .runtime import run_node
@@ -53,7 +53,7 @@ DEPTH_PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("camera_info_queue_size", 10, "camera_info messages kept for matching by stamp",
               read_only=True, minimum=1, maximum=100),
 )
-#: Integer-list parameters (declared apart, see ``declare_integer_lists``).
+#: Integer-list parameters (empty defaults allowed: :func:`.params.declare_parameters` types them).
 DEPTH_LISTS: tuple[ParamSpec, ...] = (INPUT_SIZE,)
 
 

@@ -14,7 +14,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2, Poi
 from std_msgs.msg import Header
 
 from ..io.images import image_fields, message_to_rgb
-from ..pipeline.cloud import CLOUD_DTYPE, POINT_STEP, cloud_fields
+from ..pipeline.cloud import cloud_fields, pointcloud2_layout
 
 
 def byte_array(data: np.ndarray) -> array.array:
@@ -44,24 +44,12 @@ def to_pointcloud2(cloud: np.ndarray, header: Header,
     A 2-D cloud (or ``organized_shape`` = (height, width)) is published organised (``is_dense``
     False, NaN marks invalid points); a 1-D cloud holds valid points only (``is_dense`` True).
     """
-    if cloud.dtype != CLOUD_DTYPE:
-        raise ValueError(f"cloud dtype {cloud.dtype} is not CLOUD_DTYPE")
-    if organized_shape is None and cloud.ndim == 2:
-        organized_shape = (int(cloud.shape[0]), int(cloud.shape[1]))
-    if organized_shape is not None:
-        height, width = organized_shape
-        if height * width != cloud.size:
-            raise ValueError(f"organized shape {organized_shape} does not hold {cloud.size} points")
-    else:
-        height, width = 1, int(cloud.size)
-    msg = PointCloud2(
-        header=header, height=height, width=width,
-        fields=[PointField(name=field.name, offset=field.offset, datatype=int(field.datatype),
-                           count=field.count) for field in cloud_fields()],
-        is_bigendian=False, point_step=POINT_STEP, row_step=POINT_STEP * width,
-        is_dense=organized_shape is None)
-    # CLOUD_DTYPE is little-endian by construction, so the bytes are the message's data as they are.
-    msg.data = byte_array(np.ascontiguousarray(cloud).reshape(-1).view(np.uint8))
+    layout = pointcloud2_layout(cloud, organized_shape)
+    data = layout.pop("data")
+    msg = PointCloud2(header=header, fields=[
+        PointField(name=field.name, offset=field.offset, datatype=int(field.datatype), count=field.count)
+        for field in cloud_fields()], **layout)
+    msg.data = byte_array(data)
     return msg
 
 

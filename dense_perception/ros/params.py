@@ -80,7 +80,11 @@ def declare_parameters(node: Node, specs: Sequence[ParamSpec],
 
     Raises ``ValueError`` with the reason when a start-up value (e.g. from a YAML file) is invalid.
     """
-    node.declare_parameters("", [(spec.name, spec.default, spec.descriptor()) for spec in specs])
+    lists = [spec for spec in specs if isinstance(spec.default, (list, tuple))]
+    node.declare_parameters("", [(spec.name, spec.default, spec.descriptor())
+                                 for spec in specs if spec not in lists])
+    for spec in lists:
+        _declare_list(node, spec)
     values = {spec.name: node.get_parameter(spec.name).value for spec in specs}
     reasons = [reason for spec in specs if (reason := spec.check(values[spec.name]))]
     if cross_check is not None and (reason := cross_check(values)):
@@ -88,6 +92,27 @@ def declare_parameters(node: Node, specs: Sequence[ParamSpec],
     if reasons:
         raise ValueError(f"invalid parameters for node {node.get_name()}: {'; '.join(reasons)}")
     return values
+
+
+def _declare_list(node: Node, spec: ParamSpec) -> None:
+    """Declare a list parameter whose default may be empty.
+
+    rclpy types an empty default list as a byte array, after which ``[16, 8, 2, 1]`` is rejected as
+    the wrong type, and an empty list in a YAML file arrives with no type at all. So the parameter is
+    declared by its type (writable), set to the default when nothing (or ``[]``) overrides it, and
+    only then made read-only where the spec says so.
+    """
+    descriptor = spec.descriptor()
+    writable = spec.descriptor()
+    writable.read_only = False
+    param_type = Parameter.Type(descriptor.type)
+    declared = node.declare_parameter(spec.name, param_type, writable)
+    if declared.type_ == Parameter.Type.NOT_SET:
+        [result] = node.set_parameters([Parameter(spec.name, param_type, list(spec.default))])
+        if not result.successful:
+            raise ValueError(f"cannot initialise parameter {spec.name}: {result.reason}")
+    if descriptor.read_only:
+        node.set_descriptor(spec.name, descriptor)
 
 
 def make_validator(node: Node, specs: Sequence[ParamSpec], cross_check: CrossCheck | None = None

@@ -32,7 +32,7 @@ from ..api import SegmentationResult, Segmenter
 from ..networks.isr import ISRSetting
 from ..networks.registry import available_networks
 from ..pipeline.colormap import colorize_labels, overlay
-from .diagnostics import INPUT_SIZE, InferenceNode, Listeners, optional_size
+from .inference_node import INPUT_SIZE, InferenceNode, Listeners, optional_size
 from .messages import copy_header, to_image_msg
 from .params import ParamSpec
 from .runtime import run_node
@@ -61,7 +61,7 @@ ISR_LISTS: tuple[ParamSpec, ...] = (
               "[2, 4, 8]; empty or [0] = from isr_ratio",
               param_type=ParameterType.PARAMETER_INTEGER_ARRAY),
 )
-#: Integer-list parameters (declared apart, see ``declare_integer_lists``).
+#: Integer-list parameters (empty defaults allowed: :func:`.params.declare_parameters` types them).
 SEG_LISTS: tuple[ParamSpec, ...] = (INPUT_SIZE,) + ISR_LISTS
 CLASS_NAMES = ParamSpec("class_names", [""], "The network's class names, index = label id "
                         "(read-only, set by the node)", read_only=True,
