@@ -14,7 +14,7 @@ import yaml
 
 from dense_perception.ros.cloud_node import CLOUD_PARAMETERS
 from dense_perception.ros.depth_node import DEPTH_LISTS, DEPTH_PARAMETERS
-from dense_perception.ros.diagnostics import COMMON_PARAMETERS
+from dense_perception.ros.inference_node import COMMON_PARAMETERS
 from dense_perception.ros.perception import parse_options
 from dense_perception.ros.seg_node import SEG_LISTS, SEG_PARAMETERS
 
