@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -22,6 +23,7 @@ import numpy as np
 import torch
 
 from .engines.base import Engine, EngineError
+from .engines.switching import ISRStatus
 from .engines.torch_engine import TorchEngine
 from .networks import ISRSetting, build_network, load_checkpoint, network_spec
 from .networks.depth_units import DepthOutput
@@ -86,10 +88,23 @@ def _load_network(name: str, checkpoint: str | os.PathLike | None) -> _Loaded:
     return _Loaded(net, dict(ckpt.meta), untrained=False)
 
 
+def _as_isr(value: ISRSetting | int | str) -> ISRSetting:
+    """An ISR setting from an ISRSetting, an int ratio or its text form."""
+    if isinstance(value, ISRSetting):
+        return value
+    return ISRSetting.parse(value) if isinstance(value, str) else ISRSetting.from_ratio(value)
+
+
 def choose_backend(requested: str, device: torch.device) -> tuple[str, str]:
     """The backend to use and why. ``auto``: torch on CUDA; on CPU the measured fastest installed one."""
     if requested not in BACKENDS:
         raise ValueError(f"unknown backend {requested!r}; choose from {', '.join(BACKENDS)}")
+    if requested == "tensorrt":
+        from .engines.tensorrt_engine import import_tensorrt
+
+        import_tensorrt()  # EngineError saying how to install it
+        if device.type != "cuda":
+            raise EngineError(f"the tensorrt backend needs a CUDA device, got {device}")
     if requested != "auto":
         return requested, "requested"
     if device.type == "cuda":
@@ -121,8 +136,6 @@ class _Predictor:
             self._torch_engine: TorchEngine | None = TorchEngine(self._loaded.net, self.device, precision)
         else:
             self._torch_engine = None
-            if self.backend == "tensorrt":
-                raise EngineError("the TensorRT backend is not available yet in this version")
 
     @property
     def untrained(self) -> bool:
@@ -143,11 +156,16 @@ class _Predictor:
                     self._engines.pop(next(iter(self._engines)))
             return self._engines[network_size]
 
-    def _make_fixed_engine(self, network_size: tuple[int, int]) -> Engine:
-        from .engines.onnx_engine import onnx_engine_for_network
+    def _make_fixed_engine(self, network_size: tuple[int, int], isr: ISRSetting | None = None,
+                           prebuild: Sequence[ISRSetting] = ()) -> Engine:
+        """A :class:`~.engines.switching.SwitchingEngine` of the fixed-shape backend for one input size,
+        serving ``isr`` (None = the network's) from the start, with ``prebuild`` built in the background.
+        Its graphs and engines are cached in ``engine_dir``."""
+        from .engines.switching import switching_engine_for_network
 
-        return onnx_engine_for_network(self._loaded.net, network_size[0], network_size[1],
-                                       self.engine_dir, precision=self.precision)
+        return switching_engine_for_network(self.backend, self._loaded.net, network_size[0], network_size[1],
+                                            self.engine_dir, precision=self.precision, device=self.device,
+                                            initial=isr, prebuild=prebuild)
 
     def describe(self) -> dict[str, Any]:
         engine = self._torch_engine or next(iter(self._engines.values()), None)
@@ -167,7 +185,7 @@ class DepthEstimator(_Predictor):
     Args:
         network: ``dpt_hybrid_midas`` (default), ``dpt_large_midas``, ``dpt_hybrid_nyu``, ``dpt_hybrid_kitti``.
         checkpoint: official checkpoint file (or a converted Hugging Face one); None = untrained weights.
-        backend: ``auto``, ``torch`` or ``onnxruntime`` (``tensorrt`` comes with its own issue).
+        backend: ``auto``, ``torch``, ``onnxruntime`` or ``tensorrt`` (CUDA; engines cached on disk).
         precision: ``fp32`` (CPU and GPU), ``fp16``/``bf16`` (CUDA).
         input_size: exact network input (H, W), multiples of 32; None = the official keep-aspect rule.
         depth_scale, depth_shift: for MiDaS networks, a per-scene fit on inverse depth that turns the
@@ -219,15 +237,21 @@ class Segmenter(_Predictor):
             network resolution, nearest-neighbour labels).
         sliding_window: Cityscapes' official evaluation mode (1024×1024 crops, stride 768); slow.
         isr: initial ISR setting (an :class:`ISRSetting`, or an int ratio).
+        isr_prebuild: settings (ISRSetting, int ratio or text like ``"[16,8,2,1]-[2,4,8]"``) whose engines the
+            fixed-shape backends build in the background as soon as an input size is known, so that
+            switching to them later is immediate (ignored by the torch backend, which switches instantly).
     """
 
     def __init__(self, network: str = "edaformer_t_ade20k", checkpoint: str | os.PathLike | None = None,
                  backend: str = "auto", precision: str = "fp32", device: str | torch.device | None = None,
                  input_size: tuple[int, int] | None = None, label_mode: str = "official",
                  sliding_window: bool = False, isr: ISRSetting | int = 1,
-                 engine_dir: str | os.PathLike | None = None) -> None:
+                 engine_dir: str | os.PathLike | None = None,
+                 isr_prebuild: Sequence[ISRSetting | int | str] = ()) -> None:
         super().__init__(network, "segmentation", checkpoint, backend, precision, device, input_size,
                          engine_dir)
+        self.isr_prebuild: tuple[ISRSetting, ...] = tuple(_as_isr(s) for s in isr_prebuild)
+        self._isr_error: str | None = None
         self.label_mode = postprocess.LabelMode(label_mode)
         self.sliding_window = sliding_window
         num_classes = self._loaded.net.num_classes
@@ -268,8 +292,19 @@ class Segmenter(_Predictor):
 
     def set_isr(self, ratio: int | ISRSetting = 1, encoder: Sequence[int] | None = None,
                 decoder: Sequence[int] | None = None) -> ISRSetting:
-        """Switch ISR from the next frame on. Invalid values raise ``ValueError`` and change nothing."""
+        """Switch ISR. Invalid values raise ``ValueError`` and change nothing.
+
+        torch backend: from the next frame on. Fixed-shape backends (onnxruntime, tensorrt), which bake the
+        setting into a graph or engine: the setting is checked now against the network sizes in use
+        (``ValueError`` when a pool exceeds a feature map), then its engine is loaded or built in the
+        background while the current one keeps serving, and swapped in between two frames. This call never
+        blocks; :attr:`isr` is the setting serving, :meth:`isr_status` the pending one and the last failure
+        (a failed build keeps the old setting).
+        """
         setting = ratio if isinstance(ratio, ISRSetting) else ISRSetting.make(ratio, encoder, decoder)
+        if self._torch_engine is None:
+            self._request_isr(setting)
+            return setting
         previous, self._isr = self._isr, setting
         try:
             self._apply_isr()
@@ -279,16 +314,57 @@ class Segmenter(_Predictor):
             raise
         return setting
 
-    def _apply_isr(self) -> None:
-        self._loaded.net.set_isr(self._isr)
-        engines: list[Engine] = [self._torch_engine] if self._torch_engine else list(self._engines.values())
-        for engine in engines:
-            engine.set_isr(self._isr)
+    def isr_status(self) -> ISRStatus:
+        """ISR in use, ISR being built (None when none; always None for torch), last build failure."""
+        with self._lock:
+            engines = list(self._engines.values())
+        pending = next((p for p in (getattr(e, "pending", None) for e in engines) if p is not None), None)
+        return ISRStatus(self._isr, pending, self._isr_error)
 
-    def _make_fixed_engine(self, network_size: tuple[int, int]) -> Engine:
-        engine = super()._make_fixed_engine(network_size)
-        engine.set_isr(self._isr)
-        return engine
+    def _apply_isr(self) -> None:
+        """Give ``self._isr`` to the network and the torch engine (fixed-shape engines: :meth:`_request_isr`)."""
+        self._loaded.net.set_isr(self._isr)
+        if self._torch_engine is not None:
+            self._torch_engine.set_isr(self._isr)
+
+    def _request_isr(self, setting: ISRSetting) -> None:
+        """Fixed-shape backends: validate ``setting`` for every size in use, then ask each engine for it."""
+        with self._lock:
+            engines = dict(self._engines)
+        sizes = set(engines) | ({self.input_size} if self.input_size is not None else set())
+        for height, width in sorted(sizes):
+            problem = isr_problem(setting, height, width)
+            if problem:
+                raise ValueError(problem)
+        self._loaded.net.set_isr(setting)  # validates; engines export from private copies of the network
+        reported, self._isr_error = self._isr_error, None
+        if not engines:
+            self._isr = setting  # the first engine is built for it
+            return
+        for engine in engines.values():
+            engine.request_isr(setting).add_done_callback(  # type: ignore[attr-defined]
+                lambda future, wanted=setting: self._isr_switched(wanted, future, reported))
+
+    def _isr_switched(self, setting: ISRSetting, future: Future, reported: str | None) -> None:
+        """Done-callback of a background switch (worker thread, or the caller's for immediate swaps);
+        a failure already ``reported`` (the same setting requested again) is not logged again."""
+        if future.cancelled():
+            return  # superseded by a newer request
+        error = future.exception()
+        if error is None:
+            self._isr = setting
+            return
+        self._isr_error = f"ISR {setting}: {str(error).strip() or type(error).__name__}"
+        if self._isr_error != reported:
+            log.warning("%s: keeping ISR %s; %s", self.network, self._isr, self._isr_error)
+
+    def _make_fixed_engine(self, network_size: tuple[int, int], isr: ISRSetting | None = None,
+                           prebuild: Sequence[ISRSetting] = ()) -> Engine:
+        fitting = [s for s in self.isr_prebuild if isr_problem(s, *network_size) is None]
+        for skipped in sorted(set(self.isr_prebuild) - set(fitting), key=str):
+            log.warning("isr_prebuild: %s does not fit %dx%d; not built", skipped, *network_size)
+        return super()._make_fixed_engine(network_size, isr if isr is not None else self._isr,
+                                          list(prebuild) or fitting)
 
     def preprocess(self, image_rgb: np.ndarray) -> NetworkInput:
         return preprocess.preprocess_edaformer(image_rgb, self.spec.dataset, self.input_size)

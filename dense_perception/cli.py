@@ -15,6 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "run": ("dense_perception.commands.run", "depth, labels and clouds for an image, folder, video or rosbag2"),
     "bench": ("dense_perception.commands.bench", "latency, throughput and memory per network and backend"),
     "export": ("dense_perception.commands.export", "fixed-shape ONNX graph of a network (one per size and ISR)"),
+    "engines": ("dense_perception.commands.engines", "build, list and clear cached TensorRT engines and ONNX graphs"),
     "weights": ("dense_perception.commands.weights", "list, download, verify and import the official checkpoints"),
 }
 

@@ -399,3 +399,21 @@ def test_perception_main_runs_the_chosen_nodes_and_exits_cleanly(ros_context):
         if process.poll() is None:
             process.kill()
             process.wait()
+
+
+def test_failed_background_isr_build_reverts_the_parameters(ros_context, monkeypatch):
+    """A fixed-shape backend whose engine build for a new ISR setting failed keeps serving the old
+    setting; the node reverts its parameters to it and says why."""
+    from dense_perception.engines.switching import ISRStatus
+
+    seg = make_seg(ros_context)
+    serving = seg.segmenter.isr
+    wanted = ISRSetting.from_ratio(2)
+    monkeypatch.setattr(seg.segmenter, "isr_status",
+                        lambda: ISRStatus(serving, None, f"ISR {wanted}: builder ran out of memory"))
+    seg._switch_isr(wanted, 64, 64)
+    assert list(seg.get_parameter("isr_encoder").value) == list(serving.encoder)
+    assert list(seg.get_parameter("isr_decoder").value) == list(serving.decoder)
+    assert "builder ran out of memory" in seg.warnings.last_message["isr"]
+    assert seg.segmenter.isr == serving
+    seg.destroy_node()

@@ -20,8 +20,8 @@ How a graph is made:
    converter's own block list, which includes Resize). Converting the finished graph, rather than tracing
    a half-precision torch module, keeps one trace path for both precisions and needs no change to the
    networks (a half module would need every LayerNorm/GroupNorm wrapped to compute in float32, and
-   CPU half kernels are incomplete). TensorRT builds its own fp16 engine from the fp32 graph anyway;
-   the fp16 graph is for ONNX Runtime's CUDA provider.
+   CPU half kernels are incomplete). The fp16 graph feeds ONNX Runtime's CUDA provider and TensorRT's
+   strongly typed fp16 builds (:mod:`.tensorrt_engine`), which take each tensor's type from the graph.
 4. ``onnx.checker.check_model``, then an atomic write (temporary file in the target folder +
    ``os.replace``), so a reader never sees a half-written file.
 """

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 from rcl_interfaces.msg import ParameterType
+from rclpy.parameter import Parameter
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import Image
 from std_msgs.msg import Header
@@ -175,14 +176,32 @@ class SegNode(InferenceNode):
     # -- ISR --------------------------------------------------------------------------------------
 
     def _switch_isr(self, requested: ISRSetting, height: int, width: int) -> None:
-        """Worker thread: apply a requested ISR setting between frames, if it fits this image."""
+        """Worker thread: apply a requested ISR setting between frames, if it fits this image.
+
+        Fixed-shape backends (onnxruntime, tensorrt) build the new engine in the background and keep
+        serving the old one; when that build fails the parameters are reverted to the setting that
+        serves, with the reason in the log.
+        """
         if requested == self.segmenter.isr:
+            return
+        status = self.segmenter.isr_status()
+        if status.error and status.pending is None and status.error.startswith(f"ISR {requested}:"):
+            self._revert_isr(status.serving or self.segmenter.isr, status.error)
             return
         try:
             self.segmenter.check_isr(requested, height, width)
             self.segmenter.set_isr(requested)
         except ValueError as error:
             self.warnings.warn("isr", f"keeping ISR {self.segmenter.isr}: {error}")
+
+    def _revert_isr(self, serving: ISRSetting, reason: str) -> None:
+        """Set the ISR parameters back to the setting that serves (its explicit ratios)."""
+        self.warnings.warn("isr", f"reverting the ISR parameters to {serving}: {reason}")
+        results = self.set_parameters([Parameter("isr_encoder", value=list(serving.encoder)),
+                                       Parameter("isr_decoder", value=list(serving.decoder))])
+        for result in results:
+            if not result.successful:
+                self.warnings.warn("isr_revert", f"could not revert the ISR parameters: {result.reason}")
 
 
 def main(args: list[str] | None = None) -> int:
