@@ -48,13 +48,14 @@ VARIANTS: dict[str, EDAFormerConfig] = {
 
 
 def tokens_to_map(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """``[B, h·w, C]`` row-major tokens → ``[B, C, h, w]``."""
-    return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], h, w)
+    """``[B, h·w, C]`` row-major tokens → ``[B, C, h, w]`` without a copy: the result has channels-last
+    strides, which convolutions, pooling and resizes take as they are (and keep)."""
+    return x.reshape(x.shape[0], h, w, x.shape[2]).permute(0, 3, 1, 2)
 
 
 def map_to_tokens(x: torch.Tensor) -> torch.Tensor:
-    """``[B, C, h, w]`` → ``[B, h·w, C]`` row-major tokens."""
-    return x.flatten(2).transpose(1, 2)
+    """``[B, C, h, w]`` → ``[B, h·w, C]`` row-major tokens (a view when ``x`` is channels-last)."""
+    return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, x.shape[1])
 
 
 class EmbeddingFreeAttention(nn.Module):
@@ -289,7 +290,7 @@ class EDAFormer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_image_batch(x)
         self.check_isr(int(x.shape[2]), int(x.shape[3]))
-        return self.decode_head(self.backbone(x))
+        return self.decode_head(self.backbone(x)).contiguous()  # channels-last inside, NCHW out
 
 
 def build_edaformer(variant: str, num_classes: int, name: str | None = None) -> EDAFormer:
