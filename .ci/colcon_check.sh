@@ -18,6 +18,9 @@ cat > "$params" <<'YAML'
 /**:
   ros__parameters:
     input_size: [64, 64]
+/**/depth:
+  ros__parameters:
+    network: dpt_hybrid_nyu   # metric depth, so the cloud node builds a cloud
 YAML
 "$exe" --ros-args --params-file "$params" > "$ws/perception.log" 2>&1 &
 pid=$!

@@ -32,6 +32,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--runs", type=int, default=10, help="timed runs per case (after warm-up)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--batch", type=int, default=4, help="batch size of the throughput figure (1 = skip)")
+    parser.add_argument("--end-to-end", type=int, nargs=2, metavar=("H", "W"), default=None,
+                        help="time image -> result on an HxW camera frame (pre-processing, network, "
+                             "post-processing) instead of the bare network; DPT with eager/torch/transformers")
     parser.add_argument("--out", default="bench/out", help="folder for results.json and results.png")
 
 
@@ -44,8 +47,11 @@ def _cases(args: argparse.Namespace) -> list[Case]:
         for backend in args.backends:
             if backend == "transformers" and spec.family != "dpt":
                 continue
+            if args.end_to_end and (spec.family != "dpt" or backend not in ("eager", "torch", "transformers")):
+                continue
             for isr in settings:
-                cases.append(Case(name, backend, height, width, isr, args.batch, args.device, args.threads))
+                cases.append(Case(name, backend, height, width, isr, args.batch, args.device, args.threads,
+                                  tuple(args.end_to_end) if args.end_to_end else None))
     return cases
 
 
@@ -66,11 +72,12 @@ def table(results: list[Measurement]) -> str:
     for m in results:
         c = m.case
         ratio = m.fps / baseline.get((c.network, c.height, c.width), float("nan"))
+        size = f"{c.end_to_end[0]}x{c.end_to_end[1]} image" if c.end_to_end else f"{c.height}x{c.width}"
         if m.error:
-            lines.append(f"| {c.network} | {c.height}x{c.width} | {c.backend} | {c.isr or '–'} "
+            lines.append(f"| {c.network} | {size} | {c.backend} | {c.isr or '–'} "
                          f"| failed: {m.error} |||||||")
             continue
-        lines.append(f"| {c.network} | {c.height}x{c.width} | {c.backend} | {c.isr or '–'} | {_fmt(m.p50)} "
+        lines.append(f"| {c.network} | {size} | {c.backend} | {c.isr or '–'} | {_fmt(m.p50)} "
                      f"| {_fmt(m.p90)} | {_fmt(m.fps, '.2f')} | {_fmt(m.throughput, '.2f')} | {_fmt(m.peak_mib, '.0f')} "
                      f"| {_fmt(m.gmacs, '.2f')} | {_fmt(ratio, '.2f')} |")
     return "\n".join(lines)

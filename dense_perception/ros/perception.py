@@ -197,6 +197,12 @@ def main(args: list[str] | None = None) -> int:
         executor.spin()
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
+    except Exception:
+        # SIGINT shuts the context down while the executor's threads wait; rclpy then raises
+        # RCLError ("context is not valid") instead of ExternalShutdownException. Only re-raise
+        # errors that happen while the context is still alive.
+        if rclpy.ok():
+            raise
     finally:
         executor.shutdown()
         if perception is not None:
