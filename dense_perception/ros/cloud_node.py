@@ -98,7 +98,9 @@ class CloudStats:
 class CloudNode(Node):
     """Depth + camera_info (+ colour, + labels) → ``points``; see the module docstring."""
 
-    def __init__(self, node_name: str = "cloud", **kwargs: Any) -> None:
+    def __init__(self, node_name: str = "cloud", subscribe: bool = True, **kwargs: Any) -> None:
+        """``subscribe=False``: no topic inputs — the one-process ``perception`` executable hands
+        decoded arrays to :meth:`build_and_publish` instead."""
         super().__init__(node_name, **kwargs)
         values = declare_parameters(self, CLOUD_PARAMETERS, check_depth_range)
         self._settings = CloudSettings.from_values(values)
@@ -108,13 +110,16 @@ class CloudNode(Node):
 
         self.stats = CloudStats()
         self.warnings = ThrottledWarnings(self)
-        streams = [DEPTH, CAMERA_INFO]
         input_qos, output_qos = qos_from_parameters(self)
+        self._publisher = self.create_publisher(PointCloud2, "points", output_qos)
+        self._optional_subs: dict[str, Subscription] = {}
+        if not subscribe:
+            return
+        streams = [DEPTH, CAMERA_INFO]
         self._depth_sub = self.create_subscription(
             Image, "depth/image", self._keeper(DEPTH), input_qos)
         self._info_sub = self.create_subscription(
             CameraInfo, "depth/camera_info", self._keeper(CAMERA_INFO), input_qos)
-        self._optional_subs: dict[str, Subscription] = {}
         if values["use_color"]:
             streams.append(COLOR)
             self._optional_subs[COLOR] = self.create_subscription(
@@ -124,7 +129,6 @@ class CloudNode(Node):
             self._optional_subs[LABELS] = self.create_subscription(
                 Image, "seg/labels", self._keeper(LABELS), input_qos)
         self._matcher = StampMatcher(streams, capacity=values["sync_queue_size"])
-        self._publisher = self.create_publisher(PointCloud2, "points", output_qos)
         self._timer = self.create_timer(_SYNC_POLL_S, self._publish_ready)
 
     @property

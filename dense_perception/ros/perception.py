@@ -61,7 +61,6 @@ class InMemoryCloud:
         self._labels = StampMatcher([LABELS], capacity=cloud.get_parameter(
             "sync_queue_size").value)
         self._pending: _Pending | None = None
-        detach_topic_inputs(cloud)
         depth.listeners.add(self.on_depth)
         if self._use_labels:
             seg.listeners.add(self.on_labels)
@@ -136,12 +135,6 @@ class InMemoryCloud:
                                      f"{error}")
 
 
-def detach_topic_inputs(node: Node) -> None:
-    """Remove a node's subscriptions (its inputs now come in memory)."""
-    for subscription in list(node.subscriptions):
-        node.destroy_subscription(subscription)
-
-
 class Perception:
     """The chosen nodes, wired together; ``nodes`` go into one executor."""
 
@@ -149,7 +142,8 @@ class Perception:
                  **node_kwargs: Any) -> None:
         self.depth = DepthNode(**node_kwargs) if depth else None
         self.seg = SegNode(**node_kwargs) if seg else None
-        self.cloud = CloudNode(**node_kwargs) if cloud else None
+        # With depth in this process the cloud gets arrays in memory, not topics.
+        self.cloud = CloudNode(subscribe=not depth, **node_kwargs) if cloud else None
         self.in_memory = (InMemoryCloud(self.cloud, self.depth, self.seg)
                           if self.cloud is not None and self.depth is not None else None)
 
