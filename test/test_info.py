@@ -58,7 +58,7 @@ def test_exact_macs_match_the_design_counts() -> None:
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["info", "edaformer_t_ade20k", "--isr", "0"], "ISR ratio must be positive integers"),
+    (["info", "edaformer_t_ade20k", "--isr", "0"], "ISR ratio must be a positive integer, got 0"),
     (["info", "edaformer_t_ade20k", "--size", "64", "64", "--isr", "2", "--isr-encoder", "32,8,2,1"],
      "encoder stage 1 has a 16x16 feature map"),
     (["info", "edaformer_t_ade20k", "--isr-decoder", "2,4"], "decoder must have 3 values"),

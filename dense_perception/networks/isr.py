@@ -50,7 +50,9 @@ class ISRSetting:
     @classmethod
     def from_ratio(cls, ratio: int = 1) -> "ISRSetting":
         """Every training pool multiplied by ``ratio`` (1 restores training)."""
-        (k,) = _positive_ints([ratio], "ratio", 1)
+        if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or ratio < 1 or ratio != int(ratio):
+            raise ValueError(f"ISR ratio must be a positive integer, got {ratio!r}")
+        k = int(ratio)
         return cls(tuple(k * e for e in TRAINING_ENCODER), tuple(k * d for d in TRAINING_DECODER))
 
     @classmethod
