@@ -31,7 +31,6 @@ import logging
 import os
 import re
 import sys
-import tempfile
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
@@ -40,6 +39,7 @@ from typing import IO, Any, Iterable, Iterator, Mapping
 
 import torch
 
+from .atomic import atomic_path
 from .networks.checkpoint import CheckpointError, key_mismatch, read_checkpoint
 from .networks.registry import build_network, network_spec
 
@@ -384,11 +384,8 @@ def _write_pin(path: Path, digest: str, network: str | None, models: Path) -> No
               "verified": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     pins = read_pins(models)
     pins[_pin_key(path, models)] = record
-    models.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=models, prefix=SIDECAR_NAME, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump({"version": 1, "files": pins}, f, indent=1, sort_keys=True)
-    os.replace(tmp, models / SIDECAR_NAME)
+    with atomic_path(models / SIDECAR_NAME) as tmp:
+        tmp.write_text(json.dumps({"version": 1, "files": pins}, indent=1, sort_keys=True))
 
 
 def _pin_is_current(path: Path, record: Mapping | None) -> bool:
@@ -626,10 +623,8 @@ def install(path: Path | str, name: str, *, models: Path | None = None,
         return target
     if target.exists():
         raise FileExistsError(f"{target} exists already; remove it first to replace it")
-    models.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + ".part")
-    shutil.copyfile(path, tmp)
-    os.replace(tmp, target)
+    with atomic_path(target) as tmp:
+        shutil.copyfile(path, tmp)
     return target
 
 
@@ -683,16 +678,10 @@ def import_hf(path: Path | str, name: str | None = None, dest: Path | None = Non
     if problem:
         raise CheckpointError(f"{path}: the converted weights do not fit {name}: {problem}")
     dest = Path(dest) if dest else models / (name + HF_IMPORT_SUFFIX)
-    _save_atomic(converted, dest)
+    with atomic_path(dest) as tmp:
+        torch.save(dict(converted), tmp)
     _write_pin(dest, sha256_file(dest), name, models)  # its keys were checked just above
     return dest
-
-
-def _save_atomic(state_dict: Mapping[str, torch.Tensor], dest: Path) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(dest.name + ".part")
-    torch.save(dict(state_dict), tmp)
-    os.replace(tmp, dest)
 
 
 def present(models: Path | None = None, catalogue: tuple[WeightsEntry, ...] = CATALOGUE) -> Iterator[tuple[str, Path]]:

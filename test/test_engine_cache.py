@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 
 from dense_perception.engines import cache as cache_module
-from dense_perception.engines.cache import (
-    HEADER, CacheKey, EngineCache, TimingCacheKey, atomic_write_bytes, file_name,
-)
+from dense_perception.atomic import atomic_write_bytes
+from dense_perception.engines.cache import HEADER, CacheKey, EngineCache, TimingCacheKey, file_name
 
 KEY = CacheKey(network="edaformer_t_ade20k", weights_digest="0123456789abcdef", height=64, width=96,
                isr="[16,8,2,1]-[2,4,8]", precision="fp16", library="tensorrt", library_version="10.3.0",

@@ -16,7 +16,7 @@ mismatch are logged with the reason, the entry is removed, and ``None`` tells th
 mid-write leaves at most a hidden ``.*.tmp`` file, never a half entry. The folder is private to the user
 (``0o700``); an existing folder open to group or others is warned about and tightened.
 
-:func:`atomic_write_bytes` is the one atomic-write helper of the package (``export.py`` could use it too).
+:func:`dense_perception.atomic.atomic_write_bytes` (the package's one atomic-write helper) writes the entries.
 """
 from __future__ import annotations
 
@@ -29,12 +29,12 @@ import os
 import re
 import stat
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Union
 
 from .. import __version__
+from ..atomic import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
@@ -128,44 +128,6 @@ def ensure_private_dir(path: str | os.PathLike) -> Path:
         except OSError as exc:
             log.warning("cannot change the mode of %s (%s); fix it by hand", folder, exc)
     return folder
-
-
-def atomic_write_bytes(path: str | os.PathLike, chunks: bytes | list[bytes], mode: int = 0o600) -> Path:
-    """Write ``chunks`` to ``path`` via a temporary file in the same folder, ``fsync`` and ``os.replace``.
-
-    A reader sees the old file or the whole new one; on any error the temporary file is removed.
-    """
-    target = Path(path)
-    parts = [chunks] if isinstance(chunks, bytes) else chunks
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            for part in parts:
-                handle.write(part)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(target.parent)
-    return target
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Persist a rename (best effort: not every file system lets a folder be opened)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 @dataclass(frozen=True)

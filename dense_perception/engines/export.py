@@ -45,6 +45,7 @@ import torch
 from torch import nn
 
 from .. import __version__
+from ..atomic import atomic_path
 from ..networks.isr import ISRSetting
 from ..networks.registry import network_spec
 from .base import EngineError
@@ -229,18 +230,6 @@ def _to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
             model, keep_io_types=True, op_block_list=list(float16.DEFAULT_OP_BLOCK_LIST) + list(FP16_KEEP_FLOAT))
 
 
-def _save_atomically(model: onnx.ModelProto, out_path: Path) -> None:
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out_path.parent, prefix=f".{out_path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        onnx.save(model, tmp)
-        os.replace(tmp, out_path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def export_onnx(net: nn.Module, out_path: str | os.PathLike, height: int, width: int, precision: str = "fp32",
                 opset: int = MIN_OPSET, batch: int = 1, isr: ISRSetting | None = None,
                 weights: str = "unspecified") -> Path:
@@ -277,7 +266,8 @@ def write_graph(net: nn.Module, info: GraphInfo, out_path: Path) -> Path:
     model.doc_string = f"{info.network} {info.task}, input {INPUT_NAME} {list(info.input_shape)}"
     onnx.helper.set_model_props(model, info.to_props())
     onnx.checker.check_model(model)
-    _save_atomically(model, out_path)
+    with atomic_path(out_path) as tmp:
+        onnx.save(model, tmp)
     log.info("exported %s (%s) to %s", info.network, info.isr or "no ISR", out_path)
     return out_path
 

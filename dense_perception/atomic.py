@@ -1,0 +1,65 @@
+"""Atomic file writes: a reader sees the old file or the whole new one, never half of it.
+
+Every file the package writes for later reuse (ONNX graphs, engine-cache entries, checkpoints,
+verification pins) goes through :func:`atomic_path`: the content is written to a hidden temporary
+file in the target's folder (``.<name>.<random>.tmp``), which then replaces the target with
+``os.replace``; on any error the temporary file is removed.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Persist a rename (best effort: not every file system lets a folder be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike, mode: int | None = None, durable: bool = False) -> Iterator[Path]:
+    """Yield a temporary path beside ``target``; when the block ends normally it replaces ``target``.
+
+    ``mode``: permissions of the new file (default: ``mkstemp``'s 0o600). ``durable``: also ``fsync``
+    the file and the folder, so the new content survives a power cut.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        if durable:
+            with open(tmp, "rb+") as handle:
+                os.fsync(handle.fileno())
+        if mode is not None:
+            os.chmod(tmp, mode)
+        os.replace(tmp, target)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            tmp.unlink()
+        raise
+    if durable:
+        _fsync_dir(target.parent)
+
+
+def atomic_write_bytes(path: str | os.PathLike, chunks: bytes | list[bytes], mode: int = 0o600) -> Path:
+    """Write ``chunks`` to ``path`` atomically and durably; returns the path."""
+    parts = [chunks] if isinstance(chunks, bytes) else chunks
+    with atomic_path(path, mode=mode, durable=True) as tmp, open(tmp, "wb") as handle:
+        for part in parts:
+            handle.write(part)
+    return Path(path)
