@@ -21,6 +21,7 @@ from sensor_msgs.msg import CompressedImage, Image
 
 from ..api import BACKENDS
 from ..io.images import ImageFormatError, message_to_rgb
+from ..pipeline.preprocess import check_input_size
 from .diagnostics import FrameDiagnostics, FrameTiming
 from .params import ParamSpec, current_values, declare_parameters, make_validator
 from .qos import QOS_PARAMETERS, qos_from_parameters
@@ -58,9 +59,12 @@ def input_size_problem(size: Sequence[int], multiple: int = 1) -> str | None:
     """Why ``input_size`` is unusable (not empty nor two positive multiples of ``multiple``)."""
     if len(size) == 0:
         return None
-    if len(size) != 2 or any(v < multiple or v % multiple for v in size):
-        kind = f"positive multiples of {multiple}" if multiple > 1 else "positive integers"
-        return f"input_size must be empty or [height, width] with {kind}, got {list(size)}"
+    if len(size) != 2:
+        return f"input_size must be empty or [height, width], got {list(size)}"
+    try:
+        check_input_size((size[0], size[1]), multiple)
+    except ValueError as error:
+        return f"input_size: {error}"
     return None
 
 
