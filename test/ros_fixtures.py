@@ -7,7 +7,11 @@ be in place before the first ``rclpy.init`` of the process, so every ROS test us
 """
 from __future__ import annotations
 
+import contextlib
+import os
 import secrets
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 
@@ -59,3 +63,30 @@ def wait_until(condition: Callable[[], bool], timeout_s: float = 5.0, poll_s: fl
             return False
         time.sleep(poll_s)
     return True
+
+
+@contextlib.contextmanager
+def running_executable(context, code: str, args: list[str], node: tuple[str, str],
+                       timeout_s: float = 20.0) -> Iterator[tuple[subprocess.Popen, object]]:
+    """Run ``python -c code *args`` in a subprocess until the ROS graph shows ``node`` (name,
+    namespace); yield the process and an observer node; kill the process if it still runs after."""
+    process = subprocess.Popen([sys.executable, "-c", code, *args], env=os.environ.copy(),
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    import rclpy
+
+    observer = rclpy.create_node("executable_observer", context=context)
+    try:
+        assert wait_until(lambda: node in observer.get_node_names_and_namespaces(), timeout_s), (
+            process.poll(), process.stdout.read() if process.poll() is not None else "")
+        yield process, observer
+    finally:
+        observer.destroy_node()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def assert_exits_cleanly(process: subprocess.Popen, signum: int, timeout_s: float = 10.0) -> None:
+    """Send ``signum``; the process must exit with status 0."""
+    process.send_signal(signum)
+    assert process.wait(timeout=timeout_s) == 0, process.stdout.read()

@@ -2,10 +2,7 @@
 pairing by stamp, clean exit on signals; and the sync helpers it is built on."""
 from __future__ import annotations
 
-import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 
@@ -18,7 +15,9 @@ from rclpy.parameter import Parameter
 from rclpy.parameter_client import AsyncParameterClient
 from rclpy.qos import QoSProfile, ReliabilityPolicy
 from rclpy.serialization import serialize_message
-from ros_fixtures import ros_context, ros_environment, spin_until, wait_until  # noqa: F401
+from ros_fixtures import (  # noqa: F401
+    assert_exits_cleanly, ros_context, ros_environment, running_executable, spin_until, wait_until,
+)
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
 from std_msgs.msg import Header
 
@@ -207,21 +206,10 @@ def test_missing_labels_wait_then_publish_or_drop(make_graph):
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_main_exits_cleanly_on_signals(ros_context, signum):
     name = f"cloud_signal_test_{int(signum)}"
-    process = subprocess.Popen(
-        [sys.executable, "-c", "from dense_perception.ros.cloud_node import main; "
-         "raise SystemExit(main())", "--ros-args", "-r", f"__node:={name}"],
-        env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    observer = rclpy.create_node("signal_observer", context=ros_context)
-    try:
-        assert wait_until(lambda: name in observer.get_node_names(), timeout_s=15.0), (
-            process.poll(), process.stdout.read() if process.poll() is not None else "")
-        process.send_signal(signum)
-        assert process.wait(timeout=10.0) == 0, process.stdout.read()
-    finally:
-        observer.destroy_node()
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+    code = "from dense_perception.ros.cloud_node import main; raise SystemExit(main())"
+    with running_executable(ros_context, code, ["--ros-args", "-r", f"__node:={name}"], (name, "/"),
+                            timeout_s=15.0) as (process, _observer):
+        assert_exits_cleanly(process, signum)
 
 
 def test_image_messages_round_trip_through_rclpy(ros_context):

@@ -377,28 +377,15 @@ def test_nodes_start_from_the_packaged_config(ros_context):
 
 def test_perception_main_runs_the_chosen_nodes_and_exits_cleanly(ros_context):
     import signal
-    import subprocess
-    import sys
 
-    from ros_fixtures import wait_until
+    from ros_fixtures import assert_exits_cleanly, running_executable
 
-    process = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from dense_perception.ros.perception import main; "
-         "raise SystemExit(main(sys.argv))", "--depth", "false", "--cloud", "false",
-         "--ros-args", "-r", "__ns:=/main_test", "-p", "input_size:=[64,64]"],
-        env=os.environ.copy(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    observer = rclpy.create_node("perception_observer", context=ros_context)
-    try:
-        assert wait_until(lambda: ("seg", "/main_test") in observer.get_node_names_and_namespaces(),
-                          timeout_s=20.0), process.poll()
+    code = "import sys; from dense_perception.ros.perception import main; raise SystemExit(main(sys.argv))"
+    args = ["--depth", "false", "--cloud", "false", "--ros-args", "-r", "__ns:=/main_test",
+            "-p", "input_size:=[64,64]"]
+    with running_executable(ros_context, code, args, ("seg", "/main_test")) as (process, observer):
         assert ("depth", "/main_test") not in observer.get_node_names_and_namespaces()
-        process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=10.0) == 0, process.stdout.read()
-    finally:
-        observer.destroy_node()
-        if process.poll() is None:
-            process.kill()
-            process.wait()
+        assert_exits_cleanly(process, signal.SIGINT)
 
 
 def test_failed_background_isr_build_reverts_the_parameters(ros_context, monkeypatch):
