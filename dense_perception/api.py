@@ -22,7 +22,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .engines.base import Engine, EngineError
+from .engines.base import Engine, EngineError, check_precision
 from .engines.switching import ISRStatus
 from .engines.torch_engine import TorchEngine
 from .networks import ISRSetting, build_network, load_checkpoint, network_spec
@@ -95,16 +95,20 @@ def _as_isr(value: ISRSetting | int | str) -> ISRSetting:
     return ISRSetting.parse(value) if isinstance(value, str) else ISRSetting.from_ratio(value)
 
 
-def choose_backend(requested: str, device: torch.device) -> tuple[str, str]:
-    """The backend to use and why.
+def choose_backend(requested: str, device: torch.device, precision: str = "fp32") -> tuple[str, str]:
+    """The backend to use and why; ``EngineError`` when the backend does not run ``precision``.
 
-    ``auto`` is torch on CUDA and on the CPU. On this project's 2-core CI CPU, ONNX Runtime measured
-    1.08× (DPT-Hybrid) to 1.5× (EDAFormer-T at reduced ISR) faster but needs a graph export per input
-    size and ISR setting before its first frame (bench/RESULTS.md); torch starts at once and switches ISR
-    instantly, so it is the default and ``backend="onnxruntime"`` the explicit choice for speed.
+    ``auto`` is torch on CUDA and on the CPU for fp32/fp16/bf16. On this project's 2-core CI CPU, ONNX
+    Runtime fp32 measured 1.08× (DPT-Hybrid) to 1.5× (EDAFormer-T at reduced ISR) faster but needs a graph
+    export per input size and ISR setting before its first frame (bench/RESULTS.md); torch starts at once
+    and switches ISR instantly, so it is the default and ``backend="onnxruntime"`` the explicit choice
+    for speed. ``precision="int8"`` (opt-in: it trades accuracy) makes ``auto`` ONNX Runtime, the backend
+    that runs it.
     """
     if requested not in BACKENDS:
         raise ValueError(f"unknown backend {requested!r}; choose from {', '.join(BACKENDS)}")
+    if requested != "auto":
+        check_precision(requested, precision)
     if requested == "tensorrt":
         from .engines.tensorrt_engine import import_tensorrt
 
@@ -113,6 +117,9 @@ def choose_backend(requested: str, device: torch.device) -> tuple[str, str]:
             raise EngineError(f"the tensorrt backend needs a CUDA device, got {device}")
     if requested != "auto":
         return requested, "requested"
+    if precision == "int8":
+        return "onnxruntime", "int8 runs as a statically quantised ONNX Runtime graph"
+    check_precision("torch", precision)
     if device.type == "cuda":
         return "torch", "CUDA device present (TensorRT engines are opt-in with backend='tensorrt')"
     return "torch", ("CPU: torch fp32 starts at once and switches ISR instantly; backend='onnxruntime' "
@@ -124,7 +131,8 @@ class _Predictor:
 
     def __init__(self, network: str, task: str, checkpoint: str | os.PathLike | None, backend: str,
                  precision: str, device: str | torch.device | None, input_size: tuple[int, int] | None,
-                 engine_dir: str | os.PathLike | None) -> None:
+                 engine_dir: str | os.PathLike | None,
+                 calibration: Sequence[str | os.PathLike] | None = None) -> None:
         spec = network_spec(network)
         if spec.task != task:
             raise ValueError(f"{network} is a {spec.task} network, not {task}")
@@ -133,7 +141,8 @@ class _Predictor:
             "cuda" if torch.cuda.is_available() else "cpu")
         self.precision = precision
         self.input_size = None if input_size is None else tuple(int(v) for v in input_size)
-        self.backend, reason = choose_backend(backend, self.device)
+        self.backend, reason = choose_backend(backend, self.device, precision)
+        self.calibration = tuple(calibration) if calibration else None
         log.info("%s: backend %s on %s (%s)", network, self.backend, self.device, reason)
         self._loaded = _load_network(network, checkpoint)
         self.engine_dir = os.fspath(engine_dir or DEFAULT_ENGINE_DIR)
@@ -170,9 +179,10 @@ class _Predictor:
         Its graphs and engines are cached in ``engine_dir``."""
         from .engines.switching import switching_engine_for_network
 
+        options = {"calibration": self.calibration} if self.backend == "onnxruntime" else {}
         return switching_engine_for_network(self.backend, self._loaded.net, network_size[0], network_size[1],
                                             self.engine_dir, precision=self.precision, device=self.device,
-                                            initial=isr, prebuild=prebuild)
+                                            initial=isr, prebuild=prebuild, **options)
 
     def describe(self) -> dict[str, Any]:
         engine = self._torch_engine or next(iter(self._engines.values()), None)
@@ -193,7 +203,10 @@ class DepthEstimator(_Predictor):
         network: ``dpt_hybrid_midas`` (default), ``dpt_large_midas``, ``dpt_hybrid_nyu``, ``dpt_hybrid_kitti``.
         checkpoint: official checkpoint file (or a converted Hugging Face one); None = untrained weights.
         backend: ``auto``, ``torch``, ``onnxruntime`` or ``tensorrt`` (CUDA; engines cached on disk).
-        precision: ``fp32`` (CPU and GPU), ``fp16``/``bf16`` (CUDA).
+        precision: ``fp32`` (CPU and GPU), ``fp16``/``bf16`` (CUDA), ``int8`` (ONNX Runtime on the CPU:
+            about 2× faster DPT on AVX2 CPUs, at a measured accuracy cost -- see ``engines.quantize``).
+        calibration: int8 only: image files or folders calibrating the quantised graph (None = the
+            bundled sample photograph); frames from your own camera fit your scenes better.
         input_size: exact network input (H, W), multiples of 32; None = the official keep-aspect rule.
         depth_scale, depth_shift: for MiDaS networks, a per-scene fit on inverse depth that turns the
             output into metres (``1 / (scale·d + shift)``).
@@ -204,8 +217,10 @@ class DepthEstimator(_Predictor):
                  backend: str = "auto", precision: str = "fp32", device: str | torch.device | None = None,
                  input_size: tuple[int, int] | None = None, depth_scale: float | None = None,
                  depth_shift: float | None = None, kitti_crop: bool = False,
-                 engine_dir: str | os.PathLike | None = None) -> None:
-        super().__init__(network, "depth", checkpoint, backend, precision, device, input_size, engine_dir)
+                 engine_dir: str | os.PathLike | None = None,
+                 calibration: Sequence[str | os.PathLike] | None = None) -> None:
+        super().__init__(network, "depth", checkpoint, backend, precision, device, input_size, engine_dir,
+                         calibration)
         self.output: DepthOutput = self._loaded.net.output_units
         if (depth_scale is None) != (depth_shift is None):
             raise ValueError("give both depth_scale and depth_shift, or neither")
@@ -247,6 +262,7 @@ class Segmenter(_Predictor):
         isr_prebuild: settings (ISRSetting, int ratio or text like ``"[16,8,2,1]-[2,4,8]"``) whose engines the
             fixed-shape backends build in the background as soon as an input size is known, so that
             switching to them later is immediate (ignored by the torch backend, which switches instantly).
+        backend, precision, calibration, device, engine_dir: as for :class:`DepthEstimator`.
     """
 
     def __init__(self, network: str = "edaformer_t_ade20k", checkpoint: str | os.PathLike | None = None,
@@ -254,9 +270,10 @@ class Segmenter(_Predictor):
                  input_size: tuple[int, int] | None = None, label_mode: str = "official",
                  sliding_window: bool = False, isr: ISRSetting | int = 1,
                  engine_dir: str | os.PathLike | None = None,
-                 isr_prebuild: Sequence[ISRSetting | int | str] = ()) -> None:
+                 isr_prebuild: Sequence[ISRSetting | int | str] = (),
+                 calibration: Sequence[str | os.PathLike] | None = None) -> None:
         super().__init__(network, "segmentation", checkpoint, backend, precision, device, input_size,
-                         engine_dir)
+                         engine_dir, calibration)
         self.isr_prebuild: tuple[ISRSetting, ...] = tuple(_as_isr(s) for s in isr_prebuild)
         self._isr_error: str | None = None
         self.label_mode = postprocess.LabelMode(label_mode)

@@ -192,6 +192,7 @@ class ModelOptions:
     download: bool = True
     backend: str = "auto"
     precision: str = "fp32"
+    calibration: tuple[str, ...] | None = None  # int8 calibration images (None = the bundled sample)
     device: str | None = None
     input_size: tuple[int, int] | None = None
     isr: Any = 1  # ISRSetting or int ratio
@@ -224,10 +225,10 @@ def load_models(options: ModelOptions) -> Models:
     depth = DepthEstimator(options.depth, checkpoint=depth_ckpt.path, backend=options.backend,
                            precision=options.precision, device=options.device,
                            input_size=options.input_size, depth_scale=options.depth_scale,
-                           depth_shift=options.depth_shift)
+                           depth_shift=options.depth_shift, calibration=options.calibration)
     seg = Segmenter(options.seg, checkpoint=seg_ckpt.path, backend=options.backend,
                     precision=options.precision, device=options.device,
-                    input_size=options.input_size, isr=options.isr)
+                    input_size=options.input_size, isr=options.isr, calibration=options.calibration)
     return Models(depth, seg, [depth_ckpt.note, seg_ckpt.note])
 
 

@@ -28,8 +28,10 @@ def test_torch_engine_follows_the_protocol_and_switches_isr() -> None:
 def test_reduced_precision_needs_cuda_and_depth_has_no_isr() -> None:
     with pytest.raises(EngineError, match="needs a CUDA device"):
         TorchEngine(build_network("edaformer_t_ade20k"), "cpu", precision="fp16")
-    with pytest.raises(EngineError, match="unknown precision"):
+    with pytest.raises(EngineError, match="torch backend does not run int8.*runs on onnxruntime"):
         TorchEngine(build_network("edaformer_t_ade20k"), "cpu", precision="int8")
+    with pytest.raises(EngineError, match="unknown precision 'fp8'"):
+        TorchEngine(build_network("edaformer_t_ade20k"), "cpu", precision="fp8")
     depth = TorchEngine(build_network("dpt_hybrid_midas"), "cpu")
     assert depth.isr is None
     with pytest.raises(ValueError, match="no inference spatial reduction"):

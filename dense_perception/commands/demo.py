@@ -20,14 +20,12 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from contextlib import AbstractContextManager
-from importlib import resources
 from pathlib import Path
 from types import TracebackType
 
 import numpy as np
 
-from ..io.sources import DEFAULT_FRAME_ID, open_source
+from ..io.sources import DEFAULT_FRAME_ID, open_source, sample_image
 from ..io.writers import BagWriter, FrameOutputs, write_png, write_ply
 from ..runner import FrameProcessor, describe_depth, load_models, run_frames, stamp_untrained
 from .run import add_model_arguments, model_options, process_options
@@ -36,12 +34,6 @@ DEFAULT_OUT = "dense-perception-demo"
 BAG_NAME = "rosbag2_demo"
 #: Classes listed in the summary image.
 LEGEND_CLASSES = 6
-
-
-def sample_image() -> AbstractContextManager[Path]:
-    """The bundled sample photograph as a file path, for a ``with`` block (a zipped install
-    extracts it to a temporary file). Source and licence: ``dense_perception/data/LICENSE.md``."""
-    return resources.as_file(resources.files("dense_perception") / "data" / "sample.jpg")
 
 
 def fresh_folder(base: Path) -> Path:

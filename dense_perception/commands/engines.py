@@ -14,7 +14,8 @@ from typing import Any
 
 from ..engines.base import EngineError
 from ..engines.cache import DEFAULT_DIR, EngineCache
-from ..engines.export import PRECISIONS, read_graph_info
+from ..engines.base import BACKEND_PRECISIONS
+from ..engines.export import read_graph_info
 from ..networks import ISRSetting, available_networks
 from ..networks.isr import isr_problem
 from .info import add_isr_arguments, isr_from_args
@@ -32,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="one of: " + ", ".join(available_networks()))
     build.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), required=True,
                        help="fixed network input size")
-    build.add_argument("--precision", choices=PRECISIONS, default="fp32")
+    build.add_argument("--precision", choices=BACKEND_PRECISIONS["tensorrt"], default="fp32")
     build.add_argument("--backend", choices=BACKENDS, default="tensorrt")
     build.add_argument("--checkpoint", type=Path, default=None, metavar="PATH",
                        help="weights to load; without it the engine holds random weights")

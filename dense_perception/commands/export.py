@@ -24,7 +24,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), required=True,
                         help="fixed network input size (multiples of 32 for DPT)")
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32",
-                        help="fp16 keeps normalisations and softmax in fp32 and float32 input/output")
+                        help="fp16 keeps normalisations and softmax in fp32 and float32 input/output; "
+                        "int8 is statically quantised for ONNX Runtime on the CPU")
+    parser.add_argument("--calibration", nargs="+", type=Path, default=None, metavar="IMAGE_OR_FOLDER",
+                        help="int8: images calibrating the activation ranges (default: the bundled sample; "
+                        "frames from your camera fit your scenes better)")
     parser.add_argument("--opset", type=int, default=MIN_OPSET, help=f"ONNX opset, {MIN_OPSET} or newer")
     parser.add_argument("--batch", type=int, default=1, help="fixed batch size (default 1)")
     parser.add_argument("--out", type=Path, required=True, metavar="FILE", help="the .onnx file to write")
@@ -54,7 +58,7 @@ def main(args: argparse.Namespace) -> int:
         load_checkpoint(net, args.checkpoint)
         weights = f"{args.checkpoint.name} sha256:{sha256_file(args.checkpoint)}"
     path = export_onnx(net, args.out, height, width, precision=args.precision, opset=args.opset,
-                       batch=args.batch, weights=weights)
+                       batch=args.batch, weights=weights, calibration=args.calibration)
     import onnx
 
     model = onnx.load(path)
@@ -63,7 +67,8 @@ def main(args: argparse.Namespace) -> int:
     lines = [
         f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB)",
         f"{info.network}: {info.task}, input {info.batch}x3x{info.height}x{info.width} -> {info.output_name}, "
-        f"{info.precision}, opset {info.opset}" + (f", ISR {info.isr}" if info.isr else "") + f", weights {weights}",
+        f"{info.precision}, opset {info.opset}" + (f", ISR {info.isr}" if info.isr else "") + f", weights {weights}"
+        + (f", calibration {info.calibration}" if info.calibration else ""),
         ("TensorRT ONNX parser: all operators supported" if not unsupported else
          f"TensorRT ONNX parser: NOT supported: {', '.join(unsupported)}") + f"; operator list: {SOURCE}",
     ]

@@ -11,6 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..engines.base import PRECISIONS
 from ..io.sources import DEFAULT_FPS, DEFAULT_FRAME_ID, open_source
 from ..io.writers import BAG_FORMATS, BagWriter, FilesWriter, parse_file_kinds
 from ..networks import available_networks
@@ -60,8 +61,12 @@ def add_model_arguments(parser: argparse.ArgumentParser, depth_default: str,
                        "stamped UNTRAINED")
     group.add_argument("--backend", default="auto", choices=("auto", "torch", "onnxruntime"),
                        help="inference backend (default auto)")
-    group.add_argument("--precision", default="fp32", choices=("fp32", "fp16", "bf16"),
-                       help="fp16/bf16 need CUDA")
+    group.add_argument("--precision", default="fp32", choices=PRECISIONS,
+                       help="fp16/bf16 need CUDA; int8 runs in ONNX Runtime (CPU), faster at an "
+                       "accuracy cost")
+    group.add_argument("--calibration", nargs="+", default=None, metavar="IMAGE_OR_FOLDER",
+                       help="int8 only: images calibrating the quantised graphs (default: the "
+                       "bundled sample; frames of your own camera fit your scenes better)")
     group.add_argument("--device", default=None, help="torch device, e.g. cpu or cuda (default: "
                        "cuda when available)")
     group.add_argument("--input-size", type=int, nargs=2, metavar=("H", "W"), default=None,
@@ -87,6 +92,7 @@ def model_options(args: argparse.Namespace) -> ModelOptions:
         depth=args.depth, seg=args.seg, depth_checkpoint=args.depth_checkpoint,
         seg_checkpoint=args.seg_checkpoint, search=not args.untrained,
         download=not args.no_download, backend=args.backend, precision=args.precision,
+        calibration=tuple(args.calibration) if args.calibration else None,
         device=args.device, input_size=tuple(args.input_size) if args.input_size else None,
         isr=isr_from_args(args), depth_scale=args.depth_scale, depth_shift=args.depth_shift)
 

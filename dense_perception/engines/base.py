@@ -18,6 +18,30 @@ class EngineError(RuntimeError):
     """An engine could not be created or run (missing library, bad model file, wrong setting)."""
 
 
+#: The precisions each backend runs. torch's fp16/bf16 need CUDA (autocast); ONNX Runtime's fp16 graph
+#: is for its CUDA/TensorRT providers and its int8 graph is statically quantised for the CPU
+#: (:mod:`.quantize`); TensorRT builds fp32 or fp16 engines.
+BACKEND_PRECISIONS: dict[str, tuple[str, ...]] = {
+    "torch": ("fp32", "fp16", "bf16"),
+    "onnxruntime": ("fp32", "fp16", "int8"),
+    "tensorrt": ("fp32", "fp16"),
+}
+#: Every precision some backend runs, for option and parameter choices.
+PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "bf16", "int8")
+
+
+def check_precision(backend: str, precision: str) -> None:
+    """``EngineError`` naming the backends that run ``precision`` when ``backend`` does not."""
+    if precision in BACKEND_PRECISIONS.get(backend, ()):
+        return
+    if precision not in PRECISIONS:
+        raise EngineError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+    runs_it = [name for name, offered in BACKEND_PRECISIONS.items() if precision in offered]
+    raise EngineError(f"the {backend} backend does not run {precision} (it runs "
+                      f"{', '.join(BACKEND_PRECISIONS.get(backend, ()))}); {precision} runs on "
+                      f"{' or '.join(runs_it)}")
+
+
 @runtime_checkable
 class Engine(Protocol):
     """What the pipeline needs from a backend."""

@@ -14,7 +14,9 @@ How a graph is made:
    constant folding, redundant-node removal, MatMul+Add -> Gemm). The traced
    ``scaled_dot_product_attention`` computes its scale at run time from ``Shape -> Slice -> Cast ->
    Sqrt``; folding turns that into a constant, which TensorRT and the fp16 conversion both prefer.
-3. **fp16** (optional): ``onnxconverter_common.float16.convert_float_to_float16`` on the folded fp32
+3. **int8** (optional, ONNX Runtime on the CPU): static QDQ quantisation of the folded graph, calibrated
+   on real images (:mod:`.quantize`).
+4. **fp16** (optional): ``onnxconverter_common.float16.convert_float_to_float16`` on the folded fp32
    graph, with float32 I/O (``keep_io_types``) and the numerically fragile operators kept in float32
    (:data:`FP16_KEEP_FLOAT`: normalisations, softmax, reductions, powers and square roots, plus the
    converter's own block list, which includes Resize). Converting the finished graph, rather than tracing
@@ -22,7 +24,7 @@ How a graph is made:
    networks (a half module would need every LayerNorm/GroupNorm wrapped to compute in float32, and
    CPU half kernels are incomplete). The fp16 graph feeds ONNX Runtime's CUDA provider and TensorRT's
    strongly typed fp16 builds (:mod:`.tensorrt_engine`), which take each tensor's type from the graph.
-4. ``onnx.checker.check_model``, then an atomic write (temporary file in the target folder +
+5. ``onnx.checker.check_model``, then an atomic write (temporary file in the target folder +
    ``os.replace``), so a reader never sees a half-written file.
 """
 from __future__ import annotations
@@ -38,8 +40,9 @@ import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
+import numpy as np
 import onnx
 import torch
 from torch import nn
@@ -48,14 +51,16 @@ from .. import __version__
 from ..atomic import atomic_path
 from ..networks.isr import ISRSetting
 from ..networks.registry import network_spec
-from .base import EngineError
+from .base import BACKEND_PRECISIONS, EngineError
+from .quantize import calibration_inputs, calibration_label, quantize_int8
 
 log = logging.getLogger(__name__)
 
 INPUT_NAME = "image"
 #: Output name by registry task.
 OUTPUT_NAMES: Mapping[str, str] = MappingProxyType({"segmentation": "logits", "depth": "depth"})
-PRECISIONS = ("fp32", "fp16")
+#: Precisions a graph can have (the ONNX Runtime backend runs them all; TensorRT builds fp32/fp16).
+PRECISIONS = BACKEND_PRECISIONS["onnxruntime"]
 #: Lowest opset exported (LayerNormalization is a plain operator from 17 on).
 MIN_OPSET = 17
 #: Operators an fp16 graph keeps in float32 (on top of the converter's DEFAULT_OP_BLOCK_LIST).
@@ -82,6 +87,7 @@ class GraphInfo:
     weights_digest: str  # see weights_digest(); ties a cached graph to the weights it holds
     version: str  # dense_perception version that wrote it
     weights: str = "unspecified"  # "untrained", or the checkpoint's file name and sha256
+    calibration: str = ""  # int8: the calibration images' label (quantize.calibration_label); else ""
 
     @property
     def isr_setting(self) -> ISRSetting | None:
@@ -153,8 +159,10 @@ def network_isr(net: nn.Module) -> ISRSetting | None:
 
 
 def graph_info(net: nn.Module, height: int, width: int, precision: str = "fp32", opset: int = MIN_OPSET,
-               batch: int = 1, isr: ISRSetting | None = None, weights: str = "unspecified") -> GraphInfo:
-    """What :func:`export_onnx` would stamp for these arguments (``isr`` None = the network's own)."""
+               batch: int = 1, isr: ISRSetting | None = None, weights: str = "unspecified",
+               calibration: Sequence[str | os.PathLike] | None = None) -> GraphInfo:
+    """What :func:`export_onnx` would stamp for these arguments (``isr`` None = the network's own;
+    ``calibration`` images matter for int8 only, None = the bundled sample)."""
     name = getattr(net, "name", None)
     if not isinstance(name, str):
         raise ValueError(f"{type(net).__name__} has no registry name (.name); cannot export it")
@@ -164,7 +172,8 @@ def graph_info(net: nn.Module, height: int, width: int, precision: str = "fp32",
         raise ValueError(f"{name} has no inference spatial reduction")
     return GraphInfo(network=name, task=spec.task, batch=int(batch), height=int(height), width=int(width),
                      precision=precision, opset=int(opset), isr=str(setting) if setting else "",
-                     weights_digest=weights_digest(net), version=__version__, weights=weights)
+                     weights_digest=weights_digest(net), version=__version__, weights=weights,
+                     calibration=calibration_label(calibration) if precision == "int8" else "")
 
 
 def graph_file_name(info: GraphInfo) -> str:
@@ -232,27 +241,31 @@ def _to_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
 
 def export_onnx(net: nn.Module, out_path: str | os.PathLike, height: int, width: int, precision: str = "fp32",
                 opset: int = MIN_OPSET, batch: int = 1, isr: ISRSetting | None = None,
-                weights: str = "unspecified") -> Path:
+                weights: str = "unspecified", calibration: Sequence[str | os.PathLike] | None = None) -> Path:
     """Export ``net`` (a registry network) as a fixed-shape ONNX graph at ``out_path``.
 
     Args:
         height, width, batch: the fixed input shape ``[batch, 3, height, width]``.
-        precision: ``fp32`` or ``fp16`` (float32 input and output either way).
+        precision: ``fp32``, ``fp16`` or ``int8`` (float32 input and output either way).
         opset: ONNX opset, 17 or newer.
         isr: EDAFormer ISR setting to bake in; None = the network's current one. ``net`` is not changed.
         weights: label stamped in the metadata (``"untrained"``, a checkpoint name and hash, ...).
+        calibration: int8 only: image files or folders whose views calibrate the activation ranges;
+            None = the bundled sample photograph (see :mod:`.quantize`).
 
     Raises:
         ValueError: bad arguments, an ISR that does not fit the size, a size the network refuses.
         EngineError: fp16 requested without onnxconverter-common.
     """
     _check_arguments(height, width, precision, opset, batch)
-    info = graph_info(net, height, width, precision, opset, batch, isr, weights)
-    return write_graph(net, info, Path(out_path))
+    info = graph_info(net, height, width, precision, opset, batch, isr, weights, calibration)
+    return write_graph(net, info, Path(out_path), calibration)
 
 
-def write_graph(net: nn.Module, info: GraphInfo, out_path: Path) -> Path:
-    """Trace, fold, convert and save the graph ``info`` describes (see the module docstring)."""
+def write_graph(net: nn.Module, info: GraphInfo, out_path: Path,
+                calibration: Sequence[str | os.PathLike] | None = None) -> Path:
+    """Trace, fold, convert and save the graph ``info`` describes (see the module docstring);
+    ``calibration`` as in :func:`export_onnx`."""
     setting = info.isr_setting
     if setting is not None:
         if setting != net.isr:
@@ -262,6 +275,12 @@ def write_graph(net: nn.Module, info: GraphInfo, out_path: Path) -> Path:
     model = _fold_constants(_trace(net.eval(), info))
     if info.precision == "fp16":
         model = _to_fp16(model)
+    elif info.precision == "int8":
+        inputs = calibration_inputs(info.network, info.height, info.width, calibration)
+        if info.batch > 1:
+            inputs = [np.concatenate([x] * info.batch) for x in inputs]
+        log.info("quantising %s to int8 (calibration: %s)", info.network, info.calibration)
+        model = quantize_int8(model, inputs, INPUT_NAME)
     model.producer_name, model.producer_version = "dense_perception", __version__
     model.doc_string = f"{info.network} {info.task}, input {INPUT_NAME} {list(info.input_shape)}"
     onnx.helper.set_model_props(model, info.to_props())
@@ -302,19 +321,22 @@ class GraphCache:
     folder: Path
     precision: str = "fp32"
     opset: int = MIN_OPSET
+    #: int8 calibration images (files or folders); None = the bundled sample
+    calibration: tuple[str | os.PathLike, ...] | None = None
 
     def __post_init__(self) -> None:
         _check_arguments(self.height, self.width, self.precision, self.opset, 1)
 
     def __call__(self, isr: ISRSetting | None = None) -> Path:
-        wanted = graph_info(self.net, self.height, self.width, self.precision, self.opset, 1, isr)
+        wanted = graph_info(self.net, self.height, self.width, self.precision, self.opset, 1, isr,
+                            calibration=self.calibration)
         path = Path(self.folder) / graph_file_name(wanted)
         problem = _cache_problem(path, wanted)
         if problem is None:
             log.debug("reusing %s", path)
             return path
         log.info("exporting %s: %s", path, problem)
-        return write_graph(self.net, wanted, path)
+        return write_graph(self.net, wanted, path, self.calibration)
 
 
 def _cache_problem(path: Path, wanted: GraphInfo) -> str | None:

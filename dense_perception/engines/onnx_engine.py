@@ -185,16 +185,21 @@ class OnnxRuntimeEngine:
         }
         if info.isr:
             described["isr"] = info.isr
+        if info.calibration:
+            described["calibration"] = info.calibration
         return described
 
 
 def onnx_engine_for_network(net: nn.Module, height: int, width: int, cache_dir: str | os.PathLike,
                             precision: str = "fp32", providers: Sequence[str] | None = None,
-                            threads: int | None = None, opset: int = MIN_OPSET) -> OnnxRuntimeEngine:
+                            threads: int | None = None, opset: int = MIN_OPSET,
+                            calibration: Sequence[str | os.PathLike] | None = None) -> OnnxRuntimeEngine:
     """An engine for ``net`` at ``height``×``width`` with the network's current ISR setting.
 
     The graph is ``<cache_dir>/<network>_<H>x<W>_<isr slug or noisr>_<precision>.onnx``, reused when its
     metadata matches and (re-)exported otherwise; ``set_isr`` exports further settings there on demand.
+    ``calibration``: int8 calibration images (None = the bundled sample; see :mod:`.quantize`).
     """
-    cache = GraphCache(net, int(height), int(width), Path(cache_dir), precision, opset)
+    cache = GraphCache(net, int(height), int(width), Path(cache_dir), precision, opset,
+                       tuple(calibration) if calibration else None)
     return OnnxRuntimeEngine(cache(network_isr(net)), providers, threads, exporter=cache)

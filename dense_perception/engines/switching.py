@@ -33,7 +33,7 @@ import torch
 from torch import nn
 
 from ..networks.isr import ISRSetting
-from .base import Engine, EngineError
+from .base import Engine, EngineError, check_precision
 from .cache import ensure_private_dir
 
 log = logging.getLogger(__name__)
@@ -330,12 +330,16 @@ def private_export_copy(net: nn.Module) -> nn.Module:
 
 def onnxruntime_factory(net: nn.Module, height: int, width: int, folder: str | os.PathLike,
                         precision: str = "fp32", providers: Sequence[str] | None = None,
-                        threads: int | None = None) -> EngineFactory:
-    """``make(setting)`` for ONNX Runtime: the cached (or newly exported) graph for the setting, in a session."""
+                        threads: int | None = None,
+                        calibration: Sequence[str | os.PathLike] | None = None) -> EngineFactory:
+    """``make(setting)`` for ONNX Runtime: the cached (or newly exported) graph for the setting, in a
+    session. ``calibration``: int8 calibration images (None = the bundled sample)."""
     from .export import GraphCache
     from .onnx_engine import OnnxRuntimeEngine
 
-    graphs = GraphCache(private_export_copy(net), int(height), int(width), ensure_private_dir(folder), precision)
+    check_precision("onnxruntime", precision)
+    graphs = GraphCache(private_export_copy(net), int(height), int(width), ensure_private_dir(folder), precision,
+                        calibration=tuple(calibration) if calibration else None)
 
     def make(setting: ISRSetting | None) -> Engine:
         with EXPORT_LOCK:
@@ -356,7 +360,7 @@ def switching_engine_for_network(backend: str, net: nn.Module, height: int, widt
     """A :class:`SwitchingEngine` of ``backend`` (``onnxruntime`` or ``tensorrt``) for one input size.
 
     ``initial`` None = the network's current setting. ``options`` go to the backend's factory
-    (``providers``/``threads`` for ONNX Runtime; ``builder``, ``runtime``, ``gpu``, ``workspace_bytes`` for
+    (``providers``/``threads``/``calibration`` for ONNX Runtime; ``builder``, ``runtime``, ``gpu``, ``workspace_bytes`` for
     TensorRT).
     """
     from .export import network_isr

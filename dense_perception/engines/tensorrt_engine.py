@@ -33,9 +33,9 @@ import torch
 from torch import nn
 
 from ..networks.isr import ISRSetting
-from .base import EngineError
+from .base import EngineError, check_precision
 from .cache import CacheKey, EngineCache, TimingCacheKey
-from .export import INPUT_NAME, MIN_OPSET, PRECISIONS, GraphCache, graph_info
+from .export import INPUT_NAME, MIN_OPSET, GraphCache, graph_info
 
 log = logging.getLogger(__name__)
 
@@ -182,8 +182,7 @@ class TensorRTBuilder:
     def build(self, onnx_model: bytes, precision: str, label: str, gpu: GpuInfo) -> bytes:
         """Parse, configure and build; EngineError with the parser's or builder's reason on failure."""
         trt = self.trt
-        if precision not in PRECISIONS:
-            raise EngineError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+        check_precision("tensorrt", precision)
         builder = trt.Builder(self.logger)
         network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
         parser = trt.OnnxParser(network, self.logger)
@@ -346,6 +345,7 @@ class TensorRTFactory:
                  graphs_folder: str | os.PathLike | None = None) -> None:
         from .switching import private_export_copy
 
+        check_precision("tensorrt", precision)
         self.device = torch.device(device)
         self.gpu = gpu or GpuInfo.of(self.device)
         self.cache = EngineCache(folder)

@@ -14,9 +14,10 @@ import torch
 from torch import nn
 
 from ..networks.isr import ISRSetting
-from .base import EngineError
+from .base import EngineError, check_precision
 
-PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+#: Autocast type per precision (see ``base.BACKEND_PRECISIONS``).
+AUTOCAST_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 class TorchEngine:
@@ -27,8 +28,7 @@ class TorchEngine:
     def __init__(self, net: nn.Module, device: str | torch.device = "cpu", precision: str = "fp32",
                  compile: bool = False) -> None:
         self.device = torch.device(device)
-        if precision not in PRECISIONS:
-            raise EngineError(f"unknown precision {precision!r}; choose from {sorted(PRECISIONS)}")
+        check_precision(self.backend, precision)
         if precision != "fp32" and self.device.type != "cuda":
             raise EngineError(f"precision {precision} needs a CUDA device; {self.device} runs fp32 only")
         self.precision = precision
@@ -44,7 +44,7 @@ class TorchEngine:
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.precision == "fp32":
             return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=PRECISIONS[self.precision])
+        return torch.autocast(device_type=self.device.type, dtype=AUTOCAST_DTYPES[self.precision])
 
     def infer(self, batch: torch.Tensor) -> torch.Tensor:
         batch = batch.to(self.device, non_blocking=True)

@@ -22,8 +22,9 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol, Union
 
@@ -387,3 +388,9 @@ def _header_stamp(header: Any) -> int:
 def _one_line(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return text or type(exc).__name__
+
+
+def sample_image() -> AbstractContextManager[Path]:
+    """The bundled sample photograph as a file path, for a ``with`` block (a zipped install
+    extracts it to a temporary file). Source and licence: ``dense_perception/data/LICENSE.md``."""
+    return resources.as_file(resources.files("dense_perception") / "data" / "sample.jpg")

@@ -176,3 +176,14 @@ def preprocess_edaformer(image_rgb: np.ndarray, dataset: str = "ade20k",
             image = cv2.resize(image, (aligned[1], aligned[0]), interpolation=cv2.INTER_LINEAR)
     normalised = normalise_imagenet(image)
     return NetworkInput(_to_batch(normalised), (height, width), normalised.shape[:2])
+
+
+def preprocess_for(family: str, dataset: str, image_rgb: np.ndarray,
+                   input_size: tuple[int, int] | None = None) -> NetworkInput:
+    """The pre-processing of a network family (``dpt`` or ``edaformer``) for its checkpoint's dataset,
+    for code that holds a registry spec rather than a predictor (e.g. int8 calibration)."""
+    if family == "dpt":
+        return preprocess_dpt(image_rgb, DPT_TARGETS[dataset], input_size)
+    if family == "edaformer":
+        return preprocess_edaformer(image_rgb, dataset, input_size)
+    raise ValueError(f"unknown network family {family!r}; choose from dpt, edaformer")

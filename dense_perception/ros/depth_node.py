@@ -104,7 +104,8 @@ class DepthNode(InferenceNode):
             precision=values["precision"], device=values["device"] or None,
             input_size=optional_size(values["input_size"]),
             depth_scale=values["depth_scale"] if fitted else None,
-            depth_shift=values["depth_shift"] if fitted else None)
+            depth_shift=values["depth_shift"] if fitted else None,
+            calibration=[values["calibration"]] if values["calibration"] else None)
 
     def apply_parameters(self, values: Mapping[str, Any]) -> None:
         self._color = DepthColor(values["colormap"], values["publish_colored"], StableRange(

@@ -20,6 +20,7 @@ from rclpy.node import Node
 from sensor_msgs.msg import CompressedImage, Image
 
 from ..api import BACKENDS
+from ..engines.base import PRECISIONS
 from ..io.images import ImageFormatError, message_to_rgb
 from ..pipeline.preprocess import check_input_size
 from .diagnostics import FrameDiagnostics, FrameTiming
@@ -35,8 +36,10 @@ COMMON_PARAMETERS: tuple[ParamSpec, ...] = (
               "(outputs are meaningless; the node logs a warning)", read_only=True),
     ParamSpec("backend", "auto", "Inference backend: auto, torch, onnxruntime or tensorrt",
               read_only=True, choices=BACKENDS),
-    ParamSpec("precision", "fp32", "Inference precision: fp32, fp16 or bf16 (CUDA only)",
-              read_only=True, choices=("fp32", "fp16", "bf16")),
+    ParamSpec("precision", "fp32", "Inference precision: fp32; fp16 or bf16 (CUDA only); int8 (ONNX "
+              "Runtime on the CPU, faster at an accuracy cost)", read_only=True, choices=PRECISIONS),
+    ParamSpec("calibration", "", "int8 only: image file or folder calibrating the quantised graph; "
+              "empty = the bundled sample photograph", read_only=True),
     ParamSpec("device", "", "Torch device, e.g. cuda:0 or cpu; empty = CUDA when available",
               read_only=True),
     ParamSpec("compressed", False, "Subscribe sensor_msgs/CompressedImage on 'image/compressed' "

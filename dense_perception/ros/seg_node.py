@@ -133,7 +133,8 @@ class SegNode(InferenceNode):
         self.segmenter = Segmenter(
             values["network"], checkpoint=values["checkpoint"] or None, backend=values["backend"],
             precision=values["precision"], device=values["device"] or None,
-            input_size=optional_size(values["input_size"]), label_mode=values["label_mode"])
+            input_size=optional_size(values["input_size"]), label_mode=values["label_mode"],
+            calibration=[values["calibration"]] if values["calibration"] else None)
 
     def check_parameters(self, values: Mapping[str, Any]) -> str | None:
         """ISR values that make a setting, and whose pools fit the network's feature maps."""
