@@ -1,14 +1,20 @@
-"""Benchmark machinery behind ``dense-perception bench``: latency, throughput, peak memory, MACs.
+"""Benchmark machinery behind ``dense-perception bench``: latency, throughput, peak memory, MACs, and
+how far each backend's output is from eager fp32.
 
 Each measured configuration ("case") runs in a fresh subprocess, so its peak memory is its own
 (peak resident set size on the CPU, ``torch.cuda.max_memory_allocated`` on CUDA). Cases of the same
 network share weights made by the references' seeded rule (the shapes and cost of a real checkpoint).
+The command runs the whole list of cases several rounds, interleaved, and pools each case's timings
+over the rounds, so a machine whose speed drifts (a VM, thermal limits) slows every case alike and the
+ratios between cases stay meaningful.
 
 Backends measured side by side:
 - ``eager``: the network called directly in fp32 under ``torch.no_grad`` — the floor to beat;
 - ``torch``: our torch engine (``TorchEngine``);
 - ``torch-compile``: the same with ``torch.compile``;
-- ``onnxruntime``: the exported graph in ONNX Runtime;
+- ``onnxruntime``: the exported fp32 graph in ONNX Runtime;
+- ``onnxruntime-int8``: the statically quantised graph (:mod:`.engines.quantize`), calibrated on the
+  bundled sample photograph;
 - ``transformers`` (DPT only): Hugging Face's ``DPTForDepthEstimation`` with the same weights.
 """
 from __future__ import annotations
@@ -31,9 +37,11 @@ from .networks import ISRSetting, build_network, network_spec
 from .networks.common import fill_reference_weights
 from .networks.cost import count_cost
 
-BACKENDS = ("eager", "torch", "torch-compile", "onnxruntime", "transformers")
+BACKENDS = ("eager", "torch", "torch-compile", "onnxruntime", "onnxruntime-int8", "transformers")
 #: Backends whose graphs have a fixed batch of 1 (no throughput-at-batch figure).
-FIXED_BATCH_ONE = ("onnxruntime",)
+FIXED_BATCH_ONE = ("onnxruntime", "onnxruntime-int8")
+#: Backends of the end-to-end comparison (image in, depth at the image's size out).
+END_TO_END_BACKENDS = ("torch", "onnxruntime", "onnxruntime-int8", "transformers")
 
 
 @dataclass(frozen=True)
@@ -49,8 +57,18 @@ class Case:
     device: str = "cpu"
     threads: int = 2
     #: time image → result (pre-processing + network + post-processing) on a camera frame of this
-    #: (height, width) instead of the bare network; DPT backends torch/eager/transformers only
+    #: (height, width) instead of the bare network; DPT, :data:`END_TO_END_BACKENDS`
     end_to_end: tuple[int, int] | None = None
+    #: end to end: our network input is (height, width) instead of the official keep-aspect size
+    fixed_input: bool = False
+
+    @property
+    def slug(self) -> str:
+        """A file-name-safe identity of the case."""
+        isr = ISRSetting.parse(self.isr).slug if self.isr else "noisr"
+        e2e = f"_e2e{self.end_to_end[0]}x{self.end_to_end[1]}{'f' if self.fixed_input else ''}" \
+            if self.end_to_end else ""
+        return f"{self.network}_{self.backend}_{self.height}x{self.width}_{isr}_{self.device}{e2e}".replace(":", "")
 
 
 @dataclass
@@ -61,6 +79,18 @@ class Measurement:
     peak_mib: float = float("nan")
     gmacs: float = float("nan")
     error: str | None = None
+    #: DPT: mean |output - eager| / mean |eager|; EDAFormer: share of labels differing from eager.
+    #: On the sample photograph; NaN for eager itself, or where eager's output is all zeros.
+    deviation: float = float("nan")
+
+    def merge(self, other: "Measurement") -> "Measurement":
+        """This round's figures pooled with another round's of the same case."""
+        if other.error:
+            return other if not self.latency_ms else self
+        if self.error or not self.latency_ms:
+            return other
+        return Measurement(self.case, self.latency_ms + other.latency_ms, self.batch_ms + other.batch_ms,
+                           max(self.peak_mib, other.peak_mib), self.gmacs)
 
     @property
     def p50(self) -> float:
@@ -105,7 +135,7 @@ def _network(case: Case) -> torch.nn.Module:
     return net
 
 
-def _runner(case: Case, net: torch.nn.Module, workdir: str) -> Callable[[torch.Tensor], Any]:
+def _runner(case: Case, net: torch.nn.Module, workdir: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """A function running one batch through the case's backend."""
     device = torch.device(case.device)
     if case.backend == "eager":
@@ -119,10 +149,11 @@ def _runner(case: Case, net: torch.nn.Module, workdir: str) -> Callable[[torch.T
         from .engines.torch_engine import TorchEngine
 
         return TorchEngine(net, device, compile=case.backend == "torch-compile").infer
-    if case.backend == "onnxruntime":
+    if case.backend in ("onnxruntime", "onnxruntime-int8"):
         from .engines.onnx_engine import onnx_engine_for_network
 
-        return onnx_engine_for_network(net, case.height, case.width, workdir).infer
+        precision = "int8" if case.backend.endswith("int8") else "fp32"
+        return onnx_engine_for_network(net, case.height, case.width, workdir, precision, threads=case.threads).infer
     if case.backend == "transformers":
         from .networks.dpt_hf import hf_model_with_weights_of
 
@@ -135,9 +166,12 @@ def _runner(case: Case, net: torch.nn.Module, workdir: str) -> Callable[[torch.T
     raise ValueError(f"unknown backend {case.backend!r}; choose from {', '.join(BACKENDS)}")
 
 
-def _end_to_end_runner(case: Case, net: torch.nn.Module) -> Callable[[np.ndarray], Any]:
+def _end_to_end_runner(case: Case, net: torch.nn.Module, workdir: str) -> Callable[[np.ndarray], Any]:
     """Image → depth at the image's size, each implementation with its own documented pipeline:
-    ours keeps the aspect ratio (official MiDaS rule), ``transformers`` resizes to 384×384."""
+    ours through :class:`~.api.DepthEstimator` (official keep-aspect MiDaS size, or
+    ``case.height``×``case.width`` with ``fixed_input``; its own initial weights -- the arithmetic, and
+    so the time, is that of any checkpoint), ``transformers`` through ``DPTImageProcessor`` (it squashes
+    to 384×384)."""
     device = torch.device(case.device)
     if case.backend == "transformers":
         from transformers import DPTImageProcessor
@@ -154,26 +188,42 @@ def _end_to_end_runner(case: Case, net: torch.nn.Module) -> Callable[[np.ndarray
             return processor.post_process_depth_estimation(out, target_sizes=[image.shape[:2]])[0][
                 "predicted_depth"].cpu().numpy()
         return hf
-    from .engines.torch_engine import TorchEngine
-    from .pipeline.postprocess import depth_to_image
-    from .pipeline.preprocess import DPT_TARGETS, preprocess_dpt
+    from .api import DepthEstimator
+
+    if case.backend not in END_TO_END_BACKENDS:
+        raise ValueError(f"end to end runs {', '.join(END_TO_END_BACKENDS)}, not {case.backend}")
+    backend, _, precision = case.backend.partition("-")
+    estimator = DepthEstimator(case.network, backend=backend, precision=precision or "fp32", device=device,
+                               input_size=(case.height, case.width) if case.fixed_input else None,
+                               engine_dir=workdir)
+    return lambda image: estimator.predict(image).depth
+
+
+def sample_input(case: Case) -> torch.Tensor:
+    """The bundled sample photograph, pre-processed for the case's network at the case's size."""
+    from .io.sources import read_image_rgb, sample_image
+    from .pipeline.preprocess import preprocess_for
 
     spec = network_spec(case.network)
-    infer = TorchEngine(net, device).infer if case.backend == "torch" else None
-
-    def ours(image: np.ndarray) -> Any:
-        prepared = preprocess_dpt(image, DPT_TARGETS[spec.dataset])
-        if infer is None:  # eager: the network called directly
-            with torch.no_grad():
-                raw = net.to(device)(prepared.tensor.to(device))
-        else:
-            raw = infer(prepared.tensor)
-        return depth_to_image(raw, prepared.image_size, net.output_units)
-    return ours
+    with sample_image() as path:
+        image = read_image_rgb(path)
+    return preprocess_for(spec.family, spec.dataset, image, (case.height, case.width)).tensor
 
 
-def measure_in_process(case: Case, warmup: int, runs: int) -> Measurement:
-    """Measure one case in this process (``measure`` wraps it in a subprocess)."""
+def deviation(output: np.ndarray, reference: np.ndarray, task: str) -> float:
+    """How far a backend's output is from eager fp32's (see :attr:`Measurement.deviation`)."""
+    if output.shape != reference.shape:
+        return float("nan")
+    if task == "segmentation":
+        return float((output.argmax(1) != reference.argmax(1)).mean())
+    scale = float(np.abs(reference).mean())
+    return float(np.abs(output - reference).mean() / scale) if scale > 0 else float("nan")
+
+
+def measure_in_process(case: Case, warmup: int, runs: int, workdir: str) -> Measurement:
+    """Measure one case in this process (``measure`` wraps it in a subprocess). Graphs are cached in
+    ``workdir``; bare-network cases leave their output on the sample photograph there as
+    ``<case.slug>.npy`` for :func:`deviation`."""
     torch.set_num_threads(case.threads)
     result = Measurement(case)
     net = _network(case)
@@ -184,15 +234,16 @@ def measure_in_process(case: Case, warmup: int, runs: int) -> Measurement:
     xb = torch.randn(case.batch, 3, case.height, case.width, generator=gen)
     if case.end_to_end:
         image = np.random.default_rng(7).integers(0, 256, (*case.end_to_end, 3), dtype=np.uint8)
-        run_image = _end_to_end_runner(case, net)
+        run_image = _end_to_end_runner(case, net, workdir)
         result.latency_ms = _timed(lambda: run_image(image), warmup, runs, sync)
         result.peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         return result
-    with tempfile.TemporaryDirectory() as workdir:
-        run = _runner(case, net, workdir)
-        result.latency_ms = _timed(lambda: run(x1), warmup, runs, sync)
-        if case.batch > 1 and case.backend not in FIXED_BATCH_ONE:
-            result.batch_ms = _timed(lambda: run(xb), 1, max(2, runs // 3), sync)
+    run = _runner(case, net, workdir)
+    result.latency_ms = _timed(lambda: run(x1), warmup, runs, sync)
+    if case.batch > 1 and case.backend not in FIXED_BATCH_ONE:
+        result.batch_ms = _timed(lambda: run(xb), 1, max(2, runs // 3), sync)
+    output = run(sample_input(case).to(device=case.device))
+    np.save(os.path.join(workdir, case.slug + ".npy"), output.float().cpu().numpy())
     if case.device.startswith("cuda"):
         result.peak_mib = torch.cuda.max_memory_allocated() / 2**20
     else:
@@ -200,9 +251,15 @@ def measure_in_process(case: Case, warmup: int, runs: int) -> Measurement:
     return result
 
 
-def measure(case: Case, warmup: int = 2, runs: int = 10, timeout: float = 1800) -> Measurement:
-    """Measure one case in a fresh subprocess; failures come back as ``Measurement.error``."""
-    cmd = [sys.executable, "-m", "dense_perception.benchmark", json.dumps(asdict(case)), str(warmup), str(runs)]
+def measure(case: Case, warmup: int = 2, runs: int = 10, timeout: float = 1800,
+            workdir: str | os.PathLike | None = None) -> Measurement:
+    """Measure one case in a fresh subprocess; failures come back as ``Measurement.error``.
+    ``workdir`` keeps exported graphs and sample outputs between calls (None = a temporary folder)."""
+    if workdir is None:
+        with tempfile.TemporaryDirectory(prefix="dp_bench_") as folder:
+            return measure(case, warmup, runs, timeout, folder)
+    cmd = [sys.executable, "-m", "dense_perception.benchmark", json.dumps(asdict(case)), str(warmup), str(runs),
+           os.fspath(workdir)]
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=os.environ.copy())
     except subprocess.TimeoutExpired:
@@ -223,7 +280,7 @@ def case_from_json(data: dict[str, Any]) -> Case:
 
 def _main(argv: list[str]) -> None:
     case = case_from_json(json.loads(argv[0]))
-    result = measure_in_process(case, int(argv[1]), int(argv[2]))
+    result = measure_in_process(case, int(argv[1]), int(argv[2]), argv[3])
     print(json.dumps(result.to_json()))
 
 

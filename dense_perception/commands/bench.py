@@ -1,5 +1,7 @@
 """``dense-perception bench``: latency, throughput, memory and MACs per network, backend and ISR setting,
-side by side with what a user would run instead (plain eager fp32; ``transformers``' DPT)."""
+side by side with what a user would run instead (plain eager fp32; ``transformers``' DPT), with each
+backend's deviation from eager fp32 and, for EDAFormer, each ISR setting's frame-rate gain beside its
+multiply-add cut."""
 from __future__ import annotations
 
 import argparse
@@ -10,7 +12,9 @@ from pathlib import Path
 
 import torch
 
-from ..benchmark import BACKENDS, Case, Measurement, measure
+import numpy as np
+
+from ..benchmark import BACKENDS, END_TO_END_BACKENDS, Case, Measurement, deviation, measure
 from ..networks import ISRSetting, available_networks, network_spec
 
 DEFAULT_NETWORKS = ("dpt_hybrid_midas", "edaformer_t_ade20k")
@@ -29,12 +33,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="network input size (default: 384 384 for DPT, 512 512 for EDAFormer)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
-    parser.add_argument("--runs", type=int, default=10, help="timed runs per case (after warm-up)")
+    parser.add_argument("--runs", type=int, default=10,
+                        help="timed runs per case in all, spread over the rounds (after warm-up)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="run the case list this many times, interleaved, and pool each case's timings "
+                        "(robust to a machine whose speed drifts; default 3)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--batch", type=int, default=4, help="batch size of the throughput figure (1 = skip)")
     parser.add_argument("--end-to-end", type=int, nargs=2, metavar=("H", "W"), default=None,
                         help="time image -> result on an HxW camera frame (pre-processing, network, "
-                             "post-processing) instead of the bare network; DPT with eager/torch/transformers")
+                             f"post-processing) instead of the bare network; DPT with "
+                             f"{'/'.join(END_TO_END_BACKENDS)}; ours at the official keep-aspect size, or "
+                             "at --size when given")
     parser.add_argument("--out", default="bench/out", help="folder for results.json and results.png")
 
 
@@ -47,11 +57,12 @@ def _cases(args: argparse.Namespace) -> list[Case]:
         for backend in args.backends:
             if backend == "transformers" and spec.family != "dpt":
                 continue
-            if args.end_to_end and (spec.family != "dpt" or backend not in ("eager", "torch", "transformers")):
+            if args.end_to_end and (spec.family != "dpt" or backend not in END_TO_END_BACKENDS):
                 continue
             for isr in settings:
                 cases.append(Case(name, backend, height, width, isr, args.batch, args.device, args.threads,
-                                  tuple(args.end_to_end) if args.end_to_end else None))
+                                  tuple(args.end_to_end) if args.end_to_end else None,
+                                  fixed_input=bool(args.end_to_end and args.size)))
     return cases
 
 
@@ -59,28 +70,66 @@ def _fmt(value: float, spec: str = ".1f") -> str:
     return "–" if math.isnan(value) else format(value, spec)
 
 
+def _isr_columns(m: Measurement, baselines: dict[tuple, Measurement]) -> tuple[str, str]:
+    """Frame-rate gain over the first ISR setting on the same backend, and the multiply-add cut."""
+    c = m.case
+    first = baselines.get((c.network, c.backend, c.height, c.width, c.end_to_end))
+    if not c.isr or first is None or first is m:
+        return "–", "–"
+    gain = m.fps / first.fps - 1
+    cut = 1 - m.gmacs / first.gmacs
+    verdict = "≥ cut" if gain >= cut else "< cut"
+    return f"{gain:+.0%} ({verdict})", f"−{cut:.1%}"
+
+
 def table(results: list[Measurement]) -> str:
-    """Markdown table; the ratio is frames per second relative to eager fp32 at the first ISR setting."""
+    """Markdown table. "× eager" is frames per second relative to eager fp32 at the first ISR setting;
+    "deviation" is the output's distance from eager fp32 on the sample photograph (share of labels
+    that differ, or mean relative depth difference); "ISR fps gain" compares a setting with the first
+    one on the same backend, beside the multiply-adds it saves."""
     baseline: dict[tuple[str, int, int], float] = {}
+    first_isr: dict[tuple, Measurement] = {}
     for m in results:
         key = (m.case.network, m.case.height, m.case.width)
         if m.case.backend == "eager" and key not in baseline and not m.error:
             baseline[key] = m.fps
+        if not m.error:
+            first_isr.setdefault((m.case.network, m.case.backend, m.case.height, m.case.width, m.case.end_to_end), m)
     head = ("| network | size | backend | ISR | p50 ms | p90 ms | fps (batch 1) | images/s (batch {b}) "
-            "| peak MiB | GMACs | × eager baseline |").format(b=results[0].case.batch if results else 1)
-    lines = [head, "|" + "---|" * 11]
+            "| peak MiB | GMACs | × eager baseline | deviation from eager | ISR fps gain | MAC cut |").format(
+                b=results[0].case.batch if results else 1)
+    lines = [head, "|" + "---|" * 14]
     for m in results:
         c = m.case
         ratio = m.fps / baseline.get((c.network, c.height, c.width), float("nan"))
-        size = f"{c.end_to_end[0]}x{c.end_to_end[1]} image" if c.end_to_end else f"{c.height}x{c.width}"
+        size = f"{c.height}x{c.width}"
+        if c.end_to_end:
+            network_input = ("384x384 (DPTImageProcessor)" if c.backend == "transformers" else
+                             size if c.fixed_input else "official keep-aspect")
+            size = f"{c.end_to_end[0]}x{c.end_to_end[1]} image, input {network_input}"
         if m.error:
             lines.append(f"| {c.network} | {size} | {c.backend} | {c.isr or '–'} "
-                         f"| failed: {m.error} |||||||")
+                         f"| failed: {m.error} ||||||||||")
             continue
+        gain, cut = _isr_columns(m, first_isr)
+        dev = "–" if math.isnan(m.deviation) else (
+            f"{m.deviation:.1%} labels" if network_spec(c.network).task == "segmentation" else f"{m.deviation:.2%}")
         lines.append(f"| {c.network} | {size} | {c.backend} | {c.isr or '–'} | {_fmt(m.p50)} "
                      f"| {_fmt(m.p90)} | {_fmt(m.fps, '.2f')} | {_fmt(m.throughput, '.2f')} | {_fmt(m.peak_mib, '.0f')} "
-                     f"| {_fmt(m.gmacs, '.2f')} | {_fmt(ratio, '.2f')} |")
+                     f"| {_fmt(m.gmacs, '.2f')} | {_fmt(ratio, '.2f')} | {dev} | {gain} | {cut} |")
     return "\n".join(lines)
+
+
+def add_deviations(results: list[Measurement], workdir: Path) -> None:
+    """Fill ``deviation`` from the sample outputs the cases left in ``workdir`` (eager is the reference)."""
+    for m in results:
+        c = m.case
+        if m.error or c.end_to_end or c.backend == "eager":
+            continue
+        reference = workdir / (Case(c.network, "eager", c.height, c.width, c.isr, device=c.device).slug + ".npy")
+        output = workdir / (c.slug + ".npy")
+        if reference.exists() and output.exists():
+            m.deviation = deviation(np.load(output), np.load(reference), network_spec(c.network).task)
 
 
 def plot(results: list[Measurement], path: Path) -> bool:
@@ -109,14 +158,23 @@ def main(args: argparse.Namespace) -> int:
     cases = _cases(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    rounds = max(1, args.rounds)
+    runs = max(1, math.ceil(args.runs / rounds))
     print(f"# dense-perception bench: torch {torch.__version__}, device {args.device}, {args.threads} threads, "
-          f"{platform.machine()}, warm-up {args.warmup}, {args.runs} timed runs; {len(cases)} cases", flush=True)
-    results = []
-    for i, case in enumerate(cases, 1):
-        print(f"[{i}/{len(cases)}] {case.network} {case.backend} {case.isr or ''} ...", flush=True)
-        results.append(measure(case, args.warmup, args.runs))
-        if results[-1].error:
-            print(f"    failed: {results[-1].error}", flush=True)
+          f"{platform.machine()}, warm-up {args.warmup}, {rounds} interleaved rounds of {runs} timed runs; "
+          f"{len(cases)} cases", flush=True)
+    results: list[Measurement] = [Measurement(case) for case in cases]
+    workdir = out / "work"  # exported graphs and sample outputs, reused by later rounds
+    workdir.mkdir(exist_ok=True)
+    for round_ in range(1, rounds + 1):
+        for i, case in enumerate(cases):
+            print(f"[round {round_}/{rounds}, {i + 1}/{len(cases)}] {case.network} {case.backend} "
+                  f"{case.isr or ''} ...", flush=True)
+            measured = measure(case, args.warmup, runs, workdir=workdir)
+            if measured.error:
+                print(f"    failed: {measured.error}", flush=True)
+            results[i] = results[i].merge(measured)
+    add_deviations(results, workdir)
     print(table(results))
     (out / "results.json").write_text(json.dumps([m.to_json() for m in results], indent=2))
     plotted = plot(results, out / "results.png")

@@ -1,0 +1,79 @@
+"""``dense-perception bench`` at tiny sizes: its table, JSON and plot, interleaved rounds, deviations from
+eager, ISR gains and the end-to-end comparison (real figures: bench/RESULTS.md, never a timed test)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from dense_perception.benchmark import Case, Measurement, deviation
+from dense_perception.cli import main
+
+
+def rows_of(out: str, network: str) -> list[list[str]]:
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in out.splitlines()
+            if line.startswith(f"| {network}")]
+
+
+def test_bench_prints_a_table_with_deviation_and_isr_gain_and_writes_json(tmp_path, capsys) -> None:
+    code = main(["bench", "--networks", "edaformer_t_ade20k", "--backends", "eager", "torch", "onnxruntime",
+                 "--isr", "1", "2", "--size", "64", "64", "--runs", "2", "--rounds", "2", "--warmup", "1",
+                 "--batch", "2", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "2 interleaved rounds of 1 timed runs" in out and out.count("[round 2/2,") == 6
+    rows = rows_of(out, "edaformer_t_ade20k")
+    assert len(rows) == 6 and all("failed" not in cell for row in rows for cell in row)
+    by_key = {(row[2], row[3]): row for row in rows}
+    # deviation from eager: none for eager itself; the same network in torch and ONNX Runtime fp32
+    # gives the same labels on the sample photograph
+    assert by_key[("eager", "[8,4,2,1]-[1,2,4]")][11] == "–"
+    assert by_key[("torch", "[8,4,2,1]-[1,2,4]")][11] == "0.0% labels"
+    assert by_key[("onnxruntime", "[16,8,4,2]-[2,4,8]")][11].endswith("labels")
+    # ISR gain against the first setting of the same backend, beside the multiply-add cut
+    gain, cut = by_key[("onnxruntime", "[16,8,4,2]-[2,4,8]")][12:14]
+    assert "cut)" in gain and cut.startswith("−") and cut.endswith("%")
+    assert by_key[("onnxruntime", "[8,4,2,1]-[1,2,4]")][12] == "–"
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert {r["case"]["backend"] for r in results} == {"eager", "torch", "onnxruntime"}
+    # two rounds pooled: two batch-1 timings per case
+    assert all(len(r["latency_ms"]) == 2 and r["p50_ms"] > 0 and r["peak_mib"] > 0 and r["gmacs"] > 0
+               for r in results)
+    assert (tmp_path / "results.png").stat().st_size > 1000
+
+
+def test_bench_end_to_end_runs_our_api_beside_transformers(tmp_path, capsys) -> None:
+    pytest.importorskip("transformers", reason="the comparison needs transformers (installed in CI)")
+    code = main(["bench", "--networks", "dpt_hybrid_midas", "--backends", "torch", "onnxruntime", "transformers",
+                 "--end-to-end", "48", "64", "--size", "64", "64", "--runs", "1", "--rounds", "1",
+                 "--warmup", "0", "--batch", "1", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    rows = rows_of(out, "dpt_hybrid_midas")
+    assert [row[2] for row in rows] == ["torch", "onnxruntime", "transformers"]
+    assert [row[1] for row in rows] == ["48x64 image, input 64x64"] * 2 + [
+        "48x64 image, input 384x384 (DPTImageProcessor)"]
+    assert all(float(row[4]) > 0 for row in rows), rows
+
+
+def test_measurements_pool_rounds_and_keep_a_failure_only_when_nothing_ran() -> None:
+    case = Case("edaformer_t_ade20k", "eager", 64, 64)
+    first = Measurement(case, [10.0, 12.0], [30.0], 100.0, 0.06)
+    second = Measurement(case, [11.0], [31.0], 120.0, 0.06)
+    pooled = first.merge(second)
+    assert pooled.latency_ms == [10.0, 12.0, 11.0] and pooled.peak_mib == 120.0 and pooled.p50 == 11.0
+    failed = Measurement(case, error="boom")
+    assert first.merge(failed) is first and Measurement(case).merge(failed).error == "boom"
+
+
+def test_deviation_measures_labels_and_relative_depth() -> None:
+    logits = np.zeros((1, 3, 2, 2), np.float32)
+    logits[0, 0] = 1
+    other = logits.copy()
+    other[0, 1, 0, 0] = 2  # one of four pixels changes its label
+    assert deviation(other, logits, "segmentation") == 0.25
+    depth = np.full((1, 4, 4), 2.0, np.float32)
+    assert deviation(depth * 1.1, depth, "depth") == pytest.approx(0.1)
+    assert np.isnan(deviation(depth, np.zeros_like(depth), "depth"))  # nothing to compare against
+    assert np.isnan(deviation(depth[:, :2], depth, "depth"))
