@@ -190,6 +190,7 @@ def _end_to_end_runner(case: Case, net: torch.nn.Module, workdir: str) -> Callab
         return hf
     from .api import DepthEstimator
 
+    torch.manual_seed(0)  # the same initial weights in every round, so cached graphs are reused
     if case.backend not in END_TO_END_BACKENDS:
         raise ValueError(f"end to end runs {', '.join(END_TO_END_BACKENDS)}, not {case.backend}")
     backend, _, precision = case.backend.partition("-")
@@ -197,6 +198,18 @@ def _end_to_end_runner(case: Case, net: torch.nn.Module, workdir: str) -> Callab
                                input_size=(case.height, case.width) if case.fixed_input else None,
                                engine_dir=workdir)
     return lambda image: estimator.predict(image).depth
+
+
+def network_input_size(case: Case) -> tuple[int, int]:
+    """The size the network runs at: the case's, except end to end, where ``transformers`` squashes to
+    384×384 and ours keeps the official keep-aspect size unless ``fixed_input``."""
+    if case.end_to_end and case.backend == "transformers":
+        return 384, 384
+    if not case.end_to_end or case.fixed_input:
+        return case.height, case.width
+    from .pipeline.preprocess import DPT_TARGETS, dpt_network_size
+
+    return dpt_network_size(*case.end_to_end, DPT_TARGETS[network_spec(case.network).dataset])
 
 
 def sample_input(case: Case) -> torch.Tensor:
@@ -227,7 +240,7 @@ def measure_in_process(case: Case, warmup: int, runs: int, workdir: str) -> Meas
     torch.set_num_threads(case.threads)
     result = Measurement(case)
     net = _network(case)
-    result.gmacs = count_cost(net, case.height, case.width).total_macs / 1e9
+    result.gmacs = count_cost(net, *network_input_size(case)).total_macs / 1e9
     sync = torch.cuda.synchronize if case.device.startswith("cuda") else (lambda: None)
     gen = torch.Generator().manual_seed(7)
     x1 = torch.randn(1, 3, case.height, case.width, generator=gen)

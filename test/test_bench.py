@@ -55,6 +55,9 @@ def test_bench_end_to_end_runs_our_api_beside_transformers(tmp_path, capsys) -> 
     assert [row[1] for row in rows] == ["48x64 image, input 64x64"] * 2 + [
         "48x64 image, input 384x384 (DPTImageProcessor)"]
     assert all(float(row[4]) > 0 for row in rows), rows
+    # ratios are against transformers end to end; multiply-adds at each implementation's network input
+    assert rows[2][10] == "1.00" and float(rows[0][10]) > 0
+    assert float(rows[0][9]) < float(rows[2][9])
 
 
 def test_measurements_pool_rounds_and_keep_a_failure_only_when_nothing_ran() -> None:
