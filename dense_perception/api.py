@@ -99,8 +99,8 @@ def choose_backend(requested: str, device: torch.device, precision: str = "fp32"
     """The backend to use and why; ``EngineError`` when the backend does not run ``precision``.
 
     ``auto`` is torch on CUDA and on the CPU for fp32/fp16/bf16. On this project's 2-core CI CPU, ONNX
-    Runtime fp32 measured 1.08× (DPT-Hybrid) to 1.5× (EDAFormer-T at reduced ISR) faster but needs a graph
-    export per input size and ISR setting before its first frame (bench/RESULTS.md); torch starts at once
+    Runtime fp32 measured 1.1-1.2× (DPT-Hybrid) and 1.0-1.4× (EDAFormer-T) faster than eager, but needs a
+    graph export per input size and ISR setting before its first frame (bench/RESULTS.md); torch starts at once
     and switches ISR instantly, so it is the default and ``backend="onnxruntime"`` the explicit choice
     for speed. ``precision="int8"`` (opt-in: it trades accuracy) makes ``auto`` ONNX Runtime, the backend
     that runs it.
@@ -123,7 +123,7 @@ def choose_backend(requested: str, device: torch.device, precision: str = "fp32"
     if device.type == "cuda":
         return "torch", "CUDA device present (TensorRT engines are opt-in with backend='tensorrt')"
     return "torch", ("CPU: torch fp32 starts at once and switches ISR instantly; backend='onnxruntime' "
-                     "is up to 1.5x faster on CPUs after a one-off graph export")
+                     "is up to 1.4x faster on CPUs after a one-off graph export; precision=int8 2-3x")
 
 
 class _Predictor:
