@@ -22,8 +22,8 @@ graph cache key).
 
 Accuracy is a trade, so int8 is opt-in (``precision="int8"``), never chosen automatically. Measured on
 this project's seeded weights, DPT-Hybrid's pre-ReLU depth moves by about 3 % of its mean magnitude
-(``test/test_quantize.py`` bounds it); trained weights can behave differently -- check them with
-``dense-perception bench --backends onnxruntime onnxruntime-int8`` on your own checkpoint and frames.
+(``test/test_quantize.py`` bounds it); trained weights can behave differently -- compare a predictor
+with ``precision="int8"`` against one with ``"fp32"`` on your checkpoint and your frames before use.
 """
 from __future__ import annotations
 
