@@ -204,7 +204,8 @@ class DepthEstimator(_Predictor):
         checkpoint: official checkpoint file (or a converted Hugging Face one); None = untrained weights.
         backend: ``auto``, ``torch``, ``onnxruntime`` or ``tensorrt`` (CUDA; engines cached on disk).
         precision: ``fp32`` (CPU and GPU), ``fp16``/``bf16`` (CUDA), ``int8`` (ONNX Runtime on the CPU:
-            about 2× faster DPT on AVX2 CPUs, at a measured accuracy cost -- see ``engines.quantize``).
+            about 3× faster DPT-Hybrid on a 2-core AVX2 CPU, at a measured accuracy cost -- see
+            ``engines.quantize``).
         calibration: int8 only: image files or folders calibrating the quantised graph (None = the
             bundled sample photograph); frames from your own camera fit your scenes better.
         input_size: exact network input (H, W), multiples of 32; None = the official keep-aspect rule.
