@@ -112,7 +112,10 @@ def test_calibration_images_are_part_of_the_graph_identity(tmp_path, caplog) -> 
     cv2.imwrite(str(frames / "a.png"), cv2.cvtColor(image[:, ::-1], cv2.COLOR_RGB2BGR))
     cv2.imwrite(str(frames / "b.png"), cv2.cvtColor(image[::2, ::2], cv2.COLOR_RGB2BGR))
     (frames / "notes.txt").write_text("not an image")
-    assert [p.name for p in calibration_files([frames])] == ["a.png", "b.png"]
+    with calibration_files([frames]) as files:
+        assert [p.name for p in files] == ["a.png", "b.png"]
+    with calibration_files(None) as files:  # the bundled sample, a file while the block is open
+        assert [p.name for p in files] == ["sample.jpg"] and files[0].is_file()
     assert calibration_label([frames]).startswith("2 images sha256:")
     assert calibration_label([frames]) != calibration_label(None)
     inputs = calibration_inputs(EDA, H, W, [frames], count=5)
@@ -131,11 +134,11 @@ def test_calibration_images_are_part_of_the_graph_identity(tmp_path, caplog) -> 
 
 
 def test_bad_calibration_paths_are_named(tmp_path) -> None:
-    with pytest.raises(ValueError, match="no such file or folder"):
-        calibration_files([tmp_path / "missing"])
+    with pytest.raises(ValueError, match="no such file or folder"), calibration_files([tmp_path / "missing"]):
+        pass
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="holds no image files"):
-        calibration_files([tmp_path / "empty"])
+    with pytest.raises(ValueError, match="holds no image files"), calibration_files([tmp_path / "empty"]):
+        pass
     broken = tmp_path / "broken.png"
     broken.write_bytes(b"\x89PNG not really")
     with pytest.raises(ValueError, match="calibration image .*broken.png"):

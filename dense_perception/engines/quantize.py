@@ -27,13 +27,14 @@ with ``precision="int8"`` against one with ``"fp32"`` on your checkpoint and you
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import tempfile
 import warnings
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import onnx
@@ -49,14 +50,17 @@ DEFAULT_CALIBRATION_INPUTS = 8
 QUANTISED_OPS = ("Conv", "MatMul", "Gemm")
 
 
-def calibration_files(paths: Sequence[str | os.PathLike] | None) -> list[Path]:
-    """The calibration images: ``paths`` (files; folders contribute their image files, sorted) or, for
-    None/empty, the bundled sample photograph. ``ValueError`` when a path yields no image file."""
+@contextlib.contextmanager
+def calibration_files(paths: Sequence[str | os.PathLike] | None) -> Iterator[list[Path]]:
+    """The calibration images, for a ``with`` block: ``paths`` (files; folders contribute their image
+    files, sorted) or, for None/empty, the bundled sample photograph (a file while the block is open,
+    also from a zipped install). ``ValueError`` when a path yields no image file."""
     from ..io.sources import IMAGE_SUFFIXES, sample_image
 
     if not paths:
         with sample_image() as sample:
-            return [Path(sample)]
+            yield [Path(sample)]
+        return
     files: list[Path] = []
     for entry in map(Path, paths):
         if entry.is_dir():
@@ -68,15 +72,15 @@ def calibration_files(paths: Sequence[str | os.PathLike] | None) -> list[Path]:
             files.append(entry)
         else:
             raise ValueError(f"calibration image {entry}: no such file or folder")
-    return files
+    yield files
 
 
 def calibration_label(paths: Sequence[str | os.PathLike] | None) -> str:
     """What identifies a calibration set in graph metadata: file count and a digest of the bytes."""
-    files = calibration_files(paths)
     digest = hashlib.sha256()
-    for path in files:
-        digest.update(path.read_bytes())
+    with calibration_files(paths) as files:
+        for path in files:
+            digest.update(path.read_bytes())
     name = files[0].name if len(files) == 1 else f"{len(files)} images"
     return f"{name} sha256:{digest.hexdigest()[:16]}"
 
@@ -106,16 +110,16 @@ def calibration_inputs(network: str, height: int, width: int,
     from ..pipeline.preprocess import preprocess_for
 
     spec = network_spec(network)
-    files = calibration_files(paths)
-    per_image = max(1, -(-count // len(files)))  # ceil: at least ``count`` inputs in all
     inputs = []
-    for path in files:
-        try:
-            image = read_image_rgb(path)
-        except ValueError as exc:
-            raise ValueError(f"calibration image {path}: {exc}") from None
-        for view in _views(image, per_image):
-            inputs.append(preprocess_for(spec.family, spec.dataset, view, (height, width)).tensor.numpy())
+    with calibration_files(paths) as files:
+        per_image = max(1, -(-count // len(files)))  # ceil: at least ``count`` inputs in all
+        for path in files:
+            try:
+                image = read_image_rgb(path)
+            except ValueError as exc:
+                raise ValueError(f"calibration image {path}: {exc}") from None
+            for view in _views(image, per_image):
+                inputs.append(preprocess_for(spec.family, spec.dataset, view, (height, width)).tensor.numpy())
     return inputs
 
 
