@@ -24,13 +24,13 @@ from std_msgs.msg import Header
 
 from dense_perception.io.images import image_array
 from dense_perception.networks.isr import ISRSetting
-from dense_perception.pipeline.cloud import CLOUD_DTYPE
+from dense_perception.pipeline.cloud import CLOUD_DTYPE, scale_intrinsics
 from dense_perception.pipeline.colormap import (
     colorize_depth, colorize_labels, overlay, robust_range)
 from dense_perception.ros import seg_node
 from dense_perception.ros.depth_node import DepthNode
 from dense_perception.ros.diagnostics import FrameTiming
-from dense_perception.ros.messages import camera_info_with_header, to_image_msg
+from dense_perception.ros.messages import camera_info_for_image, camera_info_with_header, to_image_msg
 from dense_perception.ros.perception import Perception, parse_options
 from dense_perception.ros.seg_node import SegNode, isr_from_values, label_info_message
 
@@ -55,6 +55,24 @@ def bgr8_image(sec: int, rgb: np.ndarray = RGB) -> Image:
 
 def camera_info(sec: int) -> CameraInfo:
     return camera_info_with_header(CameraInfo(width=WIDTH, height=HEIGHT, k=K), header(sec))
+
+
+def test_camera_info_for_image_rescales_k_and_p_of_another_size():
+    info = CameraInfo(width=640, height=480, k=[500.0, 0, 319.5, 0, 500.0, 239.5, 0, 0, 1],
+                      p=[500.0, 0, 319.5, -25.0, 0, 500.0, 239.5, 0, 0, 0, 1, 0], d=[0.1, 0, 0, 0, 0],
+                      distortion_model="plumb_bob")
+    half = camera_info_for_image(info, header(4), 320, 240)
+    assert_header(half, 4)
+    assert (half.width, half.height, half.distortion_model, list(half.d)) == (
+        320, 240, "plumb_bob", [0.1, 0, 0, 0, 0])
+    # pixel centres at integer coordinates: c' = (c + 0.5) / 2 - 0.5
+    assert list(half.k) == [250.0, 0, 159.5, 0, 250.0, 119.5, 0, 0, 1]
+    assert list(half.p) == [250.0, 0, 159.5, -12.5, 0, 250.0, 119.5, 0, 0, 0, 1, 0]
+    assert camera_info_for_image(info, header(4), 640, 480).k.tolist() == info.k.tolist()
+    unknown = camera_info_for_image(CameraInfo(k=K), header(4), 320, 240)  # 0x0: describes the image
+    assert (unknown.width, unknown.height, unknown.k.tolist()) == (0, 0, K)
+    uncalibrated = camera_info_for_image(CameraInfo(width=640, height=480), header(4), 320, 240)
+    assert not any(uncalibrated.k) and not any(uncalibrated.p) and uncalibrated.width == 320
 
 
 def rss_bytes() -> int:
@@ -315,6 +333,19 @@ def test_depth_outputs_with_and_without_camera_info(ros_context, harness):
 
     rejected = depth.set_parameters([Parameter("colormap", value="jet")])[0]
     assert not rejected.successful and "turbo" in rejected.reason
+
+    # a camera_info calibrated at twice the image's size: depth/camera_info describes the image
+    doubled = [2 * v if i != 8 else 1.0 for i, v in enumerate(K)]
+    graph.info_pub.publish(camera_info_with_header(
+        CameraInfo(width=2 * WIDTH, height=2 * HEIGHT, k=doubled), header(3)))
+    assert graph.spin_until(lambda: getattr(depth._camera_info_for(header(3)), "width", 0) == 2 * WIDTH)
+    graph.image_pub.publish(bgr8_image(3))
+    rescaled = graph.next("depth/camera_info", 2, timeout_s=60.0)
+    assert_header(rescaled, 3)
+    assert (rescaled.width, rescaled.height) == (WIDTH, HEIGHT)
+    np.testing.assert_allclose(np.reshape(rescaled.k, (3, 3)), scale_intrinsics(
+        np.reshape(doubled, (3, 3)), (2 * WIDTH, 2 * HEIGHT), (WIDTH, HEIGHT)))
+    assert "rescaled to the image" in depth.warnings.last_message["camera_info_size"]
 
 
 # -- one process ----------------------------------------------------------------------------------

@@ -10,8 +10,9 @@ Publishes, each with the input image's header:
   unknown scale and shift, not metres — unless ``depth_scale`` > 0, which turns it into metres by
   ``1 / (depth_scale·d + depth_shift)`` (a per-scene fit on inverse depth).
   ``depth/camera_info`` — the camera's CameraInfo with the image's header, so
-  ``depth_image_proc`` and RViz's DepthCloud can use ``depth/image``; not published while no
-  camera_info has arrived (depth still is, with a throttled warning).
+  ``depth_image_proc`` and RViz's DepthCloud can use ``depth/image``; a CameraInfo of another size
+  than the image is rescaled to it (``k``, ``p``, width, height; throttled warning); not published
+  while no camera_info has arrived (depth still is, with a throttled warning).
   ``depth/colored`` (rgb8) — the depth through a colour map, near = low end, with a range that
   follows the scene slowly (:class:`~dense_perception.pipeline.colormap.StableRange`).
 ``/diagnostics`` — frame rate, latency, dropped/rejected/failed frames.
@@ -30,7 +31,7 @@ from ..api import DepthEstimator, DepthResult
 from ..networks.registry import available_networks
 from ..pipeline.colormap import COLORMAPS, StableRange, colorize_depth
 from .inference_node import INPUT_SIZE, InferenceNode, Listeners, optional_size
-from .messages import camera_info_with_header, copy_header, to_image_msg
+from .messages import camera_info_for_image, copy_header, to_image_msg
 from .params import ParamSpec
 from .runtime import run_node
 from .sync import StampMatcher, stamp_key
@@ -117,7 +118,13 @@ class DepthNode(InferenceNode):
         self.depth_pub.publish(to_image_msg(result.depth, "32FC1", out_header))
         info = self._camera_info_for(header)
         if info is not None:
-            self.info_pub.publish(camera_info_with_header(info, out_header))
+            height, width = result.depth.shape
+            if (info.width, info.height) not in ((width, height), (0, 0)):
+                self.warnings.warn("camera_info_size", (
+                    f"CameraInfo on {self.info_sub.topic_name} is {info.width}x{info.height}, the image "
+                    f"{width}x{height}: depth/camera_info is rescaled to the image"))
+            info = camera_info_for_image(info, out_header, width, height)
+            self.info_pub.publish(info)
         else:
             self.warnings.warn(CAMERA_INFO, (
                 f"no CameraInfo received on {self.info_sub.topic_name}: publishing depth without "

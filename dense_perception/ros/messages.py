@@ -14,7 +14,7 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2, Poi
 from std_msgs.msg import Header
 
 from ..io.images import image_fields, message_to_rgb
-from ..pipeline.cloud import cloud_fields, pointcloud2_layout
+from ..pipeline.cloud import cloud_fields, pointcloud2_layout, scale_intrinsics
 
 
 def byte_array(data: np.ndarray) -> array.array:
@@ -59,6 +59,30 @@ def camera_info_with_header(info: CameraInfo, header: Header) -> CameraInfo:
     for name in CameraInfo.get_fields_and_field_types():
         setattr(copied, name, getattr(info, name))
     copied.header = header
+    return copied
+
+
+def camera_info_for_image(info: CameraInfo, header: Header, width: int, height: int) -> CameraInfo:
+    """``info`` stamped with ``header`` and describing an image of ``width`` x ``height``: a camera_info
+    of another size (not 0x0, "unknown") gets ``k`` and ``p`` rescaled to the image, as after a resize
+    (the same field of view; :func:`~dense_perception.pipeline.cloud.scale_intrinsics`), and the image's
+    size. Distortion, rectification, binning and ROI are copied unchanged."""
+    copied = camera_info_with_header(info, header)
+    from_size = (int(info.width), int(info.height))
+    if from_size in ((width, height), (0, 0)):
+        return copied
+    sizes = (from_size, (width, height))
+    K = np.asarray(info.k, dtype=np.float64).reshape(3, 3)
+    if K[0, 0] > 0 and K[1, 1] > 0:  # an uncalibrated (all-zero) matrix stays as it is
+        copied.k = scale_intrinsics(K, *sizes).reshape(-1).tolist()
+    P = np.asarray(info.p, dtype=np.float64).reshape(3, 4)
+    if P[0, 0] > 0 and P[1, 1] > 0:
+        scaled = P.copy()
+        scaled[:, :3] = scale_intrinsics(P[:, :3], *sizes)
+        scaled[0, 3] *= width / from_size[0]  # Tx = -fx' * baseline
+        scaled[1, 3] *= height / from_size[1]
+        copied.p = scaled.reshape(-1).tolist()
+    copied.width, copied.height = int(width), int(height)
     return copied
 
 
