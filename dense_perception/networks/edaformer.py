@@ -112,7 +112,7 @@ class FeedForward(nn.Module):
     def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
         x = self.fc1(x)
         if self.relu:
-            x = F.relu(x)
+            x = F.relu(x, inplace=True)  # fc1's output is not needed again: no second buffer
         return self.fc2(F.gelu(self.dwconv(x, h, w)))
 
 
