@@ -6,7 +6,10 @@ Each measured configuration ("case") runs in a fresh subprocess, so its peak mem
 network share weights made by the references' seeded rule (the shapes and cost of a real checkpoint).
 The command runs the whole list of cases several rounds, interleaved, and pools each case's timings
 over the rounds, so a machine whose speed drifts (a VM, thermal limits) slows every case alike and the
-ratios between cases stay meaningful.
+ratios between cases stay meaningful. The ISR settings of one network on one backend are also timed
+side by side in one process, the settings in turn (:func:`measure_isr_interleaved`): the
+frame-rate gain of an ISR setting is a ratio between two settings, and measured this way each pair of
+forwards sees the same machine state.
 
 Backends measured side by side:
 - ``eager``: the network called directly in fp32 under ``torch.no_grad`` — the floor to beat;
@@ -82,6 +85,9 @@ class Measurement:
     #: DPT: mean |output - eager| / mean |eager|; EDAFormer: share of labels differing from eager.
     #: On the sample photograph; NaN for eager itself, or where eager's output is all zeros.
     deviation: float = float("nan")
+    #: batch-1 timings taken in one process alternating with the other ISR settings of the same
+    #: network and backend (:func:`measure_isr_interleaved`); empty when not measured
+    interleaved_ms: list[float] = field(default_factory=list)
 
     def merge(self, other: "Measurement") -> "Measurement":
         """This round's figures pooled with another round's of the same case."""
@@ -103,6 +109,11 @@ class Measurement:
     @property
     def fps(self) -> float:
         return 1000.0 / self.p50 if self.latency_ms else float("nan")
+
+    @property
+    def interleaved_fps(self) -> float:
+        """Frames per second from :attr:`interleaved_ms` (NaN when not measured)."""
+        return 1000.0 / statistics.median(self.interleaved_ms) if self.interleaved_ms else float("nan")
 
     @property
     def throughput(self) -> float:
@@ -266,6 +277,48 @@ def measure_in_process(case: Case, warmup: int, runs: int, workdir: str) -> Meas
     return result
 
 
+def measure_isr_interleaved(cases: list[Case], warmup: int, runs: int, workdir: str) -> list[list[float]]:
+    """Batch-1 timings of ``cases`` -- the ISR settings of one network, backend and size -- in this
+    process, the cases in turn, ``runs`` turns after ``warmup``: the settings' ratios are not disturbed
+    by drift between processes. In each turn a case runs one untimed forward, then the timed one, so
+    it is timed with its weights and buffers warm, as when a node runs one setting frame after frame
+    (an ONNX Runtime session timed right after another session's forward runs about a third slower).
+    Each case gets its own runner (graphs come from ``workdir`` as in :func:`measure_in_process`)."""
+    if len({(c.network, c.backend, c.height, c.width, c.device, c.threads) for c in cases}) != 1 or \
+            any(c.end_to_end or not c.isr for c in cases):
+        raise ValueError("interleaved ISR timing takes ISR settings of one network, backend and size")
+    torch.set_num_threads(cases[0].threads)
+    sync = torch.cuda.synchronize if cases[0].device.startswith("cuda") else (lambda: None)
+    x1 = torch.randn(1, 3, cases[0].height, cases[0].width, generator=torch.Generator().manual_seed(7))
+    runners = [_runner(case, _network(case), workdir) for case in cases]
+    times: list[list[float]] = [[] for _ in cases]
+    for turn in range(warmup + runs):
+        for run, timings in zip(runners, times):
+            run(x1)
+            sync()
+            t0 = time.perf_counter()
+            run(x1)
+            sync()
+            if turn >= warmup:
+                timings.append((time.perf_counter() - t0) * 1e3)
+    return times
+
+
+def _in_subprocess(request: Any, warmup: int, runs: int, timeout: float,
+                   workdir: str | os.PathLike) -> dict[str, Any]:
+    """Run ``_main`` on a JSON request in a fresh interpreter: its last JSON line, or ``{"error": …}``."""
+    cmd = [sys.executable, "-m", "dense_perception.benchmark", json.dumps(request), str(warmup), str(runs),
+           os.fspath(workdir)]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=os.environ.copy())
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout:.0f} s"}
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        return {"error": (proc.stderr.strip().splitlines() or ["no output"])[-1]}
+    return json.loads(lines[-1])
+
+
 def measure(case: Case, warmup: int = 2, runs: int = 10, timeout: float = 1800,
             workdir: str | os.PathLike | None = None) -> Measurement:
     """Measure one case in a fresh subprocess; failures come back as ``Measurement.error``.
@@ -273,18 +326,17 @@ def measure(case: Case, warmup: int = 2, runs: int = 10, timeout: float = 1800,
     if workdir is None:
         with tempfile.TemporaryDirectory(prefix="dp_bench_") as folder:
             return measure(case, warmup, runs, timeout, folder)
-    cmd = [sys.executable, "-m", "dense_perception.benchmark", json.dumps(asdict(case)), str(warmup), str(runs),
-           os.fspath(workdir)]
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=os.environ.copy())
-    except subprocess.TimeoutExpired:
-        return Measurement(case, error=f"timed out after {timeout:.0f} s")
-    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-    if proc.returncode != 0 or not lines:
-        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-        return Measurement(case, error=tail)
-    data = json.loads(lines[-1])
+    data = _in_subprocess(asdict(case), warmup, runs, timeout, workdir)
+    if data.get("error"):
+        return Measurement(case, error=data["error"])
     return Measurement(case, data["latency_ms"], data["batch_ms"], data["peak_mib"], data["gmacs"])
+
+
+def measure_isr(cases: list[Case], warmup: int, runs: int, workdir: str | os.PathLike,
+                timeout: float = 1800) -> list[list[float]] | str:
+    """:func:`measure_isr_interleaved` in a fresh subprocess: per case its timings, or the error text."""
+    data = _in_subprocess([asdict(case) for case in cases], warmup, runs, timeout, workdir)
+    return data.get("error") or data["interleaved_ms"]
 
 
 def case_from_json(data: dict[str, Any]) -> Case:
@@ -294,9 +346,14 @@ def case_from_json(data: dict[str, Any]) -> Case:
 
 
 def _main(argv: list[str]) -> None:
-    case = case_from_json(json.loads(argv[0]))
-    result = measure_in_process(case, int(argv[1]), int(argv[2]), argv[3])
-    print(json.dumps(result.to_json()))
+    """Subprocess entry: a JSON case (measure it) or a JSON list of cases (time them interleaved)."""
+    request = json.loads(argv[0])
+    warmup, runs, workdir = int(argv[1]), int(argv[2]), argv[3]
+    if isinstance(request, list):
+        cases = [case_from_json(data) for data in request]
+        print(json.dumps({"interleaved_ms": measure_isr_interleaved(cases, warmup, runs, workdir)}))
+        return
+    print(json.dumps(measure_in_process(case_from_json(request), warmup, runs, workdir).to_json()))
 
 
 if __name__ == "__main__":

@@ -22,7 +22,7 @@ def test_bench_prints_a_table_with_deviation_and_isr_gain_and_writes_json(tmp_pa
                  "--batch", "2", "--out", str(tmp_path)])
     out = capsys.readouterr().out
     assert code == 0, out
-    assert "2 interleaved rounds of 1 timed runs" in out and out.count("[round 2/2,") == 6
+    assert "2 interleaved rounds of 1 timed runs" in out and out.count("[round 2/2, ") - out.count("[round 2/2, ISR") == 6
     rows = rows_of(out, "edaformer_t_ade20k")
     assert len(rows) == 6 and all("failed" not in cell for row in rows for cell in row)
     by_key = {(row[2], row[3]): row for row in rows}
@@ -35,7 +35,10 @@ def test_bench_prints_a_table_with_deviation_and_isr_gain_and_writes_json(tmp_pa
     gain, cut = by_key[("onnxruntime", "[16,8,4,2]-[2,4,8]")][12:14]
     assert "cut)" in gain and cut.startswith("−") and cut.endswith("%")
     assert by_key[("onnxruntime", "[8,4,2,1]-[1,2,4]")][12] == "–"
+    # the gain comes from both settings timed in one process, in turn, per backend in each round
+    assert out.count("ISR interleaved]") == 6 and "settings timed in turn in one process" in out
     results = json.loads((tmp_path / "results.json").read_text())
+    assert all(len(r["interleaved_ms"]) == 2 and min(r["interleaved_ms"]) > 0 for r in results)
     assert {r["case"]["backend"] for r in results} == {"eager", "torch", "onnxruntime"}
     # two rounds pooled: two batch-1 timings per case
     assert all(len(r["latency_ms"]) == 2 and r["p50_ms"] > 0 and r["peak_mib"] > 0 and r["gmacs"] > 0
@@ -68,6 +71,25 @@ def test_measurements_pool_rounds_and_keep_a_failure_only_when_nothing_ran() -> 
     assert pooled.latency_ms == [10.0, 12.0, 11.0] and pooled.peak_mib == 120.0 and pooled.p50 == 11.0
     failed = Measurement(case, error="boom")
     assert first.merge(failed) is first and Measurement(case).merge(failed).error == "boom"
+
+
+def test_isr_gain_uses_the_interleaved_timings_when_taken() -> None:
+    from dense_perception.commands.bench import _isr_columns, isr_groups
+
+    cases = [Case("edaformer_t_ade20k", backend, 64, 64, isr) for backend in ("eager", "torch")
+             for isr in ("[8,4,2,1]-[1,2,4]", "[16,8,4,2]-[2,4,8]")]
+    cases.append(Case("dpt_hybrid_midas", "eager", 64, 64))
+    assert isr_groups(cases) == [[0, 1], [2, 3]]
+    first = Measurement(cases[0], [100.0], gmacs=1.0)
+    second = Measurement(cases[1], [100.0], gmacs=0.8)  # the rounds saw no gain ...
+    baselines = {("edaformer_t_ade20k", "eager", 64, 64, None): first}
+    assert _isr_columns(second, baselines) == ("+0% (< cut)", "−20.0%")
+    first.interleaved_ms, second.interleaved_ms = [100.0, 104.0, 96.0], [75.0, 80.0, 70.0]
+    assert _isr_columns(second, baselines) == ("+33% (≥ cut)", "−20.0%")  # ... side by side: 100 → 75 ms
+    with pytest.raises(ValueError, match="one network, backend and size"):
+        from dense_perception.benchmark import measure_isr_interleaved
+
+        measure_isr_interleaved(cases[1:3], 0, 1, ".")
 
 
 def test_deviation_measures_labels_and_relative_depth() -> None:
