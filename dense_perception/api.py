@@ -98,11 +98,11 @@ def _as_isr(value: ISRSetting | int | str) -> ISRSetting:
 def choose_backend(requested: str, device: torch.device, precision: str = "fp32") -> tuple[str, str]:
     """The backend to use and why; ``EngineError`` when the backend does not run ``precision``.
 
-    ``auto`` is torch on CUDA and on the CPU for fp32/fp16/bf16. On this project's 2-core CI CPU, ONNX
-    Runtime fp32 measured 1.1-1.2× (DPT-Hybrid) and 1.0-1.4× (EDAFormer-T) faster than eager, but needs a
-    graph export per input size and ISR setting before its first frame (bench/RESULTS.md); torch starts at once
-    and switches ISR instantly, so it is the default and ``backend="onnxruntime"`` the explicit choice
-    for speed. ``precision="int8"`` (opt-in: it trades accuracy) makes ``auto`` ONNX Runtime, the backend
+    ``auto`` is torch on CUDA and on the CPU for fp32/fp16/bf16. On this project's 2-core CI CPU the torch
+    engine (with its host-memory tuning) is as fast as ONNX Runtime fp32 on EDAFormer-T (103 vs 109 ms at
+    512×512) and about 1.15× slower on DPT-Hybrid (bench/RESULTS.md), while ONNX Runtime needs a graph
+    export per input size and ISR setting before its first frame; torch starts at once and switches ISR
+    instantly, so it is the default and ``backend="onnxruntime"`` the explicit choice for DPT. ``precision="int8"`` (opt-in: it trades accuracy) makes ``auto`` ONNX Runtime, the backend
     that runs it.
     """
     if requested not in BACKENDS:
@@ -123,7 +123,7 @@ def choose_backend(requested: str, device: torch.device, precision: str = "fp32"
     if device.type == "cuda":
         return "torch", "CUDA device present (TensorRT engines are opt-in with backend='tensorrt')"
     return "torch", ("CPU: torch fp32 starts at once and switches ISR instantly; backend='onnxruntime' "
-                     "is up to 1.4x faster on CPUs after a one-off graph export; precision=int8 2-3x")
+                     "runs DPT about 1.15x faster after a one-off graph export; precision=int8 1.5-3x")
 
 
 class _Predictor:
