@@ -102,8 +102,9 @@ def choose_backend(requested: str, device: torch.device, precision: str = "fp32"
     engine (with its host-memory tuning) is as fast as ONNX Runtime fp32 on EDAFormer-T (103 vs 109 ms at
     512×512) and about 1.15× slower on DPT-Hybrid (bench/RESULTS.md), while ONNX Runtime needs a graph
     export per input size and ISR setting before its first frame; torch starts at once and switches ISR
-    instantly, so it is the default and ``backend="onnxruntime"`` the explicit choice for DPT. ``precision="int8"`` (opt-in: it trades accuracy) makes ``auto`` ONNX Runtime, the backend
-    that runs it.
+    instantly, so it is the default and ``backend="onnxruntime"`` the explicit choice for DPT.
+    ``precision="int8"`` (opt-in: it trades accuracy) makes ``auto`` ONNX Runtime, the backend that
+    runs it.
     """
     if requested not in BACKENDS:
         raise ValueError(f"unknown backend {requested!r}; choose from {', '.join(BACKENDS)}")

@@ -40,8 +40,9 @@ TOP_PAD = 64 * 2**20
 def keep_freed_memory() -> bool:
     """Tune glibc's malloc for repeated large allocations (see the module docstring); True when applied.
 
-    One arena for all threads (``M_ARENA_MAX`` 1): per-thread arenas unmap their sub-heaps as soon as
-    they empty, and inference runs in worker threads. Idempotent and process-wide (malloc is)."""
+    One arena for threads started afterwards (``M_ARENA_MAX`` 1), and a top pad as large as a
+    per-thread sub-heap, which stops glibc from unmapping emptied sub-heaps of arenas that threads made
+    earlier: inference runs in worker threads. Idempotent and process-wide (malloc is)."""
     if os.environ.get(ENV, "").strip().lower() == "system":
         log.debug("%s=system: malloc left as it is", ENV)
         return False
