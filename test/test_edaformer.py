@@ -9,7 +9,7 @@ from torch import nn
 
 from dense_perception.networks import ISRSetting, available_networks, build_network, load_weights
 from dense_perception.networks.common import fill_reference_weights
-from dense_perception.networks.edaformer import EmbeddingFreeAttention
+from dense_perception.networks.edaformer import EmbeddingFreeAttention, FeedForward
 
 # Official parameter counts (conv_seg included), shared/design/edaformer.md section 4.
 PARAMS = {
@@ -161,6 +161,20 @@ def test_attention_pools_with_floor_mode_like_avgpool2d() -> None:
         weights = (q @ k.transpose(-1, -2) * 4 ** -0.5).softmax(-1)
         ref = attn.proj((weights @ k).transpose(1, 2).reshape(1, h * w, 8))
     assert torch.allclose(out, ref, atol=1e-6)
+
+
+@pytest.mark.parametrize("relu", [True, False])  # encoder, decoder
+def test_ffn_on_the_map_is_the_ffn_on_tokens(relu: bool) -> None:
+    """The exported graph's FFN layout (1x1 convolutions on the map) computes the torch layout's FFN."""
+    torch.manual_seed(0)
+    ffn = FeedForward(dim=16, hidden=61, relu=relu).eval()
+    h, w = 6, 9
+    x = torch.randn(2, h * w, 16)
+    with torch.no_grad():
+        on_tokens = ffn(x, h, w)
+        on_map = ffn.forward_on_map(x, h, w)
+    assert on_map.shape == on_tokens.shape == x.shape
+    assert torch.allclose(on_map, on_tokens, rtol=1e-5, atol=1e-6)
 
 
 def test_attention_uses_the_fused_kernel_not_the_score_matrix(tiny: nn.Module) -> None:

@@ -89,18 +89,25 @@ class EmbeddingFreeAttention(nn.Module):
 
 
 class DepthwiseConv(nn.Module):
-    """3×3 depthwise conv on the token map (the official key nests it twice: ``dwconv.dwconv``)."""
+    """3×3 depthwise conv on a ``[B, C, h, w]`` map (the official key nests it twice: ``dwconv.dwconv``)."""
 
     def __init__(self, dim: int) -> None:
         super().__init__()
         self.dwconv = nn.Conv2d(dim, dim, 3, 1, 1, groups=dim)
 
-    def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        return map_to_tokens(self.dwconv(tokens_to_map(x, h, w)))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.dwconv(x)
 
 
 class FeedForward(nn.Module):
-    """fc1 → (ReLU, encoder only) → depthwise 3×3 → GELU (exact) → fc2."""
+    """fc1 → (ReLU, encoder only) → depthwise 3×3 → GELU (exact) → fc2.
+
+    Two layouts of the same arithmetic: in torch, linear layers on tokens (the token map is a free
+    channels-last view); in an exported ONNX graph, the whole FFN on the ``[B, C, h, w]`` map with fc1/fc2
+    as the 1×1 convolutions they are, so the layout changes (Transposes in ONNX) touch the block's width
+    rather than the 4-8× wider hidden tensor -- about an eighth of ONNX Runtime's time for EDAFormer-T
+    (bench/RESULTS.md), while in torch oneDNN's 1×1 convolutions are slower than the linear layers.
+    """
 
     def __init__(self, dim: int, hidden: int, relu: bool) -> None:
         super().__init__()
@@ -110,10 +117,21 @@ class FeedForward(nn.Module):
         self.fc2 = nn.Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        if torch.onnx.is_in_onnx_export():
+            return self.forward_on_map(x, h, w)
         x = self.fc1(x)
         if self.relu:
             x = F.relu(x, inplace=True)  # fc1's output is not needed again: no second buffer
-        return self.fc2(F.gelu(self.dwconv(x, h, w)))
+        x = map_to_tokens(self.dwconv(tokens_to_map(x, h, w)))
+        return self.fc2(F.gelu(x))
+
+    def forward_on_map(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """The same FFN computed on the token map (the exported graph's layout)."""
+        x = F.conv2d(tokens_to_map(x, h, w), self.fc1.weight[:, :, None, None], self.fc1.bias)
+        if self.relu:
+            x = F.relu(x, inplace=True)
+        x = F.gelu(self.dwconv(x))
+        return map_to_tokens(F.conv2d(x, self.fc2.weight[:, :, None, None], self.fc2.bias))
 
 
 class Block(nn.Module):
