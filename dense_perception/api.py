@@ -99,8 +99,8 @@ def choose_backend(requested: str, device: torch.device, precision: str = "fp32"
     """The backend to use and why; ``EngineError`` when the backend does not run ``precision``.
 
     ``auto`` is torch on CUDA and on the CPU for fp32/fp16/bf16. On this project's 2-core CI CPU the torch
-    engine (with its host-memory tuning) is as fast as ONNX Runtime fp32 on EDAFormer-T (103 vs 109 ms at
-    512×512) and about 1.15× slower on DPT-Hybrid (bench/RESULTS.md), while ONNX Runtime needs a graph
+    engine (with its host-memory tuning) is about as fast as ONNX Runtime fp32 on EDAFormer-T (102 vs 101
+    ms at 512×512) and about 1.15× slower on DPT-Hybrid (bench/RESULTS.md), while ONNX Runtime needs a graph
     export per input size and ISR setting before its first frame; torch starts at once and switches ISR
     instantly, so it is the default and ``backend="onnxruntime"`` the explicit choice for DPT.
     ``precision="int8"`` (opt-in: it trades accuracy) makes ``auto`` ONNX Runtime, the backend that

@@ -8,6 +8,7 @@ import argparse
 import json
 import math
 import platform
+import statistics
 from pathlib import Path
 
 import torch
@@ -73,14 +74,15 @@ def _fmt(value: float, spec: str = ".1f") -> str:
 
 def _isr_columns(m: Measurement, baselines: dict[tuple, Measurement]) -> tuple[str, str]:
     """Frame-rate gain over the first ISR setting on the same backend, and the multiply-add cut. The
-    gain comes from the interleaved timings (both settings in one process, alternating) when they were
-    taken, else from the cases' own rounds."""
+    gain comes from the interleaved timings when they were taken: the median over turns of each turn's
+    time ratio (the two forwards of a turn ran back to back, so drift between turns cancels); else from
+    the cases' own rounds."""
     c = m.case
     first = baselines.get((c.network, c.backend, c.height, c.width, c.end_to_end))
     if not c.isr or first is None or first is m:
         return "–", "–"
-    if m.interleaved_ms and first.interleaved_ms:
-        gain = m.interleaved_fps / first.interleaved_fps - 1
+    if m.interleaved_ms and len(m.interleaved_ms) == len(first.interleaved_ms):
+        gain = statistics.median(base / ms for base, ms in zip(first.interleaved_ms, m.interleaved_ms)) - 1
     else:
         gain = m.fps / first.fps - 1
     cut = 1 - m.gmacs / first.gmacs
@@ -214,8 +216,8 @@ def main(args: argparse.Namespace) -> int:
     add_deviations(results, workdir)
     print(table(results))
     if any(m.interleaved_ms for m in results):
-        print("ISR fps gain: median frame rate against the first ISR setting of the same backend, the "
-              "settings timed in turn in one process (each turn: one untimed forward, then one timed)")
+        print("ISR fps gain: against the first ISR setting of the same backend, the settings timed in turn "
+              "in one process (each turn: one untimed forward, then one timed); median of the turns' ratios")
     (out / "results.json").write_text(json.dumps([m.to_json() for m in results], indent=2))
     plotted = plot(results, out / "results.png")
     print(f"wrote {out / 'results.json'}" + (f" and {out / 'results.png'}" if plotted else
