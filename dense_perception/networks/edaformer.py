@@ -105,7 +105,7 @@ class FeedForward(nn.Module):
     Two layouts of the same arithmetic: in torch, linear layers on tokens (the token map is a free
     channels-last view); in an exported ONNX graph, the whole FFN on the ``[B, C, h, w]`` map with fc1/fc2
     as the 1×1 convolutions they are, so the layout changes (Transposes in ONNX) touch the block's width
-    rather than the 4-8× wider hidden tensor -- about an eighth of ONNX Runtime's time for EDAFormer-T
+    rather than the 4-8× wider hidden tensor -- about a tenth of ONNX Runtime fp32 time for EDAFormer-T
     (bench/RESULTS.md), while in torch oneDNN's 1×1 convolutions are slower than the linear layers.
     """
 
