@@ -138,6 +138,11 @@ def _timed(fn: Callable[[], Any], warmup: int, runs: int, sync: Callable[[], Non
     return times
 
 
+def _synchronizer(device: str) -> Callable[[], None]:
+    """What waits for queued work on ``device`` before a clock is read (nothing on the CPU)."""
+    return torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+
+
 def _network(case: Case) -> torch.nn.Module:
     net = build_network(case.network)
     net.load_state_dict(fill_reference_weights(net))
@@ -252,7 +257,7 @@ def measure_in_process(case: Case, warmup: int, runs: int, workdir: str) -> Meas
     result = Measurement(case)
     net = _network(case)
     result.gmacs = count_cost(net, *network_input_size(case)).total_macs / 1e9
-    sync = torch.cuda.synchronize if case.device.startswith("cuda") else (lambda: None)
+    sync = _synchronizer(case.device)
     gen = torch.Generator().manual_seed(7)
     x1 = torch.randn(1, 3, case.height, case.width, generator=gen)
     xb = torch.randn(case.batch, 3, case.height, case.width, generator=gen)
@@ -288,7 +293,7 @@ def measure_isr_interleaved(cases: list[Case], warmup: int, runs: int, workdir: 
             any(c.end_to_end or not c.isr for c in cases):
         raise ValueError("interleaved ISR timing takes ISR settings of one network, backend and size")
     torch.set_num_threads(cases[0].threads)
-    sync = torch.cuda.synchronize if cases[0].device.startswith("cuda") else (lambda: None)
+    sync = _synchronizer(cases[0].device)
     x1 = torch.randn(1, 3, cases[0].height, cases[0].width, generator=torch.Generator().manual_seed(7))
     runners = [_runner(case, _network(case), workdir) for case in cases]
     times: list[list[float]] = [[] for _ in cases]

@@ -12,9 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ..engines.base import EngineError
+from ..engines.base import BACKEND_PRECISIONS, EngineError
 from ..engines.cache import DEFAULT_DIR, EngineCache
-from ..engines.base import BACKEND_PRECISIONS
 from ..engines.export import read_graph_info
 from ..networks import ISRSetting, available_networks
 from ..networks.isr import isr_problem
@@ -138,15 +137,12 @@ def main(args: argparse.Namespace) -> int:
     try:
         if args.action == "build":
             return _build(args)
+        if not args.dir.is_dir():  # list, clear
+            print(f"{args.dir}: no engine cache yet")
+            return 0
         if args.action == "list":
-            if not args.dir.is_dir():
-                print(f"{args.dir}: no engine cache yet")
-                return 0
             rows = _rows(args.dir)
             print("\n".join(rows) if rows else f"{args.dir}: empty")
-            return 0
-        if not args.dir.is_dir():
-            print(f"{args.dir}: no engine cache yet")
             return 0
         return _clear(args.dir, args.network)
     except EngineError as exc:  # one line, like the command line's other errors

@@ -136,8 +136,7 @@ class SwitchingEngine:
     @property
     def pending(self) -> ISRSetting | None:
         """The requested setting being built or queued, if any."""
-        with self._lock:
-            return self._wanted if self._wanted != self._serving.setting else None
+        return self.status().pending
 
     @property
     def last_error(self) -> BaseException | None:

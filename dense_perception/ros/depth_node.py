@@ -119,12 +119,13 @@ class DepthNode(InferenceNode):
         info = self._camera_info_for(header)
         if info is not None:
             height, width = result.depth.shape
-            if (info.width, info.height) not in ((width, height), (0, 0)):
+            published = camera_info_for_image(info, out_header, width, height)
+            if (published.width, published.height) != (info.width, info.height):
                 self.warnings.warn("camera_info_size", (
                     f"CameraInfo on {self.info_sub.topic_name} is {info.width}x{info.height}, the image "
                     f"{width}x{height}: depth/camera_info is rescaled to the image"))
-            info = camera_info_for_image(info, out_header, width, height)
-            self.info_pub.publish(info)
+            self.info_pub.publish(published)
+            info = published
         else:
             self.warnings.warn(CAMERA_INFO, (
                 f"no CameraInfo received on {self.info_sub.topic_name}: publishing depth without "
