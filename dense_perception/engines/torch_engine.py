@@ -4,7 +4,8 @@ Precision on CUDA: ``fp16``/``bf16`` run under ``torch.autocast``, whose op poli
 GroupNorm and softmax in fp32 (transformer LayerNorms overflow in fp16) while convolutions, linear layers
 and attention run in the reduced type; the model is ``channels_last``. On CPU only ``fp32`` is offered
 (``bf16`` autocast on CPU is slower than fp32 on most CPUs without AMX). On the CPU the engine tunes
-glibc's malloc to keep freed activation memory between frames (:mod:`.host_memory`).
+glibc's malloc to keep freed activation memory between frames (:mod:`.host_memory`) and runs the
+linear layers with oneDNN's kernel (:mod:`.onednn`).
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from torch import nn
 from ..networks.isr import ISRSetting
 from .base import EngineError, check_precision
 from .host_memory import keep_freed_memory
+from .onednn import use_onednn_linear
 
 #: Autocast type per precision (see ``base.BACKEND_PRECISIONS``).
 AUTOCAST_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
@@ -37,6 +39,7 @@ class TorchEngine:
         self.network = getattr(net, "name", type(net).__name__)
         self.host_memory_tuned = self.device.type == "cpu" and keep_freed_memory()
         self.net = net.eval().to(self.device)
+        self.onednn_linears = use_onednn_linear(self.net) if self.device.type == "cpu" else 0
         if self.device.type == "cuda":
             self.net = self.net.to(memory_format=torch.channels_last)
         self.compiled = bool(compile)
@@ -74,7 +77,7 @@ class TorchEngine:
     def describe(self) -> dict[str, Any]:
         info: dict[str, Any] = {"backend": self.backend, "network": self.network, "device": str(self.device),
                                 "precision": self.precision, "compiled": self.compiled, "input_size": None,
-                                "host_memory_tuned": self.host_memory_tuned}
+                                "host_memory_tuned": self.host_memory_tuned, "onednn_linears": self.onednn_linears}
         if self.isr is not None:
             info["isr"] = str(self.isr)
         return info
