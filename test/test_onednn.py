@@ -45,6 +45,9 @@ def test_stock_path_for_autograd_export_and_other_dtypes() -> None:
     assert not _ran_onednn(lambda: layer(x).sum().backward())
     assert x.grad is not None and layer.weight.grad is not None
     with torch.inference_mode():
+        for odd in (torch.randn(8), torch.randn(0, 8)):  # one row without a batch; no rows
+            assert not _ran_onednn(lambda: layer(odd))
+            torch.testing.assert_close(layer(odd), torch.nn.functional.linear(odd, layer.weight, layer.bias))
         assert not _ran_onednn(lambda: layer.double()(torch.randn(3, 8, dtype=torch.float64)))
     buffer = io.BytesIO()
     with torch.no_grad():  # as the exporter runs: only the export itself sends it to the stock path

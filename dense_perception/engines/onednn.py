@@ -6,14 +6,14 @@ for its own CPU graph compiler (TorchInductor emits ``mkldnn::_linear_pointwise`
 graphs), is faster: twice as fast on EDAFormer-T's 32-wide stage-1 layers, 5-30 % on the others, and
 EDAFormer-T's whole forward gains 4-8 % (bench/RESULTS.md). On wide layers it is not -- probably
 because the weight, kept in torch's plain layout, is re-laid out on every call: DPT's 768-wide ViT runs
-about 5 % slower with it. So
-:func:`use_onednn_linear` swaps only layers with a side of at most :data:`MAX_NARROW_SIDE` for
-:class:`OneDNNLinear`, which holds the same parameters under the same names (state_dict keys,
-checkpoints and weight digests are unchanged) and gives the same sums in another order (float32
-rounding, ~1e-7 relative).
+about 5 % slower with it. So :func:`use_onednn_linear` swaps only layers with a side of at most
+:data:`MAX_NARROW_SIDE` for :class:`OneDNNLinear`, which holds the same parameters under the same names
+(state_dict keys, checkpoints and weight digests are unchanged) and gives the same sums in another
+order (float32 rounding, ~1e-7 relative).
 
-Anything but CPU float32 inference without autograd -- CUDA tensors, training, ONNX export, tracing,
-``torch.compile`` -- runs the stock ``nn.Linear``, so a swapped network stays usable everywhere.
+Anything but CPU float32 inference without autograd on a batch of rows -- CUDA tensors, training, ONNX
+export, tracing, ``torch.compile``, a 1-D or empty input -- runs the stock ``nn.Linear``, so a swapped
+network stays usable everywhere.
 """
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ class OneDNNLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.device.type != "cpu" or x.dtype != torch.float32 or self.weight.dtype != torch.float32 \
-                or _plain_path():
+                or x.dim() < 2 or x.numel() == 0 or _plain_path():
             return F.linear(x, self.weight, self.bias)
         return getattr(torch.ops.mkldnn, _OP_NAME)(x, self.weight, self.bias, "none", [], "")
 

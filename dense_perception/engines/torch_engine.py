@@ -25,7 +25,10 @@ AUTOCAST_DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.b
 
 
 class TorchEngine:
-    """One network on one torch device; ISR switches instantly (no weight depends on it)."""
+    """One network on one torch device; ISR switches instantly (no weight depends on it).
+
+    The engine works on ``net`` itself: it puts it in eval mode on the device and, on the CPU, swaps its
+    narrow linear layers for oneDNN ones sharing the same parameters (:func:`.onednn.use_onednn_linear`)."""
 
     backend = "torch"
 
