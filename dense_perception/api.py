@@ -193,6 +193,10 @@ class _Predictor:
             info.update(engine.describe())
         return info
 
+    def preprocess(self, image_rgb: np.ndarray) -> NetworkInput:
+        """The network family's official input for its dataset (or the forced ``input_size``)."""
+        return preprocess.preprocess_for(self.spec.family, self.spec.dataset, image_rgb, self.input_size)
+
     def _run(self, prepared: NetworkInput) -> torch.Tensor:
         return self.engine_for(prepared.network_size).infer(prepared.tensor)
 
@@ -235,8 +239,7 @@ class DepthEstimator(_Predictor):
         """The official DPT input for this network's dataset (or the forced ``input_size``)."""
         if self.kitti_crop:
             image_rgb = preprocess.kitti_crop(preprocess.as_rgb_uint8(image_rgb))
-        target = preprocess.DPT_TARGETS[self.spec.dataset]
-        return preprocess.preprocess_dpt(image_rgb, target, self.input_size)
+        return super().preprocess(image_rgb)
 
     def predict(self, image_rgb: np.ndarray) -> DepthResult:
         """Depth for one RGB uint8 image, at its size (the KITTI crop's size with ``kitti_crop``)."""
@@ -391,9 +394,6 @@ class Segmenter(_Predictor):
             log.warning("isr_prebuild: %s does not fit %dx%d; not built", skipped, *network_size)
         return super()._make_fixed_engine(network_size, isr if isr is not None else self._isr,
                                           list(prebuild) or fitting)
-
-    def preprocess(self, image_rgb: np.ndarray) -> NetworkInput:
-        return preprocess.preprocess_edaformer(image_rgb, self.spec.dataset, self.input_size)
 
     def logits(self, image_rgb: np.ndarray) -> tuple[torch.Tensor, NetworkInput]:
         """Raw logits ``[1, K, h, w]`` (stride 8) and the pre-processed input they came from."""

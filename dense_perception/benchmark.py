@@ -30,7 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Callable
 
 import numpy as np
@@ -73,6 +73,12 @@ class Case:
             if self.end_to_end else ""
         return f"{self.network}_{self.backend}_{self.height}x{self.width}_{isr}_{self.device}{e2e}".replace(":", "")
 
+    @property
+    def isr_group(self) -> "Case":
+        """The case without its ISR setting: cases with equal groups differ in the setting alone, and
+        their frame rates compare (the "ISR fps gain")."""
+        return replace(self, isr=None)
+
 
 @dataclass
 class Measurement:
@@ -109,11 +115,6 @@ class Measurement:
     @property
     def fps(self) -> float:
         return 1000.0 / self.p50 if self.latency_ms else float("nan")
-
-    @property
-    def interleaved_fps(self) -> float:
-        """Frames per second from :attr:`interleaved_ms` (NaN when not measured)."""
-        return 1000.0 / statistics.median(self.interleaved_ms) if self.interleaved_ms else float("nan")
 
     @property
     def throughput(self) -> float:
@@ -289,8 +290,7 @@ def measure_isr_interleaved(cases: list[Case], warmup: int, runs: int, workdir: 
     it is timed with its weights and buffers warm, as when a node runs one setting frame after frame
     (an ONNX Runtime session timed right after another session's forward runs about a third slower).
     Each case gets its own runner (graphs come from ``workdir`` as in :func:`measure_in_process`)."""
-    if len({(c.network, c.backend, c.height, c.width, c.device, c.threads) for c in cases}) != 1 or \
-            any(c.end_to_end or not c.isr for c in cases):
+    if len({c.isr_group for c in cases}) != 1 or any(c.end_to_end or not c.isr for c in cases):
         raise ValueError("interleaved ISR timing takes ISR settings of one network, backend and size")
     torch.set_num_threads(cases[0].threads)
     sync = _synchronizer(cases[0].device)

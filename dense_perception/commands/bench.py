@@ -72,13 +72,13 @@ def _fmt(value: float, spec: str = ".1f") -> str:
     return "–" if math.isnan(value) else format(value, spec)
 
 
-def _isr_columns(m: Measurement, baselines: dict[tuple, Measurement]) -> tuple[str, str]:
+def _isr_columns(m: Measurement, baselines: dict[Case, Measurement]) -> tuple[str, str]:
     """Frame-rate gain over the first ISR setting on the same backend, and the multiply-add cut. The
     gain comes from the interleaved timings when they were taken: the median over turns of each turn's
     time ratio (the two forwards of a turn ran back to back, so drift between turns cancels); else from
     the cases' own rounds."""
     c = m.case
-    first = baselines.get((c.network, c.backend, c.height, c.width, c.end_to_end))
+    first = baselines.get(c.isr_group)
     if not c.isr or first is None or first is m:
         return "–", "–"
     if m.interleaved_ms and len(m.interleaved_ms) == len(first.interleaved_ms):
@@ -98,14 +98,14 @@ def table(results: list[Measurement]) -> str:
     one on the same backend (from the interleaved timings, :func:`isr_groups`), beside the
     multiply-adds it saves."""
     baseline: dict[tuple[str, int, int], float] = {}
-    first_isr: dict[tuple, Measurement] = {}
+    first_isr: dict[Case, Measurement] = {}
     for m in results:
         key = (m.case.network, m.case.height, m.case.width)
         reference = "transformers" if m.case.end_to_end else "eager"
         if m.case.backend == reference and key not in baseline and not m.error:
             baseline[key] = m.fps
         if not m.error:
-            first_isr.setdefault((m.case.network, m.case.backend, m.case.height, m.case.width, m.case.end_to_end), m)
+            first_isr.setdefault(m.case.isr_group, m)
     head = ("| network | size | backend | ISR | p50 ms | p90 ms | fps (batch 1) | images/s (batch {b}) "
             "| peak MiB | GMACs | × baseline | deviation from eager | ISR fps gain | MAC cut |").format(
                 b=results[0].case.batch if results else 1)
@@ -146,10 +146,10 @@ def add_deviations(results: list[Measurement], workdir: Path) -> None:
 def isr_groups(cases: list[Case]) -> list[list[int]]:
     """Indices of the cases that are ISR settings of one network, backend, size and device, per group of
     two or more: each group is timed interleaved in one process for the "ISR fps gain" column."""
-    groups: dict[tuple, list[int]] = {}
+    groups: dict[Case, list[int]] = {}
     for i, c in enumerate(cases):
         if c.isr and not c.end_to_end:
-            groups.setdefault((c.network, c.backend, c.height, c.width, c.device, c.threads), []).append(i)
+            groups.setdefault(c.isr_group, []).append(i)
     return [indices for indices in groups.values() if len(indices) > 1]
 
 

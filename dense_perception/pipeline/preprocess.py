@@ -180,8 +180,8 @@ def preprocess_edaformer(image_rgb: np.ndarray, dataset: str = "ade20k",
 
 def preprocess_for(family: str, dataset: str, image_rgb: np.ndarray,
                    input_size: tuple[int, int] | None = None) -> NetworkInput:
-    """The pre-processing of a network family (``dpt`` or ``edaformer``) for its checkpoint's dataset,
-    for code that holds a registry spec rather than a predictor (e.g. int8 calibration)."""
+    """The pre-processing of a network family (``dpt`` or ``edaformer``) for its checkpoint's dataset:
+    the one dispatch used by the predictors, int8 calibration and the benchmark."""
     if family == "dpt":
         return preprocess_dpt(image_rgb, DPT_TARGETS[dataset], input_size)
     if family == "edaformer":

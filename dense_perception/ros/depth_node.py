@@ -30,7 +30,7 @@ from sensor_msgs.msg import CameraInfo, Image
 from ..api import DepthEstimator, DepthResult
 from ..networks.registry import available_networks
 from ..pipeline.colormap import COLORMAPS, StableRange, colorize_depth
-from .inference_node import INPUT_SIZE, InferenceNode, Listeners, optional_size
+from .inference_node import INPUT_SIZE, InferenceNode, Listeners, predictor_options
 from .messages import camera_info_for_image, copy_header, to_image_msg
 from .params import ParamSpec
 from .runtime import run_node
@@ -101,12 +101,8 @@ class DepthNode(InferenceNode):
     def build(self, values: Mapping[str, Any]) -> None:
         fitted = values["depth_scale"] > 0
         self.estimator = DepthEstimator(
-            values["network"], checkpoint=values["checkpoint"] or None, backend=values["backend"],
-            precision=values["precision"], device=values["device"] or None,
-            input_size=optional_size(values["input_size"]),
-            depth_scale=values["depth_scale"] if fitted else None,
-            depth_shift=values["depth_shift"] if fitted else None,
-            calibration=[values["calibration"]] if values["calibration"] else None)
+            values["network"], depth_scale=values["depth_scale"] if fitted else None,
+            depth_shift=values["depth_shift"] if fitted else None, **predictor_options(values))
 
     def apply_parameters(self, values: Mapping[str, Any]) -> None:
         self._color = DepthColor(values["colormap"], values["publish_colored"], StableRange(

@@ -76,6 +76,15 @@ def optional_size(size: Sequence[int]) -> tuple[int, int] | None:
     return (int(size[0]), int(size[1])) if len(size) == 2 else None
 
 
+def predictor_options(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The keyword arguments of :class:`~dense_perception.api.DepthEstimator` and ``Segmenter`` that
+    come from :data:`COMMON_PARAMETERS` and ``input_size`` (empty strings and sizes mean "default")."""
+    return {"checkpoint": values["checkpoint"] or None, "backend": values["backend"],
+            "precision": values["precision"], "device": values["device"] or None,
+            "input_size": optional_size(values["input_size"]),
+            "calibration": [values["calibration"]] if values["calibration"] else None}
+
+
 @dataclass
 class Frame:
     """An input message and when it arrived (``time.monotonic()``)."""

@@ -33,7 +33,7 @@ from ..api import SegmentationResult, Segmenter
 from ..networks.isr import ISRSetting
 from ..networks.registry import available_networks
 from ..pipeline.colormap import colorize_labels, overlay
-from .inference_node import INPUT_SIZE, InferenceNode, Listeners, optional_size
+from .inference_node import INPUT_SIZE, InferenceNode, Listeners, optional_size, predictor_options
 from .messages import copy_header, to_image_msg
 from .params import ParamSpec
 from .runtime import run_node
@@ -130,11 +130,7 @@ class SegNode(InferenceNode):
     # -- InferenceNode hooks ----------------------------------------------------------------------
 
     def build(self, values: Mapping[str, Any]) -> None:
-        self.segmenter = Segmenter(
-            values["network"], checkpoint=values["checkpoint"] or None, backend=values["backend"],
-            precision=values["precision"], device=values["device"] or None,
-            input_size=optional_size(values["input_size"]), label_mode=values["label_mode"],
-            calibration=[values["calibration"]] if values["calibration"] else None)
+        self.segmenter = Segmenter(values["network"], label_mode=values["label_mode"], **predictor_options(values))
 
     def check_parameters(self, values: Mapping[str, Any]) -> str | None:
         """ISR values that make a setting, and whose pools fit the network's feature maps."""
