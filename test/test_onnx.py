@@ -15,6 +15,7 @@ from dense_perception.engines.base import Engine, EngineError
 from dense_perception.engines.export import (
     INPUT_NAME, METADATA_PREFIX, MIN_OPSET, export_onnx, graph_file_name, read_graph_info,
 )
+from dense_perception.engines.nchwc_padding import nchwc_layout_used
 from dense_perception.engines.onnx_engine import OnnxRuntimeEngine, onnx_engine_for_network
 from dense_perception.engines.tensorrt_ops import TENSORRT_ONNX_OPS, unsupported_ops
 from dense_perception.networks import ISRSetting, build_network
@@ -88,10 +89,16 @@ def test_graph_matches_torch_and_parses_in_tensorrt(eda, image, cache, setting):
     assert (info.network, info.task, info.precision, info.opset) == (EDA, "segmentation", "fp32", MIN_OPSET)
     assert info.isr_setting == setting and info.version and info.weights_digest
 
+    exported = path.read_bytes()
     engine = OnnxRuntimeEngine(path, providers=["CPUExecutionProvider"])
     out = engine.infer(image)
     assert out.dtype == torch.float32
     assert_close_rel(out.numpy(), torch_output(eda, image, setting), 1e-4, f"onnxruntime vs torch at {setting}")
+    # on x86 the session runs the 16 encoder FFNs' depthwise convs widened to 16-channel multiples; the
+    # file stays the exported network
+    widened = 16 if nchwc_layout_used() else None
+    assert engine.describe().get("nchwc_widened_convs") == widened
+    assert path.read_bytes() == exported
 
 
 def test_file_engine_serves_its_own_setting_only(cache):

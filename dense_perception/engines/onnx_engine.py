@@ -3,6 +3,9 @@
 Execution providers, by preference: TensorRT, CUDA, CPU -- whichever this onnxruntime build has, unless
 the caller names them. Inputs and outputs cross as NumPy arrays that share memory with CPU torch tensors.
 
+On an x86 CPU the session gets the graph with its odd depthwise widths padded for MLAS's blocked layout
+(:mod:`.nchwc_padding`, in memory; the file stays as exported).
+
 ISR is baked into a graph. An engine made from a file serves that file's setting only; an engine made by
 :func:`onnx_engine_for_network` carries an exporter and switches ISR by exporting (or reusing) the graph
 for the new setting in its cache folder and swapping sessions. Inference keeps using the old session
@@ -15,12 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+import onnx
 import torch
 from torch import nn
 
 from ..networks.isr import ISRSetting
 from .base import EngineError
 from .export import INPUT_NAME, MIN_OPSET, GraphCache, GraphInfo, network_isr, read_graph_info
+from .nchwc_padding import nchwc_layout_used, pad_depthwise_widths
 
 #: Execution providers in order of preference.
 PROVIDER_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
@@ -57,6 +62,7 @@ class _Graph:
     path: Path
     info: GraphInfo
     session: Any  # onnxruntime.InferenceSession
+    widened_convs: int  # depthwise convolutions padded for the CPU's blocked layout (0: the file as it is)
 
 
 class OnnxRuntimeEngine:
@@ -103,18 +109,28 @@ class OnnxRuntimeEngine:
                 options.append({})
         return options
 
+    def _model_source(self, path: Path) -> tuple[str | bytes, int]:
+        """What the session loads: the file, or -- for the CPU provider on x86 -- the graph with its odd
+        depthwise widths padded (:mod:`.nchwc_padding`) and how many were padded."""
+        if self.providers[0] != "CPUExecutionProvider" or not nchwc_layout_used():
+            return str(path), 0
+        model = onnx.load(str(path))
+        widened = pad_depthwise_widths(model)
+        return (model.SerializeToString(), widened) if widened else (str(path), 0)
+
     def _open(self, path: Path) -> _Graph:
         """A session for ``path``; EngineError naming the file for anything unusable."""
         if not path.is_file():
             raise EngineError(f"{path}: no such ONNX file")
         try:
-            session = _ort().InferenceSession(str(path), self._session_options(), providers=self.providers,
+            source, widened = self._model_source(path)
+            session = _ort().InferenceSession(source, self._session_options(), providers=self.providers,
                                               provider_options=self._provider_options(path))
         except EngineError:
             raise
-        except Exception as exc:  # onnxruntime raises its own Fail/InvalidProtobuf/... types
+        except Exception as exc:  # onnx's DecodeError, onnxruntime's own Fail/InvalidProtobuf/... types
             reason = str(exc).strip() or type(exc).__name__
-            raise EngineError(f"{path}: ONNX Runtime cannot load it ({reason})") from None
+            raise EngineError(f"{path}: cannot load it as an ONNX graph ({reason})") from None
         info = GraphInfo.from_props(session.get_modelmeta().custom_metadata_map, str(path))
         inputs, outputs = session.get_inputs(), session.get_outputs()
         if ([i.name for i in inputs] != [INPUT_NAME] or tuple(inputs[0].shape) != info.input_shape
@@ -123,7 +139,7 @@ class OnnxRuntimeEngine:
                 f"{path}: graph does not match its metadata: inputs {[(i.name, i.shape) for i in inputs]}, "
                 f"outputs {[o.name for o in outputs]}; expected {INPUT_NAME} {list(info.input_shape)} -> "
                 f"{info.output_name}")
-        return _Graph(path, info, session)
+        return _Graph(path, info, session, widened)
 
     # ---- Engine protocol ---------------------------------------------------------------------
     @property
@@ -187,6 +203,8 @@ class OnnxRuntimeEngine:
             described["isr"] = info.isr
         if info.calibration:
             described["calibration"] = info.calibration
+        if self._graph.widened_convs:
+            described["nchwc_widened_convs"] = self._graph.widened_convs
         return described
 
 
