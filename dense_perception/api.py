@@ -98,11 +98,14 @@ def _as_isr(value: ISRSetting | int | str) -> ISRSetting:
 def choose_backend(requested: str, device: torch.device, precision: str = "fp32") -> tuple[str, str]:
     """The backend to use and why; ``EngineError`` when the backend does not run ``precision``.
 
-    ``auto`` is torch on CUDA and on the CPU for fp32/fp16/bf16. On this project's 2-core CI CPU the torch
-    engine (with its host-memory tuning) is about as fast as ONNX Runtime fp32 on EDAFormer-T (102 vs 101
-    ms at 512×512) and about 1.15× slower on DPT-Hybrid (bench/RESULTS.md), while ONNX Runtime needs a graph
-    export per input size and ISR setting before its first frame; torch starts at once and switches ISR
-    instantly, so it is the default and ``backend="onnxruntime"`` the explicit choice for DPT.
+    ``auto`` is torch on CUDA and on the CPU for fp32/fp16/bf16. On this project's 2-core CI CPU, ONNX
+    Runtime fp32 runs a frame faster once its graph exists -- EDAFormer-T 1.1-1.2x the torch engine at
+    512x512, DPT-Hybrid about 1.15x (bench/RESULTS.md) -- but it needs a graph per network input size and
+    ISR setting (exported and cached on first use: about 2 s for EDAFormer-T, 12 s for DPT-Hybrid on that
+    CPU), so a folder of images of mixed sizes pays an export per size, and ``set_isr`` takes effect only
+    once the new graph is built (in the background). torch serves any size at once and switches ISR from
+    the next frame, so it is the default; ``backend="onnxruntime"`` is the choice for a camera stream of
+    one size where every frame per second counts.
     ``precision="int8"`` (opt-in: it trades accuracy) makes ``auto`` ONNX Runtime, the backend that
     runs it.
     """
@@ -123,8 +126,9 @@ def choose_backend(requested: str, device: torch.device, precision: str = "fp32"
     check_precision("torch", precision)
     if device.type == "cuda":
         return "torch", "CUDA device present (TensorRT engines are opt-in with backend='tensorrt')"
-    return "torch", ("CPU: torch fp32 starts at once and switches ISR instantly; backend='onnxruntime' "
-                     "runs DPT about 1.15x faster after a one-off graph export; precision=int8 1.5-3x")
+    return "torch", ("CPU: torch serves any input size at once and switches ISR from the next frame; "
+                     "backend='onnxruntime' runs 1.1-1.2x faster on a stream of one size after a one-off "
+                     "graph export per size and ISR setting; precision='int8' 1.5-3x")
 
 
 class _Predictor:
