@@ -5,7 +5,7 @@ AVX2, 16 with AVX-512), but its ``NchwcTransformer`` leaves a grouped convolutio
 not a multiple of the block, and a convolution whose input channel count is not, in plain NCHW, with
 layout reorders around them. EDAFormer's feed-forward blocks are such a case: the hidden widths are
 ``floor(3.8 × width)`` (121, 243, 486, 972 for EDAFormer-T), so each FFN's depthwise 3×3 and fc2 ran
-unblocked -- a quarter of ONNX Runtime's fp32 time for EDAFormer-T at 512×512 (bench/RESULTS.md).
+unblocked; widened, EDAFormer-T's fp32 forward at 512×512 is 1.14-1.2× faster (bench/RESULTS.md).
 
 :func:`pad_depthwise_widths` widens such a hidden tensor with zero channels, in memory, at session
 creation: the producing convolution gets zero filters (and zero biases), the depthwise convolution zero
@@ -173,10 +173,10 @@ def pad_depthwise_widths(model: onnx.ModelProto, multiple: int = NCHWC_MULTIPLE)
     """Widen each conv → element-wise → depthwise conv → element-wise → conv chain to ``multiple`` channels.
 
     Changes ``model`` in place and returns how many depthwise convolutions were widened (0: unchanged).
-    Only float32 depthwise weights (the blocked layout is fp32's). A chain is left alone unless every weight it changes is an initializer only its node reads, no tensor
-    in it is a graph output, and only element-wise ops with scalar constants and the consuming convolutions
-    read the hidden tensor. Stale ``value_info`` shapes
-    of the widened tensors are dropped.
+    Only float32 weights are widened (the blocked layout is fp32's). A chain is left alone unless every
+    weight it changes is an initializer only its node reads, no tensor in it is a graph output, and only
+    element-wise ops with scalar constants and the consuming convolutions read the hidden tensor. Stale
+    ``value_info`` shapes of the widened tensors are dropped.
     """
     graph = model.graph
     index = _GraphIndex(graph)
