@@ -21,7 +21,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from dense_perception.engines.export import INPUT_NAME, GraphCache
+from dense_perception.engines.export import INPUT_NAME, MIN_OPSET, GraphCache
 from dense_perception.engines.nchwc_padding import pad_depthwise_widths
 from dense_perception.networks import ISRSetting, build_network
 from dense_perception.networks.common import fill_reference_weights
@@ -34,7 +34,7 @@ def sessions(network: str, size: int, threads: int, folder: Path) -> tuple[dict,
     """``{(layout, setting): session}`` and how many depthwise convs the widening padded."""
     net = build_network(network)
     net.load_state_dict(fill_reference_weights(net))
-    cache = GraphCache(net, size, size, folder, "fp32", 17, None)
+    cache = GraphCache(net, size, size, folder, "fp32", MIN_OPSET, None)
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     made, widened = {}, 0
