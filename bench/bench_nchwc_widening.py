@@ -5,8 +5,8 @@ with the FFNs' odd widths padded for MLAS's blocked layout (dense_perception/eng
 
 A benchmark, not a test: it prints a table. Both layouts at both ISR settings (training ratios and
 [16,8,2,1]-[2,4,8]) are loaded in one process and timed in turn, each turn one untimed and one timed
-forward per session; ratios are the median over turns of each turn's paired time ratio, so drift of
-the machine between turns cancels.
+forward per session (``benchmark.time_in_turn``); ratios are the median over turns of each turn's time
+ratio (``benchmark.paired_ratio``), so drift of the machine between turns cancels.
 """
 from __future__ import annotations
 
@@ -14,13 +14,14 @@ import argparse
 import platform
 import statistics
 import tempfile
-import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
+from dense_perception.benchmark import paired_ratio, time_in_turn
 from dense_perception.engines.export import INPUT_NAME, MIN_OPSET, GraphCache
 from dense_perception.engines.nchwc_padding import pad_depthwise_widths
 from dense_perception.networks import ISRSetting, build_network
@@ -59,19 +60,12 @@ def main() -> None:
               flush=True)
         made, widened = sessions(args.network, args.size, args.threads, Path(folder))
         feed = {INPUT_NAME: np.random.default_rng(0).random((1, 3, args.size, args.size), dtype=np.float32)}
-        for session in made.values():  # warm-up
-            session.run(None, feed)
-            session.run(None, feed)
-        times: dict = {key: [] for key in made}
-        for _ in range(args.turns):
-            for key, session in made.items():
-                session.run(None, feed)
-                start = time.perf_counter()
-                session.run(None, feed)
-                times[key].append(time.perf_counter() - start)
+        keys = list(made)
+        timings = time_in_turn([partial(made[key].run, None, feed) for key in keys], 1, args.turns)
+        times = dict(zip(keys, timings))
 
     def paired(a: tuple, b: tuple) -> float:
-        return statistics.median(np.array(times[a]) / np.array(times[b]))
+        return paired_ratio(times[a], times[b])
 
     print(f"\n{args.network} {args.size}x{args.size}, onnxruntime {ort.__version__} CPU, {args.threads} threads, "
           f"{platform.machine()}, {args.turns} turns; {widened} depthwise convs widened\n")
@@ -81,7 +75,7 @@ def main() -> None:
         for setting in SETTINGS:
             speed_up = paired((LAYOUTS[0], setting), (layout, setting))
             gain = paired((layout, SETTINGS[0]), (layout, setting)) - 1
-            print(f"| {layout} | {setting} | {1e3 * statistics.median(times[layout, setting]):.1f} | "
+            print(f"| {layout} | {setting} | {statistics.median(times[layout, setting]):.1f} | "
                   f"{speed_up:.3f} | {'–' if setting == SETTINGS[0] else f'{100 * gain:+.1f} %'} |")
 
 

@@ -31,7 +31,8 @@ import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Callable
+from functools import partial
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -293,20 +294,33 @@ def measure_isr_interleaved(cases: list[Case], warmup: int, runs: int, workdir: 
     if len({c.isr_group for c in cases}) != 1 or any(c.end_to_end or not c.isr for c in cases):
         raise ValueError("interleaved ISR timing takes ISR settings of one network, backend and size")
     torch.set_num_threads(cases[0].threads)
-    sync = _synchronizer(cases[0].device)
     x1 = torch.randn(1, 3, cases[0].height, cases[0].width, generator=torch.Generator().manual_seed(7))
     runners = [_runner(case, _network(case), workdir) for case in cases]
-    times: list[list[float]] = [[] for _ in cases]
-    for turn in range(warmup + runs):
-        for run, timings in zip(runners, times):
-            run(x1)
+    return time_in_turn([partial(run, x1) for run in runners], warmup, runs, _synchronizer(cases[0].device))
+
+
+def time_in_turn(calls: Sequence[Callable[[], Any]], warmup: int, turns: int,
+                 sync: Callable[[], None] = lambda: None) -> list[list[float]]:
+    """Milliseconds per call of each of ``calls``, called in turn: ``warmup`` untimed turns, then
+    ``turns`` turns in which each call runs once untimed and once timed (warm, right after itself).
+    Compare two calls with :func:`paired_ratio`."""
+    times: list[list[float]] = [[] for _ in calls]
+    for turn in range(warmup + turns):
+        for call, timings in zip(calls, times):
+            call()
             sync()
             t0 = time.perf_counter()
-            run(x1)
+            call()
             sync()
             if turn >= warmup:
                 timings.append((time.perf_counter() - t0) * 1e3)
     return times
+
+
+def paired_ratio(numerator_ms: Sequence[float], denominator_ms: Sequence[float]) -> float:
+    """The median over turns of each turn's time ratio, for two calls timed by :func:`time_in_turn`: the
+    two times of a turn ran back to back, so drift of the machine between turns cancels."""
+    return statistics.median(a / b for a, b in zip(numerator_ms, denominator_ms, strict=True))
 
 
 def _in_subprocess(request: Any, warmup: int, runs: int, timeout: float,

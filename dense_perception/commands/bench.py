@@ -8,7 +8,6 @@ import argparse
 import json
 import math
 import platform
-import statistics
 from pathlib import Path
 
 import torch
@@ -16,7 +15,7 @@ import torch
 import numpy as np
 
 from ..benchmark import (BACKENDS, END_TO_END_BACKENDS, FIXED_BATCH_ONE, Case, Measurement, deviation, measure,
-                         measure_isr)
+                         measure_isr, paired_ratio)
 from ..networks import ISRSetting, available_networks, network_spec
 
 DEFAULT_NETWORKS = ("dpt_hybrid_midas", "edaformer_t_ade20k")
@@ -82,7 +81,7 @@ def _isr_columns(m: Measurement, baselines: dict[Case, Measurement]) -> tuple[st
     if not c.isr or first is None or first is m:
         return "–", "–"
     if m.interleaved_ms and len(m.interleaved_ms) == len(first.interleaved_ms):
-        gain = statistics.median(base / ms for base, ms in zip(first.interleaved_ms, m.interleaved_ms)) - 1
+        gain = paired_ratio(first.interleaved_ms, m.interleaved_ms) - 1
     else:
         gain = m.fps / first.fps - 1
     cut = 1 - m.gmacs / first.gmacs
