@@ -17,17 +17,20 @@ import os
 import threading
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 import torch
 
+from .defaults import DEFAULT_DEPTH_NETWORK, DEFAULT_SEG_NETWORK
 from .engines.base import Engine, EngineError, check_precision
-from .engines.switching import ISRStatus
+from .engines.cache import default_engine_dir
 from .engines.torch_engine import TorchEngine
 from .networks import ISRSetting, build_network, load_checkpoint, network_spec
 from .networks.depth_units import DepthOutput
-from .networks.isr import isr_problem
+from .isr_control import ISRControl
+from .networks.isr import isr_problem, nearest_fitting
 from .pipeline import postprocess, preprocess
 from .pipeline.labels import LabelSet, label_set, label_set_for_classes, label_set_from_checkpoint_meta
 from .pipeline.preprocess import NetworkInput
@@ -35,8 +38,7 @@ from .pipeline.preprocess import NetworkInput
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
-#: Default folder of ONNX graphs and engines built on demand.
-DEFAULT_ENGINE_DIR = os.path.join("models", "engines")
+
 
 
 @dataclass
@@ -150,7 +152,8 @@ class _Predictor:
         self.calibration = tuple(calibration) if calibration else None
         log.info("%s: backend %s on %s (%s)", network, self.backend, self.device, reason)
         self._loaded = _load_network(network, checkpoint)
-        self.engine_dir = os.fspath(engine_dir or DEFAULT_ENGINE_DIR)
+        #: where fixed-shape backends cache their graphs and engines
+        self.engine_dir = Path(engine_dir) if engine_dir else default_engine_dir()
         self._engines: dict[tuple[int, int], Engine] = {}
         self._lock = threading.Lock()
         if self.backend == "torch":
@@ -166,13 +169,14 @@ class _Predictor:
     def network(self) -> str:
         return self.spec.name
 
-    def engine_for(self, network_size: tuple[int, int]) -> Engine:
-        """The engine serving a network input size (fixed-shape backends keep one per size)."""
+    def engine_for(self, network_size: tuple[int, int], isr: ISRSetting | None = None) -> Engine:
+        """The engine serving a network input size (fixed-shape backends keep one per size; a new one
+        serves ``isr``, None = the network's current setting, from the start)."""
         if self._torch_engine is not None:
             return self._torch_engine
         with self._lock:
             if network_size not in self._engines:
-                self._engines[network_size] = self._make_fixed_engine(network_size)
+                self._engines[network_size] = self._make_fixed_engine(network_size, isr)
                 while len(self._engines) > 2:  # a camera stream uses one size; bound memory
                     self._engines.pop(next(iter(self._engines)))
             return self._engines[network_size]
@@ -209,7 +213,8 @@ class DepthEstimator(_Predictor):
     """Monocular depth with a DPT network.
 
     Args:
-        network: ``dpt_hybrid_midas`` (default), ``dpt_large_midas``, ``dpt_hybrid_nyu``, ``dpt_hybrid_kitti``.
+        network: ``dpt_hybrid_nyu`` (default: metres, indoor), ``dpt_hybrid_kitti`` (metres, driving),
+            ``dpt_hybrid_midas``, ``dpt_large_midas`` (relative inverse depth, any scene).
         checkpoint: official checkpoint file (or a converted Hugging Face one); None = untrained weights.
         backend: ``auto``, ``torch``, ``onnxruntime`` or ``tensorrt`` (CUDA; engines cached on disk).
         precision: ``fp32`` (CPU and GPU), ``fp16``/``bf16`` (CUDA), ``int8`` (ONNX Runtime on the CPU:
@@ -217,13 +222,15 @@ class DepthEstimator(_Predictor):
             ``engines.quantize``).
         calibration: int8 only: image files or folders calibrating the quantised graph (None = the
             bundled sample photograph); frames from your own camera fit your scenes better.
+        engine_dir: where ONNX Runtime graphs and TensorRT engines are cached (None =
+            :func:`~dense_perception.engines.cache.default_engine_dir`, a folder of the user's).
         input_size: exact network input (H, W), multiples of 32; None = the official keep-aspect rule.
         depth_scale, depth_shift: for MiDaS networks, a per-scene fit on inverse depth that turns the
             output into metres (``1 / (scale·d + shift)``).
         kitti_crop: apply the official KITTI crop (bottom 352 rows, central 1216 columns) first.
     """
 
-    def __init__(self, network: str = "dpt_hybrid_midas", checkpoint: str | os.PathLike | None = None,
+    def __init__(self, network: str = DEFAULT_DEPTH_NETWORK, checkpoint: str | os.PathLike | None = None,
                  backend: str = "auto", precision: str = "fp32", device: str | torch.device | None = None,
                  input_size: tuple[int, int] | None = None, depth_scale: float | None = None,
                  depth_shift: float | None = None, kitti_crop: bool = False,
@@ -231,11 +238,14 @@ class DepthEstimator(_Predictor):
                  calibration: Sequence[str | os.PathLike] | None = None) -> None:
         super().__init__(network, "depth", checkpoint, backend, precision, device, input_size, engine_dir,
                          calibration)
-        self.output: DepthOutput = self._loaded.net.output_units
         if (depth_scale is None) != (depth_shift is None):
             raise ValueError("give both depth_scale and depth_shift, or neither")
-        if depth_scale is not None and self.output.is_metric:
+        network_output: DepthOutput = self._loaded.net.output_units
+        if depth_scale is not None and network_output.is_metric:
             raise ValueError(f"{network} already outputs metres; depth_scale/depth_shift are for MiDaS networks")
+        #: what :meth:`predict` returns: the network's own output, or metres from the per-scene fit
+        self.output: DepthOutput = (network_output if depth_scale is None
+                                    else network_output.fitted(depth_scale, depth_shift))
         self.depth_scale, self.depth_shift = depth_scale, depth_shift
         self.kitti_crop = kitti_crop
 
@@ -250,10 +260,7 @@ class DepthEstimator(_Predictor):
         prepared = self.preprocess(image_rgb)
         raw = self._run(prepared)
         depth = postprocess.depth_to_image(raw, prepared.image_size, self.output)
-        kind = self.output.kind
-        if self.depth_scale is not None:
-            depth = postprocess.relative_to_metres(depth, self.depth_scale, self.depth_shift)
-            kind = "metric_fitted"
+        kind = "metric_fitted" if self.output.fit else self.output.kind
         return DepthResult(depth, kind, self.network, prepared.network_size, self.untrained)
 
 
@@ -274,7 +281,7 @@ class Segmenter(_Predictor):
         backend, precision, calibration, device, engine_dir: as for :class:`DepthEstimator`.
     """
 
-    def __init__(self, network: str = "edaformer_t_ade20k", checkpoint: str | os.PathLike | None = None,
+    def __init__(self, network: str = DEFAULT_SEG_NETWORK, checkpoint: str | os.PathLike | None = None,
                  backend: str = "auto", precision: str = "fp32", device: str | torch.device | None = None,
                  input_size: tuple[int, int] | None = None, label_mode: str = "official",
                  sliding_window: bool = False, isr: ISRSetting | int = 1,
@@ -284,7 +291,6 @@ class Segmenter(_Predictor):
         super().__init__(network, "segmentation", checkpoint, backend, precision, device, input_size,
                          engine_dir, calibration)
         self.isr_prebuild: tuple[ISRSetting, ...] = tuple(_as_isr(s) for s in isr_prebuild)
-        self._isr_error: str | None = None
         self.label_mode = postprocess.LabelMode(label_mode)
         self.sliding_window = sliding_window
         num_classes = self._loaded.net.num_classes
@@ -293,8 +299,12 @@ class Segmenter(_Predictor):
         except ValueError:
             fallback = label_set_for_classes(num_classes)
         self.labels: LabelSet = label_set_from_checkpoint_meta(self._loaded.meta, fallback)
-        self._isr = isr if isinstance(isr, ISRSetting) else ISRSetting.from_ratio(isr)
-        self._apply_isr()
+        initial = _as_isr(isr)
+        self._loaded.net.set_isr(initial)  # validates the values
+        #: the one owner of the ISR state (asked, served, building, fallback, failure)
+        self.isr_control = ISRControl(initial, isr_problem, nearest_fitting, network_size=self.input_size)
+        if self._torch_engine is not None:
+            self._torch_engine.set_isr(initial)
 
     @property
     def class_names(self) -> tuple[str, ...]:
@@ -306,7 +316,8 @@ class Segmenter(_Predictor):
 
     @property
     def isr(self) -> ISRSetting:
-        return self._isr
+        """The ISR setting serving now (see :attr:`isr_control` for what is asked and being built)."""
+        return self.isr_control.state.served
 
     def check_isr(self, setting: ISRSetting, height: int, width: int) -> None:
         """``ValueError`` naming the level, map size and ratio if ``setting`` cannot run for an *image*
@@ -325,83 +336,73 @@ class Segmenter(_Predictor):
 
     def set_isr(self, ratio: int | ISRSetting = 1, encoder: Sequence[int] | None = None,
                 decoder: Sequence[int] | None = None) -> ISRSetting:
-        """Switch ISR. Invalid values raise ``ValueError`` and change nothing.
+        """Ask for an ISR setting. Invalid values, and pools larger than a feature map at the network
+        input size known so far (the fixed ``input_size``, else the last frame's), raise ``ValueError``
+        and change nothing. Never blocks.
 
-        torch backend: from the next frame on. Fixed-shape backends (onnxruntime, tensorrt), which bake the
-        setting into a graph or engine: the setting is checked now against the network sizes in use
-        (``ValueError`` when a pool exceeds a feature map), then its engine is loaded or built in the
-        background while the current one keeps serving, and swapped in between two frames. This call never
-        blocks; :attr:`isr` is the setting serving, :meth:`isr_status` the pending one and the last failure
-        (a failed build keeps the old setting).
+        torch backend: serves from the next frame on (switched between two frames, never during one).
+        Fixed-shape backends (onnxruntime, tensorrt), which bake the setting into a graph or engine: its
+        engine is loaded or built in the background while the current one keeps serving, and swapped in
+        between two frames; a failed build keeps the old setting. A frame of a size the setting does
+        not fit is served with the nearest setting that does. :attr:`isr` is what serves;
+        :attr:`isr_control` has the whole state (asked, served, building, fallback, failure).
         """
         setting = ratio if isinstance(ratio, ISRSetting) else ISRSetting.make(ratio, encoder, decoder)
-        if self._torch_engine is None:
-            self._request_isr(setting)
-            return setting
-        previous, self._isr = self._isr, setting
-        try:
-            self._apply_isr()
-        except Exception:
-            self._isr = previous
-            self._apply_isr()
-            raise
+        self.isr_control.request(setting)
+        if self._torch_engine is None:  # start the builds now, for the sizes in use
+            with self._lock:
+                sizes = list(self._engines)
+            for size in sizes:
+                self._serve(self.isr_control.target(size), size)
         return setting
 
-    def isr_status(self) -> ISRStatus:
-        """ISR in use, ISR being built (None when none; always None for torch), last build failure."""
-        with self._lock:
-            engines = list(self._engines.values())
-        pending = next((p for p in (getattr(e, "pending", None) for e in engines) if p is not None), None)
-        return ISRStatus(self._isr, pending, self._isr_error)
-
-    def _apply_isr(self) -> None:
-        """Give ``self._isr`` to the network and the torch engine (fixed-shape engines: :meth:`_request_isr`)."""
-        self._loaded.net.set_isr(self._isr)
+    def _serve(self, target: ISRSetting, network_size: tuple[int, int] | None) -> None:
+        """Make ``target`` serve at ``network_size``: at once (torch), or by a background build."""
+        state = self.isr_control.state
         if self._torch_engine is not None:
-            self._torch_engine.set_isr(self._isr)
-
-    def _request_isr(self, setting: ISRSetting) -> None:
-        """Fixed-shape backends: validate ``setting`` for every size in use, then ask each engine for it."""
-        with self._lock:
-            engines = dict(self._engines)
-        sizes = set(engines) | ({self.input_size} if self.input_size is not None else set())
-        for height, width in sorted(sizes):
-            problem = isr_problem(setting, height, width)
-            if problem:
-                raise ValueError(problem)
-        self._loaded.net.set_isr(setting)  # validates; engines export from private copies of the network
-        reported, self._isr_error = self._isr_error, None
-        if not engines:
-            self._isr = setting  # the first engine is built for it
+            if target != state.served:
+                self._loaded.net.set_isr(target)
+                self._torch_engine.set_isr(target)
+                self.isr_control.serving(target, self.backend)
             return
-        for engine in engines.values():
-            engine.request_isr(setting).add_done_callback(  # type: ignore[attr-defined]
-                lambda future, wanted=setting: self._isr_switched(wanted, future, reported))
+        assert network_size is not None
+        engine = self.engine_for(network_size, target)
+        if engine.isr == target:
+            self.isr_control.serving(target, self.backend)
+            return
+        if state.pending == target:
+            return  # being built; the done-callback reports
+        future = engine.request_isr(target)  # type: ignore[attr-defined]
+        if not future.done():
+            self.isr_control.building(target)
+        future.add_done_callback(lambda done, wanted=target: self._built(wanted, done))
 
-    def _isr_switched(self, setting: ISRSetting, future: Future, reported: str | None) -> None:
-        """Done-callback of a background switch (worker thread, or the caller's for immediate swaps);
-        a failure already ``reported`` (the same setting requested again) is not logged again."""
+    def _built(self, setting: ISRSetting, future: Future) -> None:
+        """Done-callback of a background switch (worker thread, or the caller's for immediate swaps)."""
         if future.cancelled():
             return  # superseded by a newer request
         error = future.exception()
         if error is None:
-            self._isr = setting
-            return
-        self._isr_error = f"ISR {setting}: {str(error).strip() or type(error).__name__}"
-        if self._isr_error != reported:
-            log.warning("%s: keeping ISR %s; %s", self.network, self._isr, self._isr_error)
+            self.isr_control.serving(setting, self.backend)
+        else:
+            self.isr_control.failed(setting, str(error).strip() or type(error).__name__)
 
     def _make_fixed_engine(self, network_size: tuple[int, int], isr: ISRSetting | None = None,
                            prebuild: Sequence[ISRSetting] = ()) -> Engine:
         fitting = [s for s in self.isr_prebuild if isr_problem(s, *network_size) is None]
         for skipped in sorted(set(self.isr_prebuild) - set(fitting), key=str):
             log.warning("isr_prebuild: %s does not fit %dx%d; not built", skipped, *network_size)
-        return super()._make_fixed_engine(network_size, isr if isr is not None else self._isr,
+        return super()._make_fixed_engine(network_size, isr if isr is not None else self.isr,
                                           list(prebuild) or fitting)
+
+    def _prepare_isr(self, network_size: tuple[int, int]) -> None:
+        """Before a frame: serve the requested setting, or the nearest one that fits this size."""
+        self._serve(self.isr_control.target(network_size), network_size)
 
     def logits(self, image_rgb: np.ndarray) -> tuple[torch.Tensor, NetworkInput]:
         """Raw logits ``[1, K, h, w]`` (stride 8) and the pre-processed input they came from."""
         prepared = self.preprocess(image_rgb)
+        self._prepare_isr(prepared.network_size)
         return self._run(prepared), prepared
 
     def predict(self, image_rgb: np.ndarray, with_confidence: bool = False) -> SegmentationResult:
@@ -411,7 +412,7 @@ class Segmenter(_Predictor):
         logits, prepared = self.logits(image_rgb)
         labels, confidence = postprocess.labels_from_logits(
             logits, prepared.network_size, prepared.image_size, self.label_mode, with_confidence)
-        return SegmentationResult(labels, self.network, prepared.network_size, self._isr, confidence,
+        return SegmentationResult(labels, self.network, prepared.network_size, self.isr, confidence,
                                   self.untrained)
 
     def _predict_sliding(self, image_rgb: np.ndarray, with_confidence: bool) -> SegmentationResult:
@@ -429,6 +430,7 @@ class Segmenter(_Predictor):
                 y2, x2 = min(r * stride + crop, height), min(c * stride + crop, width)
                 y1, x1 = max(y2 - crop, 0), max(x2 - crop, 0)
                 tile = batch[:, :, y1:y2, x1:x2]
+                self._prepare_isr((y2 - y1, x2 - x1))
                 out = self.engine_for((y2 - y1, x2 - x1)).infer(tile).float().cpu()
                 out = torch.nn.functional.interpolate(out, size=(y2 - y1, x2 - x1), mode="bilinear",
                                                       align_corners=False)
@@ -440,5 +442,5 @@ class Segmenter(_Predictor):
         labels, confidence = postprocess.labels_from_logits(
             logits, prepared.network_size, prepared.image_size, postprocess.LabelMode.OFFICIAL,
             with_confidence)
-        return SegmentationResult(labels, self.network, prepared.network_size, self._isr, confidence,
+        return SegmentationResult(labels, self.network, prepared.network_size, self.isr, confidence,
                                   self.untrained)

@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from .cli import COMMANDS, UsageError
+from .defaults import DEFAULT_DEPTH_NETWORK, DEFAULT_SEG_NETWORK
 from .io.sources import BadFrame, CameraInfoData, Frame, Source
 from .io.writers import FrameOutputs, Writer
 from .pipeline.cloud import CameraModel, build_cloud
@@ -184,8 +185,8 @@ def resolve_checkpoint(network: str, explicit: str | Path | None, search: bool =
 class ModelOptions:
     """Which networks to build and how (the command line's model options)."""
 
-    depth: str = "dpt_hybrid_midas"
-    seg: str = "edaformer_t_ade20k"
+    depth: str = DEFAULT_DEPTH_NETWORK
+    seg: str = DEFAULT_SEG_NETWORK
     depth_checkpoint: str | None = None
     seg_checkpoint: str | None = None
     search: bool = True  # False: untrained on purpose

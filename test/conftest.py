@@ -42,6 +42,15 @@ def assert_close_rel(ours: np.ndarray, ref: np.ndarray, rel: float, what: str) -
     assert err <= bound, f"{what}: max |diff| {err:.3g} > {bound:.3g} (rel {rel})"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _private_engine_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Graphs and engines built by tests go to a scratch folder, never the user's cache (child
+    processes inherit it)."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DENSE_PERCEPTION_ENGINE_CACHE", str(tmp_path_factory.mktemp("engine_cache")))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _two_threads():
     """Deterministic, CI-sized threading for every test."""

@@ -279,7 +279,7 @@ def test_run_video_midas_is_relative(tmp_path: Path, capsys) -> None:
     writer.release()
     out = tmp_path / "video_bag"
     code, stdout, _ = run_cli("run", str(video), "--out", str(out), "--every", "2",
-                              "--max-frames", "2", *FAST, capsys=capsys)  # default MiDaS depth
+                              "--max-frames", "2", *FAST, "--depth", "dpt_hybrid_midas", capsys=capsys)
     assert code == 0
     assert "RELATIVE INVERSE" in stdout and "0 point clouds" in stdout
     topics = read_bag(out)

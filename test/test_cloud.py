@@ -103,8 +103,34 @@ def test_intrinsics_scale_with_the_image():
     info = SimpleNamespace(k=K_full.reshape(-1).tolist(), width=640, height=480)
     camera = CameraModel.from_camera_info(info).for_image(320, 240)
     assert np.array_equal(camera.K, K_half) and (camera.width, camera.height) == (320, 240)
-    unknown_size = SimpleNamespace(k=info.k, width=0, height=0)
-    assert np.array_equal(CameraModel.from_camera_info(unknown_size).for_image(320, 240).K, K_full)
+
+
+
+@pytest.mark.parametrize("k, width, height, reason", [
+    ([500.0, 0, 319.5, 0, 400.0, 239.5, 0, 0, 1], 0, 480, "no image size"),
+    ([500.0, 0, 319.5, 0, 400.0, 239.5, 0, 0, 1], 640, 0, "no image size"),
+    ([1e-300, 0, 319.5, 0, 400.0, 239.5, 0, 0, 1], 640, 480, "fx = 1e-300 gives a 180 degree"),
+    ([500.0, 0, 319.5, 0, 1e9, 239.5, 0, 0, 1], 640, 480, "fy = 1e\+09"),
+    ([1500.0, 0, 959.5, 0, 1500.0, 539.5, 0, 0, 1], 640, 480, "cx = 959.5 lies outside"),
+    ([500.0, 0, 319.5, 0, 400.0, -200.0, 0, 0, 1], 640, 480, "cy = -200 lies outside"),
+    ([np.nan, 0, 319.5, 0, 400.0, 239.5, 0, 0, 1], 640, 480, "non-finite"),
+])
+def test_camera_info_that_cannot_describe_the_image_is_rejected(k, width, height, reason):
+    with pytest.raises(ValueError, match=reason):
+        CameraModel.from_camera_info(SimpleNamespace(k=k, width=width, height=height))
+
+
+def test_no_point_is_ever_non_finite_whatever_the_depth():
+    depth = np.array([[1e38, -1.0, np.inf], [np.nan, 3e38, 2.0]], np.float32)
+    K = intrinsics_matrix([1e-3, 0, 0.5, 0, 1e-3, 0.5, 0, 0, 1])  # the builder itself takes any K
+    for organized in (False, True):
+        cloud = build_cloud(depth, K, organized=organized, max_depth=np.inf)
+        points = cloud.reshape(-1)
+        finite = np.isfinite(points["x"]) & np.isfinite(points["y"]) & np.isfinite(points["z"])
+        if organized:
+            assert np.isnan(points["z"][~finite]).all()  # invalid points are NaN, never inf
+        else:
+            assert finite.all()
 
 
 def test_uncalibrated_camera_info_is_rejected():

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from dense_perception.ros.cloud_node import CLOUD_PARAMETERS
+from dense_perception.ros.config_file import render_config
 from dense_perception.ros.depth_node import DEPTH_LISTS, DEPTH_PARAMETERS
 from dense_perception.ros.inference_node import COMMON_PARAMETERS
 from dense_perception.ros.perception import parse_options
@@ -88,6 +89,11 @@ def test_arguments_choose_nodes_overrides_and_rviz(launch_module):
         launch_module.node_plans(args, "/s")
     with pytest.raises(ValueError, match="true or false"):
         launch_module.node_plans(dict(args, depth="maybe"), "/s")
+
+
+def test_config_is_generated_from_the_parameter_tables():
+    assert CONFIG.read_text() == render_config(), (
+        "config/perception.yaml is stale: python -m dense_perception.ros.config_file > config/perception.yaml")
 
 
 def test_config_sets_every_declared_parameter_with_a_valid_value():

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from conftest import load_case, reference_cases
 from dense_perception.networks.depth_units import KITTI, MIDAS, NYU
 from dense_perception.pipeline.postprocess import (
-    depth_to_image, label_dtype, labels_from_logits, relative_to_metres,
+    depth_to_image, label_dtype, labels_from_logits,
 )
 
 
@@ -71,9 +71,25 @@ def test_metric_depth_is_converted_before_the_bicubic_resize() -> None:
     assert depth_to_image(raw, (12, 16), KITTI).dtype == np.float32
 
 
-def test_relative_depth_stays_relative_and_fits_to_metres() -> None:
+def test_relative_depth_stays_relative_and_a_fit_converts_it_before_the_resize() -> None:
     raw = torch.tensor([[[0.0, 1.0], [2.0, 4.0]]])
     inverse = depth_to_image(raw, (2, 2), MIDAS)
     assert np.array_equal(inverse, raw[0].numpy())
-    metres = relative_to_metres(inverse, scale=0.5, shift=0.0)
-    assert np.isnan(metres[0, 0]) and metres[0, 1] == 2.0 and metres[1, 1] == 0.5
+    fitted = MIDAS.fitted(scale=0.5, shift=-0.25)
+    metres = depth_to_image(raw, (2, 2), fitted)
+    # the official clamp: 1 / max(scale*y + shift, 1e-8); y = 0 gives -0.25 -> clamped -> 1e8 m
+    np.testing.assert_allclose(metres, [[1e8, 4.0], [1 / 0.75, 1 / 1.75]], rtol=1e-6)
+    # at another size the fit is applied at network resolution, then resized (as for NYU/KITTI)
+    big = torch.rand(1, 6, 8, generator=torch.Generator().manual_seed(3)) * 10
+    resized = depth_to_image(big, (12, 16), fitted)
+    first = 1 / torch.clamp(big * 0.5 - 0.25, min=1e-8)
+    expected = F.interpolate(first[:, None], size=(12, 16), mode="bicubic", align_corners=False)[0, 0]
+    np.testing.assert_allclose(resized, expected.numpy(), rtol=1e-6)
+    with pytest.raises(ValueError, match="already has a metric scale"):
+        NYU.fitted(1.0, 0.0)
+    with pytest.raises(ValueError, match="positive"):
+        MIDAS.fitted(-1.0, 0.0)
+    with pytest.raises(ValueError, match="finite"):
+        MIDAS.fitted(float("nan"), 0.0)
+
+

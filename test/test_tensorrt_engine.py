@@ -522,8 +522,8 @@ def test_segmenter_on_onnxruntime_switches_without_blocking(eda, graphs, tmp_pat
     while seg.isr != RATIO2 and time.monotonic() < deadline:
         seg.predict(rgb)  # keeps serving meanwhile
         time.sleep(0.05)
-    status = seg.isr_status()
-    assert status.serving == RATIO2 and status.pending is None and status.error is None
+    state = seg.isr_control.state
+    assert state.served == state.requested == RATIO2 and state.pending is None and state.error is None
     logits, prepared = seg.logits(rgb)
     torch.testing.assert_close(logits, torch_output(eda, prepared.tensor, RATIO2), rtol=1e-4, atol=1e-4)
     # a failing background build: reported by isr_status, the old engine keeps serving
@@ -536,11 +536,12 @@ def test_segmenter_on_onnxruntime_switches_without_blocking(eda, graphs, tmp_pat
     unbuilt = ISRSetting((8, 4, 2, 1), (2, 2, 2))
     assert seg.set_isr(unbuilt) == unbuilt
     deadline = time.monotonic() + 30
-    while seg.isr_status().error is None and time.monotonic() < deadline:
+    while seg.isr_control.state.error is None and time.monotonic() < deadline:
         time.sleep(0.02)
-    status = seg.isr_status()
-    assert status.serving == RATIO2 and status.pending is None
-    assert status.error == f"ISR {unbuilt}: simulated export failure"
+    state = seg.isr_control.state
+    assert state.served == RATIO2 and state.pending is None
+    assert state.error == f"ISR {unbuilt}: simulated export failure"
+    assert state.requested == RATIO2  # the failed request gives way to what serves
     assert seg.predict(rgb).isr == RATIO2
 
 

@@ -25,6 +25,7 @@ from types import TracebackType
 
 import numpy as np
 
+from ..defaults import DEFAULT_DEPTH_NETWORK, DEFAULT_SEG_NETWORK
 from ..io.sources import DEFAULT_FRAME_ID, open_source, sample_image
 from ..io.writers import BagWriter, FrameOutputs, write_png, write_ply
 from ..runner import FrameProcessor, describe_depth, load_models, run_frames, stamp_untrained
@@ -55,7 +56,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"new output folder (default: ./{DEFAULT_OUT}, numbered if it exists)")
     parser.add_argument("--image", default=None, metavar="FILE",
                         help="use this image instead of the bundled sample")
-    add_model_arguments(parser, depth_default="dpt_hybrid_nyu", seg_default="edaformer_t_ade20k")
+    add_model_arguments(parser, depth_default=DEFAULT_DEPTH_NETWORK, seg_default=DEFAULT_SEG_NETWORK)
 
 
 def _caption(image: np.ndarray, text: str, color: tuple[int, int, int] = (40, 40, 40)) -> np.ndarray:

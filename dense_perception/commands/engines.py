@@ -1,4 +1,5 @@
-"""``dense-perception engines build|list|clear``: the engine cache under ``models/engines/`` by hand.
+"""``dense-perception engines build|list|clear``: the engine cache (``--dir``, default
+:func:`~dense_perception.engines.cache.default_engine_dir`) by hand.
 
 ``build`` makes the engines (TensorRT) or graphs (ONNX Runtime) for one network, input size and precision,
 for one ISR setting and/or a list (``--isr-prebuild "1;2;[16,8,2,1]-[2,4,8]"``), so a robot starts without
@@ -13,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..engines.base import BACKEND_PRECISIONS, EngineError
-from ..engines.cache import DEFAULT_DIR, EngineCache
+from ..engines.cache import CACHE_ENV, EngineCache, default_engine_dir
 from ..engines.export import read_graph_info
 from ..networks import ISRSetting, available_networks
 from ..networks.isr import isr_problem
@@ -24,8 +25,8 @@ BACKENDS = ("tensorrt", "onnxruntime")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dir", type=Path, default=DEFAULT_DIR, metavar="DIR",
-                        help=f"engine cache folder (default {DEFAULT_DIR})")
+    parser.add_argument("--dir", type=Path, default=None, metavar="DIR",
+                        help=f"engine cache folder (default ${CACHE_ENV}, else {default_engine_dir()})")
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     build = sub.add_parser("build", help="build engines (or ONNX graphs) into the cache")
     build.add_argument("network", choices=available_networks(), metavar="NAME",
@@ -134,6 +135,8 @@ def _clear(folder: Path, network: str | None) -> int:
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.dir is None:
+        args.dir = default_engine_dir()
     try:
         if args.action == "build":
             return _build(args)

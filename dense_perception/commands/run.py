@@ -11,6 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from ..defaults import DEFAULT_DEPTH_NETWORK, DEFAULT_SEG_NETWORK
 from ..engines.base import PRECISIONS
 from ..io.sources import DEFAULT_FPS, DEFAULT_FRAME_ID, open_source
 from ..io.writers import BAG_FORMATS, BagWriter, FilesWriter, parse_file_kinds
@@ -127,7 +128,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source.add_argument("--frame-id", default=DEFAULT_FRAME_ID,
                         help=f"frame_id for images and videos (default {DEFAULT_FRAME_ID!r})")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
-    add_model_arguments(parser, depth_default="dpt_hybrid_midas", seg_default="edaformer_t_ade20k")
+    add_model_arguments(parser, depth_default=DEFAULT_DEPTH_NETWORK, seg_default=DEFAULT_SEG_NETWORK)
 
 
 def check_output(out: Path, fmt: str) -> None:

@@ -1,4 +1,4 @@
-"""The on-disk engine cache: built engines (and TensorRT timing caches) under ``models/engines/``.
+"""The on-disk engine cache: built engines (and TensorRT timing caches) in a folder of the user's.
 
 One entry per :class:`CacheKey` -- network, weights digest, input size, batch, ISR setting, precision,
 backend library and version, GPU name and compute capability, package version. The file name is a
@@ -38,8 +38,20 @@ from ..atomic import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
-#: Where engines live unless told otherwise (relative to the working directory, like ``models/``).
-DEFAULT_DIR = Path("models") / "engines"
+#: Environment variable naming the engine cache folder (overrides the default below).
+CACHE_ENV = "DENSE_PERCEPTION_ENGINE_CACHE"
+
+
+def default_engine_dir() -> Path:
+    """Where ONNX graphs and TensorRT engines are cached unless told otherwise: an absolute folder of
+    the user's, never the working directory -- ``$DENSE_PERCEPTION_ENGINE_CACHE``, else
+    ``$XDG_CACHE_HOME/dense_perception/engines``, else ``~/.cache/dense_perception/engines``."""
+    explicit = os.environ.get(CACHE_ENV)
+    if explicit:
+        return Path(explicit).expanduser().absolute()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base).absolute() / "dense_perception" / "engines"
+
 MAGIC = b"DPENGINE"
 FORMAT_VERSION = 1
 #: magic, format version, key length, payload length, sha256 of the payload
@@ -115,9 +127,10 @@ def file_name(key: AnyKey) -> str:
     return f"{key.label}-{hashlib.sha256(key_json(key)).hexdigest()[:16]}{SUFFIX}"
 
 
-def ensure_private_dir(path: str | os.PathLike) -> Path:
-    """Create ``path`` with mode 0o700; warn about and tighten an existing folder open to others."""
-    folder = Path(path)
+def ensure_private_dir(path: str | os.PathLike | None) -> Path:
+    """Create ``path`` (None: :func:`default_engine_dir`) with mode 0o700; warn about and tighten an
+    existing folder open to others."""
+    folder = Path(path) if path is not None else default_engine_dir()
     folder.mkdir(mode=0o700, parents=True, exist_ok=True)
     mode = stat.S_IMODE(folder.stat().st_mode)
     if mode & 0o077:
@@ -193,7 +206,7 @@ class CacheEntry:
 class EngineCache:
     """Entries in one private folder (see the module docstring). Holds no state besides the folder."""
 
-    def __init__(self, directory: str | os.PathLike = DEFAULT_DIR) -> None:
+    def __init__(self, directory: str | os.PathLike | None = None) -> None:
         self.directory = ensure_private_dir(directory)
 
     def path_for(self, key: AnyKey) -> Path:

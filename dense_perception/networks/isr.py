@@ -123,3 +123,13 @@ def isr_problem(setting: ISRSetting, height: int, width: int) -> str | None:
                 f"smaller than its key/value pool ratio {pool}"
             )
     return None
+
+
+def nearest_fitting(setting: ISRSetting, height: int, width: int) -> ISRSetting:
+    """The setting closest to ``setting`` that runs at ``height``×``width``: each pool larger than its
+    feature map is reduced to the map's smaller side, the others are kept (``setting`` itself when it
+    fits)."""
+    sizes = feature_map_sizes(height, width)
+    encoder = tuple(min(pool, *sizes[i]) for i, pool in enumerate(setting.encoder))
+    decoder = tuple(min(pool, *sizes[stage]) for pool, stage in zip(setting.decoder, (3, 2, 1)))
+    return ISRSetting(encoder, decoder)
