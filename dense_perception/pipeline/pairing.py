@@ -84,7 +84,7 @@ class FramePairing:
         clock: ``time.monotonic`` or a fake for tests.
     """
 
-    def __init__(self, streams: Sequence[str], timeout_s: float = 0.2, max_timeout_s: float = 5.0,
+    def __init__(self, streams: Sequence[str], timeout_s: float = 1.0, max_timeout_s: float = 5.0,
                  max_items: int = 32, max_unclaimed: int = 4, max_waiting: int = 4,
                  clock: Callable[[], float] = time.monotonic) -> None:
         if min(max_items, max_unclaimed, max_waiting) < 1 or max_unclaimed > max_items:
@@ -101,6 +101,8 @@ class FramePairing:
         self._waiting: OrderedDict[StampKey, _Waiting] = OrderedDict()
         self._done_through: StampKey | None = None  # newest depth stamp released
         self._lateness = 0.0  # largest recent wait for a late item, decaying
+        # (stream, stamp) of items a released frame went without -> when it began waiting
+        self._released_incomplete: OrderedDict[tuple[str, StampKey], float] = OrderedDict()
         self.stats = PairingStats()
 
     # -- inputs -----------------------------------------------------------------------------------
@@ -116,6 +118,9 @@ class FramePairing:
         """An item of ``stream``; returns depth frames it completed (at most one)."""
         with self._lock:
             if self._done_through is not None and stamp <= self._done_through and stamp not in self._waiting:
+                released_waiting_since = self._released_incomplete.pop((stream, stamp), None)
+                if released_waiting_since is not None:  # too late: wait longer for the next ones
+                    self._note_lateness(self._clock() - released_waiting_since)
                 return []  # its depth frame was released already, or will never come
             waiting = self._waiting.get(stamp)
             if waiting is not None and stream in waiting.expected:
@@ -214,6 +219,9 @@ class FramePairing:
             self.stats.incomplete += 1
             for stream, reason in missing.items():
                 self.stats.missing[f"{stream}: {reason}"] += 1
+                self._released_incomplete[(stream, stamp)] = waiting.since
+            while len(self._released_incomplete) > self.max_items:
+                self._released_incomplete.popitem(last=False)
         else:
             self.stats.complete += 1
         return PairedFrame(stamp, waiting.depth, found, missing)

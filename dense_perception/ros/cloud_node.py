@@ -59,7 +59,7 @@ CLOUD_PARAMETERS: tuple[ParamSpec, ...] = (
               "pixels, is_dense false) instead of the valid points only"),
     ParamSpec("use_color", True, "Colour the points from the 'image' topic", read_only=True),
     ParamSpec("use_labels", True, "Label the points from the 'seg/labels' topic", read_only=True),
-    ParamSpec("sync_timeout", 0.2, "Shortest time a depth frame waits for colour/labels with its "
+    ParamSpec("sync_timeout", 1.0, "Shortest time a depth frame waits for colour/labels with its "
               "stamp (the wait grows to twice their recent lateness, up to 5 s)",
               minimum=0.0, maximum=10.0),
     ParamSpec("publish_incomplete", True, "After sync_timeout, publish without the missing colour/"

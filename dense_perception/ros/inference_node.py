@@ -181,6 +181,7 @@ class InferenceNode(ClosingNode):
             kind, topic, self._on_image, self.input_qos, event_callbacks=events,
             qos_overriding_options=QoSOverridingOptions.with_default_policies())
         self._recent: OrderedDict[StampKey, Frame] = OrderedDict()
+        self._claimed_early: OrderedDict[StampKey, float] = OrderedDict()  # claims ahead of their frame
         self._started: deque[StampKey] = deque(maxlen=4 * RECENT_FRAMES)
         self._recent_lock = threading.Lock()
         self.timing = FrameTiming()
@@ -240,7 +241,11 @@ class InferenceNode(ClosingNode):
             self._recent[frame.stamp] = frame
             while len(self._recent) > RECENT_FRAMES:
                 self._recent.popitem(last=False)
-        self.worker.submit(frame)
+            claimed = self._claimed_early.pop(frame.stamp, None) is not None
+        if claimed:  # another node started on this frame before it reached this one
+            self.worker.require(frame)
+        else:
+            self.worker.submit(frame)
 
     def require(self, frame: Frame) -> None:
         """Process ``frame`` next, before the newest one (unless it was started already)."""
@@ -250,12 +255,18 @@ class InferenceNode(ClosingNode):
         self.worker.require(frame)
 
     def require_stamp(self, stamp: StampKey) -> bool:
-        """Process the recent frame with this stamp next; False when it is no longer (or not yet)
-        held -- the caller learns that this node will not have a result for it."""
+        """Process the frame with this stamp next: a recent one now, one still on its way when it
+        arrives (a small claim can overtake a large image). False when it is older than every frame
+        held -- this node will not have a result for it."""
         with self._recent_lock:
             frame = self._recent.get(stamp)
-        if frame is None:
-            return False
+            if frame is None:
+                if self._recent and stamp < next(iter(self._recent)):
+                    return False
+                self._claimed_early[stamp] = time.monotonic()
+                while len(self._claimed_early) > RECENT_FRAMES:
+                    self._claimed_early.popitem(last=False)
+                return True
         self.require(frame)
         return True
 
