@@ -45,6 +45,7 @@ setup(
         "onnxruntime>=1.17",
         "onnxconverter-common>=1.16",  # fp16 ONNX graphs with norms and softmax kept in fp32
         "tqdm>=4.60",
+        "pillow>=9",  # reads a compressed image's size from its header before decoding it
     ],
     extras_require={
         "test": ["pytest>=7", "transformers>=4.40", "catkin_pkg>=1.0", "matplotlib>=3.7", "plyfile>=1.0"],
@@ -55,7 +56,6 @@ setup(
     zip_safe=True,
     maintainer="dense_perception maintainers",
     maintainer_email="maintainers@dense-perception.dev",
-    tests_require=["pytest"],
     entry_points={
         "console_scripts": [
             "dense-perception = dense_perception.cli:main",

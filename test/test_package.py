@@ -15,8 +15,8 @@ def test_package_xml_is_a_valid_ament_python_package() -> None:
     assert pkg.name == "dense_perception" and pkg.package_format == 3
     assert [e.content for e in pkg.exports if e.tagname == "build_type"] == ["ament_python"]
     exec_deps = {d.name for d in pkg.exec_depends}
-    assert {"rclpy", "sensor_msgs", "std_msgs", "diagnostic_msgs", "cv_bridge", "launch", "launch_ros",
-            "python3-numpy", "python3-opencv", "python3-torch"} <= exec_deps
+    assert {"rclpy", "sensor_msgs", "std_msgs", "diagnostic_msgs", "vision_msgs", "cv_bridge", "launch",
+            "launch_ros", "python3-numpy", "python3-opencv", "python3-pil", "python3-torch"} <= exec_deps
     assert {d.name for d in pkg.test_depends} == {"python3-pytest"}
 
 
