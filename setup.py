@@ -48,7 +48,8 @@ setup(
         "pillow>=9",  # reads a compressed image's size from its header before decoding it
     ],
     extras_require={
-        "test": ["pytest>=7", "transformers>=4.40", "catkin_pkg>=1.0", "matplotlib>=3.7", "plyfile>=1.0"],
+        "test": ["pytest>=7", "hypothesis>=6.100", "transformers>=4.40", "catkin_pkg>=1.0", "matplotlib>=3.7",
+                 "plyfile>=1.0"],
         # ROS 2 Jazzy's rclpy and messages as PyPI wheels, for machines without a ROS install
         # (shared/design/ros-testing.md). Inside a sourced ROS 2 installation do not install these.
         "ros-wheels": ROS_JAZZY_WHEELS,

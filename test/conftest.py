@@ -8,8 +8,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, settings
 
 REPO = Path(__file__).resolve().parents[1]
+
+# Property-based tests (hypothesis): "ci" is the default, a few dozen cases per property so the
+# README's test command stays quick; "fuzz" runs 1,000 cases per property and a one-minute overload
+# (python -m pytest test/test_fuzz_nodes.py --hypothesis-profile=fuzz).
+settings.register_profile("ci", max_examples=25, deadline=None, derandomize=True,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.register_profile("fuzz", max_examples=1000, deadline=None,
+                          suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("ci")
 
 
 def reference_root() -> Path:
