@@ -202,3 +202,19 @@ def test_images_lost_between_processes_are_counted(ros_context):
         node.destroy_node()
         status, _elapsed, output = signal_and_measure(process, (2,))
         assert status == 0, output
+
+
+def test_qos_can_be_overridden_like_image_pipelines_nodes(ros_context):
+    """``qos_overrides.<topic>.<subscription|publisher>.<policy>`` parameters (history, depth,
+    reliability), as rclcpp/rclpy define them."""
+    seg = SegNode(context=ros_context, namespace="/qos", parameter_overrides=overrides(input_size=[64, 64]) + [
+        Parameter("qos_overrides./qos/image.subscription.reliability", value="reliable"),
+        Parameter("qos_overrides./qos/image.subscription.depth", value=3),
+        Parameter("qos_overrides./qos/seg/labels.publisher.reliability", value="best_effort")])
+    try:
+        assert seg.image_sub.qos_profile.reliability == ReliabilityPolicy.RELIABLE
+        assert seg.image_sub.qos_profile.depth == 3
+        assert seg.labels_pub.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT
+        assert seg.colored_pub.qos_profile.reliability == ReliabilityPolicy.RELIABLE  # not overridden
+    finally:
+        seg.destroy_node()

@@ -114,11 +114,11 @@ class DepthNode(InferenceNode):
             CameraInfo, "camera_info", self._on_camera_info, self.input_qos)
         #: ``depth/image`` (metres) or ``depth/relative_inverse``: never relative values as metres
         self.depth_topic = RELATIVE_TOPIC if self.relative else METRIC_TOPIC
-        self.depth_pub = self.create_publisher(Image, self.depth_topic, self.output_qos)
+        self.depth_pub = self.output_publisher(Image, self.depth_topic)
         self.get_logger().info(self.output_line())
-        self.info_pub = self.create_publisher(CameraInfo, "depth/camera_info", self.output_qos)
-        self.colored_pub = self.create_publisher(Image, "depth/colored", self.output_qos)
-        self.started_pub = self.create_publisher(Header, FRAME_STARTED_TOPIC, self.output_qos)
+        self.info_pub = self.output_publisher(CameraInfo, "depth/camera_info")
+        self.colored_pub = self.output_publisher(Image, "depth/colored")
+        self.started_pub = self.output_publisher(Header, FRAME_STARTED_TOPIC)
 
     # -- InferenceNode hooks ----------------------------------------------------------------------
 

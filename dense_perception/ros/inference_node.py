@@ -219,6 +219,12 @@ class InferenceNode(ClosingNode):
         """Node-specific key/values for ``/diagnostics``."""
         return {}
 
+    def output_publisher(self, kind: type, topic: str) -> Any:
+        """A publisher of an output with the node's output QoS, which ``qos_overrides.<topic>.publisher.*``
+        parameters can override (as image_pipeline's nodes allow)."""
+        return self.create_publisher(kind, topic, self.output_qos,
+                                     qos_overriding_options=QoSOverridingOptions.with_default_policies())
+
     # -- closing ----------------------------------------------------------------------------------
 
     def close(self) -> None:

@@ -141,8 +141,8 @@ class SegNode(InferenceNode):
                 Header, FRAME_STARTED_TOPIC, self._on_frame_started, self.input_qos)
         self.declare_parameter(CLASS_NAMES.name, list(self.segmenter.class_names),
                                CLASS_NAMES.descriptor(), ignore_override=True)
-        self.labels_pub = self.create_publisher(Image, "seg/labels", self.output_qos)
-        self.colored_pub = self.create_publisher(Image, "seg/colored", self.output_qos)
+        self.labels_pub = self.output_publisher(Image, "seg/labels")
+        self.colored_pub = self.output_publisher(Image, "seg/colored")
         self.label_info_pub = None
         if LabelInfo is not None:
             self.label_info_pub = self.create_publisher(LabelInfo, "seg/label_info", LABEL_INFO_QOS)
