@@ -21,6 +21,7 @@ that is published, the node says once why there is no cloud.
 """
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -126,7 +127,7 @@ class CloudNode(ClosingNode):
         self.warnings = ThrottledWarnings(self)
         input_qos, output_qos = qos_from_parameters(self)
         overrides = QoSOverridingOptions.with_default_policies()
-        self._publisher = self.create_publisher(PointCloud2, "points", output_qos,
+        self._publisher = self.create_publisher(PointCloud2, "points", copy.copy(output_qos),
                                                 qos_overriding_options=overrides)
         self.diagnostics = StatusPublisher(self, self.status, values["diagnostics_period"])
         self._optional_subs: dict[str, Subscription] = {}
@@ -140,7 +141,7 @@ class CloudNode(ClosingNode):
         self.camera_infos_rejected = 0
 
         def subscribe_to(kind: type, topic: str, callback: Callable[[Any], None]) -> Subscription:
-            return self.create_subscription(kind, topic, callback, input_qos,
+            return self.create_subscription(kind, topic, callback, copy.copy(input_qos),
                                             qos_overriding_options=overrides)
 
         self._depth_sub = subscribe_to(Image, DEPTH_TOPIC, self._on_depth)

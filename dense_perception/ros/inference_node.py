@@ -19,6 +19,7 @@ What the base guarantees for any input and at any moment:
 """
 from __future__ import annotations
 
+import copy
 import threading
 import time
 from collections import OrderedDict, deque
@@ -178,7 +179,7 @@ class InferenceNode(ClosingNode):
         events = SubscriptionEventCallbacks(message_lost=self._on_message_lost)
         kind, topic = (CompressedImage, "image/compressed") if values["compressed"] else (Image, "image")
         self.image_sub = self.create_subscription(
-            kind, topic, self._on_image, self.input_qos, event_callbacks=events,
+            kind, topic, self._on_image, copy.copy(self.input_qos), event_callbacks=events,
             qos_overriding_options=QoSOverridingOptions.with_default_policies())
         self._recent: OrderedDict[StampKey, Frame] = OrderedDict()
         self._claimed_early: OrderedDict[StampKey, float] = OrderedDict()  # claims ahead of their frame
@@ -221,8 +222,9 @@ class InferenceNode(ClosingNode):
 
     def output_publisher(self, kind: type, topic: str) -> Any:
         """A publisher of an output with the node's output QoS, which ``qos_overrides.<topic>.publisher.*``
-        parameters can override (as image_pipeline's nodes allow)."""
-        return self.create_publisher(kind, topic, self.output_qos,
+        parameters can override (as image_pipeline's nodes allow). rclpy applies overrides to the
+        profile it is given, so each publisher gets its own copy."""
+        return self.create_publisher(kind, topic, copy.copy(self.output_qos),
                                      qos_overriding_options=QoSOverridingOptions.with_default_policies())
 
     # -- closing ----------------------------------------------------------------------------------
