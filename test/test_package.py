@@ -27,3 +27,20 @@ def test_ament_resource_marker_and_rclpy_confinement() -> None:
     offenders = [str(p.relative_to(REPO)) for p in package.rglob("*.py")
                  if p.relative_to(package).parts[0] != "ros" and importing.search(p.read_text())]
     assert not offenders, f"rclpy imported outside dense_perception/ros/: {offenders}"
+
+
+def test_package_compiles_under_python_3_10() -> None:
+    """Humble on Ubuntu 22.04 / JetPack 6 runs Python 3.10: no syntax of later versions."""
+    import shutil
+    import subprocess
+
+    import pytest
+
+    python310 = shutil.which("python3.10")
+    if python310 is None:
+        pytest.skip("python3.10 is not installed here (Humble's Python); nothing to compile with")
+    files = [str(path) for path in sorted((REPO / "dense_perception").rglob("*.py"))]
+    files.append(str(REPO / "launch" / "perception.launch.py"))
+    script = "import ast, sys\nfor f in sys.argv[1:]:\n    ast.parse(open(f, encoding='utf-8').read(), f)\n"
+    result = subprocess.run([python310, "-c", script, *files], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
