@@ -29,16 +29,33 @@ def test_ament_resource_marker_and_rclpy_confinement() -> None:
     assert not offenders, f"rclpy imported outside dense_perception/ros/: {offenders}"
 
 
+def _python_3_10() -> str | None:
+    """A working Python 3.10 interpreter: on PATH, or one pyenv installed (its shim may not select it)."""
+    import glob
+    import os
+    import shutil
+    import subprocess
+
+    root = os.environ.get("PYENV_ROOT", os.path.expanduser("~/.pyenv"))
+    candidates = [shutil.which("python3.10"), *sorted(glob.glob(f"{root}/versions/3.10*/bin/python3.10"))]
+    for candidate in filter(None, candidates):
+        try:
+            if subprocess.run([candidate, "--version"], capture_output=True, timeout=10).returncode == 0:
+                return candidate
+        except OSError:
+            continue
+    return None
+
+
 def test_package_compiles_under_python_3_10() -> None:
     """Humble on Ubuntu 22.04 / JetPack 6 runs Python 3.10: no syntax of later versions."""
-    import shutil
     import subprocess
 
     import pytest
 
-    python310 = shutil.which("python3.10")
+    python310 = _python_3_10()
     if python310 is None:
-        pytest.skip("python3.10 is not installed here (Humble's Python); nothing to compile with")
+        pytest.skip("no Python 3.10 interpreter here (Humble's Python); nothing to compile with")
     files = [str(path) for path in sorted((REPO / "dense_perception").rglob("*.py"))]
     files.append(str(REPO / "launch" / "perception.launch.py"))
     script = "import ast, sys\nfor f in sys.argv[1:]:\n    ast.parse(open(f, encoding='utf-8').read(), f)\n"
