@@ -57,7 +57,7 @@ def _private_engine_cache(tmp_path_factory: pytest.TempPathFactory):
     """Graphs and engines built by tests go to a scratch folder, never the user's cache (child
     processes inherit it)."""
     with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("DENSE_PERCEPTION_ENGINE_CACHE", str(tmp_path_factory.mktemp("engine_cache")))
+        patch.setenv("DENSE_PERCEPTION_CACHE", str(tmp_path_factory.mktemp("engine_cache")))
         yield
 
 

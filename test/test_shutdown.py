@@ -198,7 +198,7 @@ def test_single_node_executables_exit_cleanly_while_streaming(camera, name):
 def test_seg_exits_cleanly_during_a_background_isr_build(camera, ros_context):
     """ONNX Runtime: a new ISR setting is exported and built in the background when SIGINT comes."""
     namespace = "/shutdown_isr_build"
-    cache = Path(os.environ.get("DENSE_PERCEPTION_ENGINE_CACHE", "/tmp")) / "shutdown_isr_build"
+    cache = Path(os.environ.get("DENSE_PERCEPTION_CACHE", "/tmp")) / "shutdown_isr_build"
     process = start("seg", namespace, "-p", "input_size:=[128,128]", "-p", "backend:=onnxruntime",
                     "-p", f"engine_cache:={cache}")
     cam = camera(namespace)

@@ -39,12 +39,12 @@ from ..atomic import atomic_write_bytes
 log = logging.getLogger(__name__)
 
 #: Environment variable naming the engine cache folder (overrides the default below).
-CACHE_ENV = "DENSE_PERCEPTION_ENGINE_CACHE"
+CACHE_ENV = "DENSE_PERCEPTION_CACHE"
 
 
 def default_engine_dir() -> Path:
     """Where ONNX graphs and TensorRT engines are cached unless told otherwise: an absolute folder of
-    the user's, never the working directory -- ``$DENSE_PERCEPTION_ENGINE_CACHE``, else
+    the user's, never the working directory -- ``$DENSE_PERCEPTION_CACHE``, else
     ``$XDG_CACHE_HOME/dense_perception/engines``, else ``~/.cache/dense_perception/engines``."""
     explicit = os.environ.get(CACHE_ENV)
     if explicit:

@@ -61,7 +61,7 @@ COMMON_PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("device", "", "Torch device, e.g. cuda:0 or cpu; empty = CUDA when available",
               read_only=True),
     ParamSpec("engine_cache", "", "Folder of the ONNX Runtime graphs and TensorRT engines built for "
-              "this node; empty = $DENSE_PERCEPTION_ENGINE_CACHE, else ~/.cache/dense_perception/engines",
+              "this node; empty = $DENSE_PERCEPTION_CACHE, else ~/.cache/dense_perception/engines",
               read_only=True),
     ParamSpec("compressed", False, "Subscribe sensor_msgs/CompressedImage on 'image/compressed' "
               "instead of sensor_msgs/Image on 'image'", read_only=True),
