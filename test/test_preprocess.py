@@ -1,7 +1,10 @@
 """Pre-processing gives the official network inputs (bit for bit where OpenCV is used the same way)."""
 from __future__ import annotations
 
+import hashlib
+import json
 import math
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -10,7 +13,7 @@ import torch
 
 from dense_perception.pipeline.preprocess import (
     DPT_TARGETS, ImageError, as_rgb_uint8, dpt_network_size, edaformer_network_size, kitti_crop,
-    preprocess_dpt, preprocess_edaformer,
+    preprocess_dpt, preprocess_edaformer, preprocess_for,
 )
 
 
@@ -79,8 +82,9 @@ def test_dpt_forced_size_and_kitti_crop() -> None:
 # ---- EDAFormer: shared/design/edaformer.md section 6 (mmcv 1.2.7 transforms) -------------------
 def _official_edaformer_input(image_bgr: np.ndarray, scale: tuple[int, int], align: bool) -> np.ndarray:
     """mmseg test pipeline as documented: imrescale (keep ratio, int(x+0.5), cv2 bilinear), AlignedResize
-    (sides up to multiples of 32, cv2 bilinear), imnormalize (float32, BGR->RGB, cv2.subtract mean,
-    cv2.multiply by 1/std), DefaultFormatBundle (HWC -> CHW)."""
+    (sides up to multiples of 32, cv2 bilinear), Normalize (mean/std kept as float32 arrays) ->
+    imnormalize (float32, BGR->RGB, cv2.subtract float64(mean), cv2.multiply by 1/float64(std)),
+    DefaultFormatBundle (HWC -> CHW)."""
     h, w = image_bgr.shape[:2]
     factor = min(max(scale) / max(h, w), min(scale) / min(h, w))
     new_w, new_h = int(w * factor + 0.5), int(h * factor + 0.5)
@@ -89,8 +93,8 @@ def _official_edaformer_input(image_bgr: np.ndarray, scale: tuple[int, int], ali
         img = cv2.resize(img, (int(np.ceil(new_w / 32)) * 32, int(np.ceil(new_h / 32)) * 32),
                          interpolation=cv2.INTER_LINEAR)
     img = img.copy().astype(np.float32)
-    mean = np.float64(np.array([123.675, 116.28, 103.53]).reshape(1, -1))
-    stdinv = 1 / np.float64(np.array([58.395, 57.12, 57.375]).reshape(1, -1))
+    mean = np.float64(np.array([123.675, 116.28, 103.53], dtype=np.float32).reshape(1, -1))
+    stdinv = 1 / np.float64(np.array([58.395, 57.12, 57.375], dtype=np.float32).reshape(1, -1))
     cv2.cvtColor(img, cv2.COLOR_BGR2RGB, img)
     cv2.subtract(img, mean, img)
     cv2.multiply(img, stdinv, img)
@@ -153,3 +157,30 @@ def test_tiny_and_huge_images() -> None:
     assert preprocess_edaformer(_image(1, 1), "ade20k").network_size == (512, 512)
     big = preprocess_edaformer(np.zeros((4000, 6000, 3), np.uint8), "ade20k")
     assert big.network_size == (512, 768) and math.isfinite(float(big.tensor.sum()))
+
+
+# ---- against the official code itself ----------------------------------------------------------
+OFFICIAL_INPUTS = Path(__file__).resolve().parent / "golden" / "preprocess" / "official_inputs.json"
+
+
+def _official_cases() -> list[dict]:
+    return json.loads(OFFICIAL_INPUTS.read_text())["cases"]
+
+
+@pytest.mark.golden
+@pytest.mark.parametrize("case", _official_cases(),
+                         ids=lambda c: f"{c['pipeline']}-{c['height']}x{c['width']}")
+def test_network_input_is_the_official_codes_bit_for_bit(case: dict) -> None:
+    """sha256 of what the official DPT / mmcv+mmseg transforms make of the same seeded image
+    (golden/preprocess/official_inputs.json says how it was made); same OpenCV semantics assumed."""
+    family, dataset = case["pipeline"].split("_", 1)
+    rgb = np.random.default_rng(case["seed"]).integers(0, 256, (case["height"], case["width"], 3),
+                                                       dtype=np.uint8)
+    if "official_error" in case:  # the official code cannot size this image; ours clamps to 32
+        assert "inv_scale_x > 0" in case["official_error"]
+        assert min(preprocess_for(family, dataset, rgb).network_size) == 32
+        return
+    ours = np.ascontiguousarray(preprocess_for(family, dataset, rgb).tensor.numpy(), dtype=np.float32)
+    assert list(ours.shape) == case["shape"]
+    assert [float(v) for v in ours.reshape(-1)[:3]] == case["first"]
+    assert hashlib.sha256(ours.tobytes()).hexdigest() == case["sha256"]

@@ -142,10 +142,14 @@ def edaformer_network_size(height: int, width: int, dataset: str) -> tuple[int, 
 
 
 def normalise_imagenet(image_rgb: np.ndarray) -> np.ndarray:
-    """mmcv ``imnormalize`` on an RGB image: float32, ``cv2.subtract`` mean, ``cv2.multiply`` by 1/std."""
+    """mmcv ``imnormalize`` on an RGB image: float32, ``cv2.subtract`` mean, ``cv2.multiply`` by 1/std.
+
+    mmseg's ``Normalize`` stores the statistics as float32 arrays and mmcv widens those to float64, so
+    the constants are the float32-rounded ones (123.675 -> 123.67500305...): with the exact decimals
+    one value in nine differs from the official input by one ulp."""
     image = image_rgb.astype(np.float32)
-    mean = np.float64(np.array(IMAGENET_MEAN).reshape(1, -1))
-    std_inv = 1 / np.float64(np.array(IMAGENET_STD).reshape(1, -1))
+    mean = np.float64(np.array(IMAGENET_MEAN, dtype=np.float32).reshape(1, -1))
+    std_inv = 1 / np.float64(np.array(IMAGENET_STD, dtype=np.float32).reshape(1, -1))
     cv2.subtract(image, mean, image)
     cv2.multiply(image, std_inv, image)
     return image
