@@ -14,7 +14,6 @@ import threading
 import time
 
 import numpy as np
-import pytest
 import rclpy
 from diagnostic_msgs.msg import DiagnosticArray
 from rclpy.executors import MultiThreadedExecutor

@@ -25,7 +25,6 @@ from dense_perception.io.images import ImageFormatError, compressed_image_size, 
 from dense_perception.networks.isr import ISRSetting
 from dense_perception.ros.cloud_node import CloudNode
 from dense_perception.ros.depth_node import DepthNode
-from dense_perception.ros.messages import to_image_msg
 from dense_perception.ros.seg_node import SegNode
 
 from test_depth_seg_nodes import RELIABLE, bgr8_image, harness, header, overrides  # noqa: F401
