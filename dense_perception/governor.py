@@ -2,9 +2,10 @@
 
 A robot asks for "15 frames per second"; the perception picks, among the settings that can serve the
 current input, the most accurate one whose *measured* frame time holds the budget. The settings form a
-ladder, most accurate first, each with a relative cost (multiply-adds): ISR settings of a segmenter
-(:func:`isr_ladder`), input sizes of a depth network (:func:`size_ladder`). Switching itself is the
-predictors' no-gap switch (ISR from the next frame; fixed-shape engines built in the background).
+ladder, most accurate first: ISR settings of a segmenter, input sizes of a depth network
+(:mod:`dense_perception.api` builds them), optionally with a relative cost (pixels, multiply-adds) for
+predictions before a rung was measured. Switching itself is the predictors' no-gap switch (ISR from
+the next frame; fixed-shape engines built in the background).
 
 Decisions come from measurements, with three guards against oscillation:
 
@@ -12,7 +13,7 @@ Decisions come from measurements, with three guards against oscillation:
 * **hysteresis**: one rung faster when the average exceeds the budget; one rung more accurate only when
   that rung is predicted to take at most ``1 - margin`` of the budget: the current time times the two
   rungs' time ratio, as measured across the last switch between them (both at the same load), else
-  their cost ratio;
+  their cost ratio (else 1: an unmeasured rung is tried only when the current one leaves the margin);
 * **dwell and back-off**: no switch within ``dwell_s`` of the last one, and a rung that proved too slow
   is not tried again for a back-off that doubles each time it fails (reset when it holds).
 
@@ -63,7 +64,7 @@ class FrameBudgetGovernor(Generic[S]):
 
     Args:
         ladder: the settings, most accurate (most expensive) first.
-        cost: relative cost of a setting (e.g. multiply-adds); only ratios matter.
+        cost: relative cost of a setting (pixels, multiply-adds; only ratios matter), or None.
         budget_s: the frame time to hold; None = off (the most accurate rung serves).
         dwell_s: shortest time between two switches.
         margin: a more accurate rung is tried only when predicted at most ``(1 - margin)·budget``.
@@ -71,7 +72,8 @@ class FrameBudgetGovernor(Generic[S]):
         clock: ``time.monotonic`` or a fake.
     """
 
-    def __init__(self, ladder: Sequence[S], cost: Callable[[S], float], budget_s: float | None = None,
+    def __init__(self, ladder: Sequence[S], cost: Callable[[S], float] | None = None,
+                 budget_s: float | None = None,
                  dwell_s: float = 2.0, margin: float = 0.15, backoff_s: float = 5.0,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._cost = cost
@@ -149,8 +151,8 @@ class FrameBudgetGovernor(Generic[S]):
         """Predicted frame time of ``rung`` at the current load: the served rung's average times the two
         rungs' time ratio measured across a switch between them, else their cost ratio."""
         current, candidate = self._ladder[self._rung], self._ladder[rung]
-        ratio = self._ratios.get((candidate, current), self._cost(candidate) / self._cost(current))
-        return float(self._average) * ratio
+        estimate = 1.0 if self._cost is None else self._cost(candidate) / self._cost(current)
+        return float(self._average) * self._ratios.get((candidate, current), estimate)
 
     def state(self) -> GovernorState[S]:
         served = self.choose()

@@ -40,7 +40,8 @@ class FakeRun:
 
 def make(budget_s: float | None, **kwargs) -> tuple[FakeRun, list[float]]:
     clock = [0.0]
-    governor = FrameBudgetGovernor(LADDER, COST.__getitem__, budget_s, clock=lambda: clock[0], **kwargs)
+    kwargs.setdefault("cost", COST.__getitem__)
+    governor = FrameBudgetGovernor(LADDER, budget_s=budget_s, clock=lambda: clock[0], **kwargs)
     return FakeRun(governor, clock), clock
 
 
@@ -122,3 +123,40 @@ def test_bad_budgets_are_rejected_with_the_reason(bad):
     with pytest.raises(ValueError, match="finite number >= 0"):
         run.governor.set_budget(bad)
     assert run.governor.budget_s == 0.1, "a rejected budget changes nothing"
+
+
+def test_without_a_cost_model_the_ratio_measured_across_a_switch_predicts():
+    """No costs given: the first step down measures both rungs' times at the same load, and that ratio
+    keeps the governor from probing the slower rung again."""
+    run, _ = make(0.15, cost=None, dwell_s=1.0, backoff_s=2.0)
+    run.run(120.0)
+    assert run.setting_at_end() == "isr2" and run.governor.state().holds
+    assert run.governor.predicted(0) == pytest.approx(0.20)  # full, from isr2's 0.12 s and the ratio
+    assert len(run.switches()) == 1
+
+
+def test_a_rung_that_failed_is_not_retried_before_its_back_off():
+    """With nothing known of a rung (no cost, no ratio: a new ladder), a probe that misses the budget
+    keeps it out for the back-off, which doubles with each failure."""
+    clock = [0.0]
+    governor = FrameBudgetGovernor(["a", "b"], budget_s=0.2, dwell_s=0.0, backoff_s=4.0,
+                                   clock=lambda: clock[0])
+
+    def frames(setting: str, seconds: float, count: int = 3) -> str:
+        choice = setting
+        for _ in range(count):
+            clock[0] += seconds
+            choice = governor.record(setting, seconds)
+        return choice
+
+    assert frames("a", 0.3) == "b"  # a misses: b, and a is out for 4 s
+    governor.set_ladder(["a", "b"])  # forget what was measured (as after an input-size change)
+    assert frames("b", 0.1) == "b"  # 0.3 s of frames since: a still backed off
+    clock[0] += 4.0
+    assert frames("b", 0.1) == "a"  # back-off over, nothing known: probe a
+    assert frames("a", 0.3) == "b"  # misses again: out for 8 s now
+    governor.set_ladder(["a", "b"])
+    clock[0] += 5.0
+    assert frames("b", 0.1) == "b"
+    clock[0] += 3.5
+    assert frames("b", 0.1) == "a"
