@@ -13,12 +13,14 @@ engine choice, one pre-processing function per family and one post-processing mo
 from __future__ import annotations
 
 import logging
+import math
 import os
 import threading
+import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -29,6 +31,7 @@ from .engines.cache import default_engine_dir
 from .engines.torch_engine import TorchEngine
 from .networks import ISRSetting, build_network, load_checkpoint, network_spec
 from .networks.depth_units import DepthOutput
+from .governor import FrameBudgetGovernor, GovernorState
 from .isr_control import ISRControl
 from .networks.isr import isr_problem, nearest_fitting
 from .pipeline import postprocess, preprocess
@@ -38,6 +41,14 @@ from .pipeline.preprocess import NetworkInput
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
+#: Smallest frame budget accepted: below it no network on any device holds a frame.
+MIN_FRAME_BUDGET_MS = 1.0
+#: Input-size rungs of a depth network under a frame budget, as fractions of its official size.
+DEPTH_SIZE_LADDER = (1.0, 0.875, 0.75, 0.625, 0.5, 0.375)
+#: ISR rungs of a segmenter under a frame budget, most accurate first: training, the decoder
+#: reduced, the paper's recommended setting, then every training pool x2, x3, x4.
+ISR_BUDGET_LADDER = (ISRSetting(), ISRSetting((8, 4, 2, 1), (2, 4, 8)), ISRSetting((16, 8, 2, 1), (2, 4, 8)),
+                     ISRSetting.from_ratio(2), ISRSetting.from_ratio(3), ISRSetting.from_ratio(4))
 
 
 
@@ -136,10 +147,14 @@ def choose_backend(requested: str, device: torch.device, precision: str = "fp32"
 class _Predictor:
     """Shared machinery of DepthEstimator and Segmenter."""
 
+    #: relative cost of a frame-budget rung (None: the governor measures the ratios itself)
+    _setting_cost: Callable[[Any], float] | None = None
+
     def __init__(self, network: str, task: str, checkpoint: str | os.PathLike | None, backend: str,
                  precision: str, device: str | torch.device | None, input_size: tuple[int, int] | None,
                  engine_dir: str | os.PathLike | None,
-                 calibration: Sequence[str | os.PathLike] | None = None) -> None:
+                 calibration: Sequence[str | os.PathLike] | None = None,
+                 frame_budget_ms: float = 0.0) -> None:
         spec = network_spec(network)
         if spec.task != task:
             raise ValueError(f"{network} is a {spec.task} network, not {task}")
@@ -155,11 +170,17 @@ class _Predictor:
         #: where fixed-shape backends cache their graphs and engines
         self.engine_dir = Path(engine_dir) if engine_dir else default_engine_dir()
         self._engines: dict[tuple[int, int], Engine] = {}
+        #: engines kept (one size per camera stream, and its budget rungs when a budget is set)
+        self._max_engines = 2
         self._lock = threading.Lock()
         if self.backend == "torch":
             self._torch_engine: TorchEngine | None = TorchEngine(self._loaded.net, self.device, precision)
         else:
             self._torch_engine = None
+        #: holds ``frame_budget_ms`` by choosing the setting (None while the budget is off)
+        self.governor: FrameBudgetGovernor | None = None
+        self._ladder_size: tuple[int, int] | None = None
+        self.set_frame_budget(frame_budget_ms)
 
     @property
     def untrained(self) -> bool:
@@ -177,7 +198,7 @@ class _Predictor:
         with self._lock:
             if network_size not in self._engines:
                 self._engines[network_size] = self._make_fixed_engine(network_size, isr)
-                while len(self._engines) > 2:  # a camera stream uses one size; bound memory
+                while len(self._engines) > self._max_engines:  # bound memory
                     self._engines.pop(next(iter(self._engines)))
             return self._engines[network_size]
 
@@ -201,9 +222,56 @@ class _Predictor:
             info.update(engine.describe())
         return info
 
-    def preprocess(self, image_rgb: np.ndarray) -> NetworkInput:
-        """The network family's official input for its dataset (or the forced ``input_size``)."""
-        return preprocess.preprocess_for(self.spec.family, self.spec.dataset, image_rgb, self.input_size)
+    def preprocess(self, image_rgb: np.ndarray, input_size: tuple[int, int] | None = None) -> NetworkInput:
+        """The network family's official input for its dataset (or ``input_size``, else the forced
+        ``self.input_size``)."""
+        return preprocess.preprocess_for(self.spec.family, self.spec.dataset, image_rgb,
+                                         input_size or self.input_size)
+
+    # -- frame budget -----------------------------------------------------------------------------------
+
+    def set_frame_budget(self, budget_ms: float | None) -> None:
+        """Hold ``budget_ms`` milliseconds a frame (0 or None = off) by choosing, from the next frame
+        on, the most accurate setting whose measured frame time holds it (:mod:`.governor`; the
+        Segmenter chooses the ISR setting, the DepthEstimator the input size). ``ValueError`` for a
+        negative, non-finite or absurd (below :data:`MIN_FRAME_BUDGET_MS`) budget."""
+        if budget_ms is None or budget_ms == 0:
+            self.governor = None
+            return
+        if not math.isfinite(budget_ms) or budget_ms < 0:
+            raise ValueError(f"frame budget must be a finite number of milliseconds >= 0, got {budget_ms}")
+        if budget_ms < MIN_FRAME_BUDGET_MS:
+            raise ValueError(f"frame budget {budget_ms} ms is below anything a network can hold "
+                             f"(at least {MIN_FRAME_BUDGET_MS} ms; 0 turns the budget off)")
+        if self.governor is None:
+            self.governor = FrameBudgetGovernor([self._ungoverned()], cost=self._setting_cost,
+                                                budget_s=budget_ms / 1e3)
+            self._ladder_size = None  # the ladder is made for the next frame's size
+        else:
+            self.governor.set_budget(budget_ms / 1e3)
+
+    @property
+    def budget_state(self) -> GovernorState | None:
+        """What the governor serves and measures (None while the budget is off)."""
+        return None if self.governor is None else self.governor.state()
+
+    def _governed(self, network_size: tuple[int, int]) -> Any:
+        """The governor's choice for a frame whose official network input is ``network_size``."""
+        assert self.governor is not None
+        if network_size != self._ladder_size:
+            self.governor.set_ladder(self._ladder(network_size))
+            self._ladder_size = network_size
+        return self.governor.choose()
+
+    def _frame_done(self, served: Any, started: float) -> None:
+        if self.governor is not None:
+            self.governor.record(served, time.perf_counter() - started)
+
+    def _ladder(self, network_size: tuple[int, int]) -> list[Any]:
+        raise NotImplementedError
+
+    def _ungoverned(self) -> Any:
+        raise NotImplementedError
 
     def _run(self, prepared: NetworkInput) -> torch.Tensor:
         return self.engine_for(prepared.network_size).infer(prepared.tensor)
@@ -228,6 +296,9 @@ class DepthEstimator(_Predictor):
         depth_scale, depth_shift: for MiDaS networks, a per-scene fit on inverse depth that turns the
             output into metres (``1 / (scale·d + shift)``).
         kitti_crop: apply the official KITTI crop (bottom 352 rows, central 1216 columns) first.
+        frame_budget_ms: hold this frame time (0 = off) by serving the largest input size of a ladder
+            (:data:`DEPTH_SIZE_LADDER` of the official size, multiples of 32, never above it) whose
+            measured frame time holds it (:meth:`set_frame_budget`).
     """
 
     def __init__(self, network: str = DEFAULT_DEPTH_NETWORK, checkpoint: str | os.PathLike | None = None,
@@ -235,9 +306,10 @@ class DepthEstimator(_Predictor):
                  input_size: tuple[int, int] | None = None, depth_scale: float | None = None,
                  depth_shift: float | None = None, kitti_crop: bool = False,
                  engine_dir: str | os.PathLike | None = None,
-                 calibration: Sequence[str | os.PathLike] | None = None) -> None:
+                 calibration: Sequence[str | os.PathLike] | None = None,
+                 frame_budget_ms: float = 0.0) -> None:
         super().__init__(network, "depth", checkpoint, backend, precision, device, input_size, engine_dir,
-                         calibration)
+                         calibration, frame_budget_ms)
         if (depth_scale is None) != (depth_shift is None):
             raise ValueError("give both depth_scale and depth_shift, or neither")
         network_output: DepthOutput = self._loaded.net.output_units
@@ -249,19 +321,69 @@ class DepthEstimator(_Predictor):
         self.depth_scale, self.depth_shift = depth_scale, depth_shift
         self.kitti_crop = kitti_crop
 
-    def preprocess(self, image_rgb: np.ndarray) -> NetworkInput:
-        """The official DPT input for this network's dataset (or the forced ``input_size``)."""
+    def preprocess(self, image_rgb: np.ndarray, input_size: tuple[int, int] | None = None) -> NetworkInput:
+        """The official DPT input for this network's dataset (or ``input_size``/the forced size)."""
         if self.kitti_crop:
             image_rgb = preprocess.kitti_crop(preprocess.as_rgb_uint8(image_rgb))
-        return super().preprocess(image_rgb)
+        return super().preprocess(image_rgb, input_size)
+
+    def network_size_for(self, height: int, width: int) -> tuple[int, int]:
+        """The network input size of an image of ``height`` x ``width`` (without a frame budget)."""
+        if self.input_size is not None:
+            return self.input_size  # type: ignore[return-value]
+        if self.kitti_crop:
+            height, width = 352, 1216
+        return preprocess.dpt_network_size(height, width, preprocess.DPT_TARGETS[self.spec.dataset])
 
     def predict(self, image_rgb: np.ndarray) -> DepthResult:
         """Depth for one RGB uint8 image, at its size (the KITTI crop's size with ``kitti_crop``)."""
-        prepared = self.preprocess(image_rgb)
+        started = time.perf_counter()
+        size = None
+        if self.governor is not None:
+            size = self._governed(self.network_size_for(*np.shape(image_rgb)[:2]))
+        prepared = self.preprocess(image_rgb, size)
         raw = self._run(prepared)
         depth = postprocess.depth_to_image(raw, prepared.image_size, self.output)
         kind = "metric_fitted" if self.output.fit else self.output.kind
+        self._frame_done(prepared.network_size, started)
         return DepthResult(depth, kind, self.network, prepared.network_size, self.untrained)
+
+    # -- frame budget: input sizes ------------------------------------------------------------------
+
+    def _ungoverned(self) -> tuple[int, int]:
+        return self.input_size or (0, 0)
+
+    def _ladder(self, network_size: tuple[int, int]) -> list[tuple[int, int]]:
+        """Input sizes from ``network_size`` down (multiples of 32, aspect kept); with a fixed-shape
+        backend only those whose engines are built, the others being built in the background."""
+        height, width = network_size
+        ladder: list[tuple[int, int]] = []
+        for fraction in DEPTH_SIZE_LADDER:
+            size = (max(32, int(round(height * fraction / 32)) * 32), max(32, int(round(width * fraction / 32)) * 32))
+            if size not in ladder:
+                ladder.append(size)
+        if self._torch_engine is not None:
+            return ladder
+        with self._lock:
+            self._max_engines = max(self._max_engines, len(ladder) + 1)
+            built = [size for size in ladder if size in self._engines]
+        missing = [size for size in ladder if size not in built]
+        if missing:
+            threading.Thread(target=self._prebuild_sizes, args=(missing,), name="depth-size-prebuild",
+                             daemon=True).start()
+        return built or ladder[:1]
+
+    def _prebuild_sizes(self, sizes: list[tuple[int, int]]) -> None:
+        for size in sizes:
+            try:
+                self.engine_for(size)
+            except Exception as error:  # noqa: BLE001 - a size that cannot be built is not a candidate
+                log.warning("%s: no engine for %dx%d (%s); the frame budget does without it",
+                            self.network, *size, error)
+        self._ladder_size = None  # the next frame takes the built sizes as candidates
+
+    def _setting_cost(self, size: tuple[int, int]) -> float:
+        return float(size[0] * size[1])
 
 
 class Segmenter(_Predictor):
@@ -275,6 +397,9 @@ class Segmenter(_Predictor):
             network resolution, nearest-neighbour labels).
         sliding_window: Cityscapes' official evaluation mode (1024×1024 crops, stride 768); slow.
         isr: initial ISR setting (an :class:`ISRSetting`, or an int ratio).
+        frame_budget_ms: hold this frame time (0 = off) by serving the least reduction of
+            :data:`ISR_BUDGET_LADDER` whose measured frame time holds it (:meth:`set_frame_budget`);
+            the governor then chooses the ISR setting.
         isr_prebuild: settings (ISRSetting, int ratio or text like ``"[16,8,2,1]-[2,4,8]"``) whose engines the
             fixed-shape backends build in the background as soon as an input size is known, so that
             switching to them later is immediate (ignored by the torch backend, which switches instantly).
@@ -287,9 +412,10 @@ class Segmenter(_Predictor):
                  sliding_window: bool = False, isr: ISRSetting | int = 1,
                  engine_dir: str | os.PathLike | None = None,
                  isr_prebuild: Sequence[ISRSetting | int | str] = (),
-                 calibration: Sequence[str | os.PathLike] | None = None) -> None:
+                 calibration: Sequence[str | os.PathLike] | None = None,
+                 frame_budget_ms: float = 0.0) -> None:
         super().__init__(network, "segmentation", checkpoint, backend, precision, device, input_size,
-                         engine_dir, calibration)
+                         engine_dir, calibration, frame_budget_ms)
         self.isr_prebuild: tuple[ISRSetting, ...] = tuple(_as_isr(s) for s in isr_prebuild)
         self.label_mode = postprocess.LabelMode(label_mode)
         self.sliding_window = sliding_window
@@ -396,8 +522,25 @@ class Segmenter(_Predictor):
                                           list(prebuild) or fitting)
 
     def _prepare_isr(self, network_size: tuple[int, int]) -> None:
-        """Before a frame: serve the requested setting, or the nearest one that fits this size."""
+        """Before a frame: serve the requested setting (the frame budget's choice while a budget is
+        set), or the nearest one that fits this size."""
+        if self.governor is not None:
+            choice = self._governed(network_size)
+            if choice != self.isr_control.state.requested:
+                self.isr_control.request(choice, by="governor")
         self._serve(self.isr_control.target(network_size), network_size)
+
+    # -- frame budget: ISR settings -----------------------------------------------------------------
+
+    def _ungoverned(self) -> ISRSetting:
+        return ISRSetting()
+
+    def _ladder(self, network_size: tuple[int, int]) -> list[ISRSetting]:
+        """The budget's rungs at this input size: :data:`ISR_BUDGET_LADDER`'s settings that fit it.
+        Fixed-shape backends build each rung's engine in the background when it is first chosen (the
+        served setting keeps serving meanwhile)."""
+        fitting = [s for s in ISR_BUDGET_LADDER if isr_problem(s, *network_size) is None]
+        return fitting or [nearest_fitting(ISRSetting(), *network_size)]
 
     def logits(self, image_rgb: np.ndarray) -> tuple[torch.Tensor, NetworkInput]:
         """Raw logits ``[1, K, h, w]`` (stride 8) and the pre-processed input they came from."""
@@ -409,9 +552,11 @@ class Segmenter(_Predictor):
         """Labels for one RGB uint8 image at its size."""
         if self.sliding_window:
             return self._predict_sliding(image_rgb, with_confidence)
+        started = time.perf_counter()
         logits, prepared = self.logits(image_rgb)
         labels, confidence = postprocess.labels_from_logits(
             logits, prepared.network_size, prepared.image_size, self.label_mode, with_confidence)
+        self._frame_done(self.isr, started)
         return SegmentationResult(labels, self.network, prepared.network_size, self.isr, confidence,
                                   self.untrained)
 

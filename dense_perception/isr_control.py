@@ -65,11 +65,13 @@ class ISRState:
 @dataclass(frozen=True)
 class ISREvent:
     """One change: ``kind`` is ``requested``, ``building``, ``serving``, ``fallback`` or ``failed``;
-    ``message`` says it in one line; ``state`` is the state after it."""
+    ``message`` says it in one line; ``state`` is the state after it; ``by`` who asked (``user``, or
+    ``governor`` for the frame budget's choices)."""
 
     kind: str
     message: str
     state: ISRState
+    by: str = "user"
 
 
 class ISRControl:
@@ -98,8 +100,9 @@ class ISRControl:
     def state(self) -> ISRState:
         return self._state
 
-    def request(self, setting: ISRSetting) -> None:
-        """Ask for ``setting``; ``ValueError`` (nothing changes) when it cannot run at the known size."""
+    def request(self, setting: ISRSetting, by: str = "user") -> None:
+        """Ask for ``setting``; ``ValueError`` (nothing changes) when it cannot run at the known size.
+        ``by`` names who asks (the event says it)."""
         with self._lock:
             size = self._state.network_size
             if size is not None and (reason := self._problem(setting, *size)):
@@ -107,8 +110,10 @@ class ISRControl:
             if setting == self._state.requested:
                 return
             error = self._state.error if setting == self._state.served else None
-            event = self._change("requested", f"ISR {setting} requested (serving {self._state.served})",
+            who = "" if by == "user" else f" by the {by}"
+            event = self._change("requested", f"ISR {setting} requested{who} (serving {self._state.served})",
                                  requested=setting, error=error)
+            event = replace(event, by=by)
         self._emit(event)
 
     def target(self, network_size: tuple[int, int]) -> ISRSetting:
