@@ -180,3 +180,17 @@ def test_wrong_head_or_variant_checkpoint_names_the_keys(b1: nn.Module) -> None:
 def test_cityscapes_head_has_19_classes() -> None:
     net = _on_meta("hrvit_b1_segformer_cityscapes")
     assert net.num_classes == 19 and net.decode_head.conv_seg.out_channels == 19
+
+
+def test_torch_engine_runs_it_as_the_plain_network() -> None:
+    """The CPU engine swaps the narrow linear layers for oneDNN's (DES applies them to 4-D tensors)."""
+    from dense_perception.engines.torch_engine import TorchEngine
+
+    net = build_network("hrvit_b1_segformer_ade20k")
+    load_weights(net, fill_reference_weights(net))
+    x = torch.randn(1, 3, 61, 93, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        expected = net(x)
+    engine = TorchEngine(net, "cpu")
+    torch.testing.assert_close(engine.infer(x), expected, rtol=1e-4, atol=1e-5)
+    assert "isr" not in engine.describe()

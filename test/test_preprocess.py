@@ -195,7 +195,9 @@ def test_hrvit_forced_size_must_satisfy_the_rule() -> None:
         preprocess_hrvit(_image(300, 400), "cocostuff")
 
 
-@pytest.mark.parametrize("hw, expected", [((480, 640), (512, 704)), ((512, 683), (512, 704)), ((100, 3000), (96, 2048))])
+@pytest.mark.parametrize("hw, expected", [
+    ((480, 640), (512, 704)), ((512, 683), (512, 704)), ((100, 3000), (96, 2048)),
+])
 def test_vit_comer_input_is_the_official_input_bit_for_bit(hw, expected) -> None:
     """keep-ratio rescale into (2048, 512), ResizeToMultiple(32), mmseg normalisation."""
     rgb = _image(*hw, seed=4)

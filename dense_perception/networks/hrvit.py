@@ -55,8 +55,8 @@ def hrvit_size_problem(height: int, width: int) -> str | None:
     if not bad:
         return None
     return (f"HRViT cannot run on a {height}x{width} input: {', '.join(bad)}; {SIZE_RULE}. The nearest "
-            f"sizes that run are {fit_hrvit_side(height)}x{fit_hrvit_side(width)} (round up) -- the "
-            f"pre-processing does this for you")
+            f"size that runs is {fit_hrvit_side(height)}x{fit_hrvit_side(width)} (each side rounded up, as the "
+            f"pre-processing does unless an input size is forced)")
 
 
 @dataclass(frozen=True)
