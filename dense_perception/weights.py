@@ -108,6 +108,32 @@ def _edaformer(variant: str, dataset: str, size: int) -> WeightsEntry:
                         "hyunwoo137/EDAFormer README: Google Drive folder (download by hand)", EDAFORMER_FOLDER)
 
 
+#: HRViT released no checkpoints (shared/design/hrvit.md §8): only files trained with the official code.
+HRVIT_REPO = "https://github.com/facebookresearch/HRViT"
+#: ViT-CoMer's segmentation README links Baidu Netdisk shares (T and S; B is marked "-"): vit_comer.md §7.
+VIT_COMER_SEGMENTATION = "https://github.com/Traffic-X/ViT-CoMer/tree/main/segmentation"
+_VIT_COMER_BAIDU = {"t": "https://pan.baidu.com/s/1J_XgJ058PpK8gqz9E0Caig?pwd=k6mf",
+                    "s": "https://pan.baidu.com/s/1CDfKeUzCTs5fB0ggy9wYwg?pwd=puqi"}
+
+
+def _hrvit(variant: str, head: str, dataset: str, size: int) -> WeightsEntry:
+    network = f"hrvit_{variant}_{head}_{dataset}"
+    return WeightsEntry(network, f"{network}.pth", (), None, size,
+                        "facebookresearch/HRViT: no checkpoints released; train one with the official code "
+                        "(mmcv checkpoint) and bring it", HRVIT_REPO)
+
+
+def _vit_comer(variant: str, size: int) -> WeightsEntry:
+    network = f"vit_comer_{variant}_upernet_ade20k"
+    if variant in _VIT_COMER_BAIDU:
+        return WeightsEntry(network, f"{network}.pth", (), None, size,
+                            "Traffic-X/ViT-CoMer segmentation README: Baidu Netdisk share (download by hand; "
+                            "no file name or hash published)", _VIT_COMER_BAIDU[variant])
+    return WeightsEntry(network, f"{network}.pth", (), None, size,
+                        "Traffic-X/ViT-CoMer: not released (README lists no checkpoint); bring your own",
+                        VIT_COMER_SEGMENTATION)
+
+
 #: The built-in catalogue. Sizes: fp32 state_dict bytes (file sizes are slightly larger; an mmcv file that
 #: still holds optimizer state would be larger still). Never mutated; pass your own tuple to override.
 CATALOGUE: tuple[WeightsEntry, ...] = (
@@ -121,6 +147,18 @@ CATALOGUE: tuple[WeightsEntry, ...] = (
     _edaformer("b", "ade20k", 117_836_216),
     _edaformer("b", "cityscapes", 117_365_664),
     _edaformer("b", "cocostuff", 117_911_648),
+    _hrvit("b1", "segformer", "ade20k", 32_804_864),
+    _hrvit("b1", "segformer", "cityscapes", 32_670_196),
+    _hrvit("b1", "upernet", "ade20k", 143_930_040),
+    _hrvit("b2", "segformer", "ade20k", 83_365_568),
+    _hrvit("b2", "segformer", "cityscapes", 83_230_900),
+    _hrvit("b2", "upernet", "ade20k", 198_963_576),
+    _hrvit("b3", "segformer", "ade20k", 115_059_760),
+    _hrvit("b3", "segformer", "cityscapes", 114_656_804),
+    _hrvit("b3", "upernet", "ade20k", 223_469_288),
+    _vit_comer("t", 155_035_464),
+    _vit_comer("s", 245_691_720),
+    _vit_comer("b", 579_136_968),
 )
 
 

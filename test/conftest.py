@@ -68,3 +68,32 @@ def _two_threads():
     torch.set_num_threads(2)
     yield
     torch.set_num_threads(previous)
+
+
+def capture_arrays(net: torch.nn.Module, hooks: dict[str, str], inputs: dict[str, str],
+                   x: torch.Tensor) -> dict[str, np.ndarray]:
+    """Run ``net(x)``; return ``output`` plus the outputs of the ``hooks`` modules and the first inputs
+    of the ``inputs`` modules ({array name: module path}, a case's ``compare_hooks``/``compare_inputs``)."""
+    got: dict[str, torch.Tensor] = {}
+    handles = [
+        net.get_submodule(path).register_forward_hook(
+            lambda _m, _i, out, a=array: got.__setitem__(a, out.detach().clone()))
+        for array, path in hooks.items()
+    ] + [
+        net.get_submodule(path).register_forward_pre_hook(
+            lambda _m, args, a=array: got.__setitem__(a, args[0].detach().clone()))
+        for array, path in inputs.items()
+    ]
+    try:
+        with torch.no_grad():
+            got["output"] = net(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {k: v.numpy() for k, v in got.items()}
+
+
+def leading_entries(ours: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """``ours`` cut to the reference's leading entries of dim 1 (cases store only the first channels
+    of a map or the first tokens of a token tensor: their ``stored_channels``)."""
+    return ours[:, : ref.shape[1]] if ours.ndim == ref.ndim and ours.shape[1] > ref.shape[1] else ours

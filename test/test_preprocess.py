@@ -11,9 +11,11 @@ import numpy as np
 import pytest
 import torch
 
+from dense_perception.networks.hrvit import hrvit_size_problem
 from dense_perception.pipeline.preprocess import (
-    DPT_TARGETS, ImageError, as_rgb_uint8, dpt_network_size, edaformer_network_size, kitti_crop,
-    preprocess_dpt, preprocess_edaformer, preprocess_for,
+    DPT_TARGETS, ImageError, as_rgb_uint8, dpt_network_size, edaformer_network_size, hrvit_network_size, kitti_crop,
+    preprocess_dpt, preprocess_edaformer, preprocess_for, preprocess_hrvit, preprocess_vit_comer,
+    vit_comer_network_size,
 )
 
 
@@ -184,3 +186,60 @@ def test_network_input_is_the_official_codes_bit_for_bit(case: dict) -> None:
     assert list(ours.shape) == case["shape"]
     assert [float(v) for v in ours.reshape(-1)[:3]] == case["first"]
     assert hashlib.sha256(ours.tobytes()).hexdigest() == case["sha256"]
+
+
+# ---- HRViT (shared/design/hrvit.md section 7) and ViT-CoMer (vit_comer.md section 6) ------------
+@pytest.mark.parametrize("hw, dataset, expected", [
+    ((512, 683), "ade20k", (512, 704)),  # the common ADE20K size the official HRViT cannot run
+    ((480, 640), "ade20k", (512, 704)),
+    ((512, 990), "ade20k", (512, 990)),  # 990 mod 32 = 30: runs as it is, left alone
+    ((1024, 2048), "cityscapes", (1024, 2048)),
+    ((720, 1280), "cityscapes", (1024, 1824)),  # 1820 -> 1824, the nearest size that runs
+])
+def test_hrvit_sizes_satisfy_the_rule(hw, dataset, expected) -> None:
+    assert hrvit_network_size(*hw, dataset) == expected
+    assert hrvit_size_problem(*expected) is None
+    assert preprocess_for("hrvit", dataset, _image(*hw)).network_size == expected
+
+
+@pytest.mark.parametrize("hw, dataset", [((512, 990), "ade20k"), ((1024, 2048), "cityscapes")])
+def test_hrvit_input_is_the_official_input_where_the_official_network_runs(hw, dataset) -> None:
+    """Official HRViT pipelines: keep-ratio rescale only (no alignment), mmseg normalisation."""
+    rgb = _image(*hw, seed=2)
+    scale = (2048, 1024) if dataset == "cityscapes" else (2048, 512)
+    official = _official_edaformer_input(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), scale, align=False)
+    assert np.array_equal(preprocess_hrvit(rgb, dataset).tensor.numpy(), official)
+
+
+def test_hrvit_rounds_a_breaking_size_up_with_a_second_resize() -> None:
+    rgb = _image(512, 683, seed=3)  # rescaled 512x683 breaks the rule; 704 = the next multiple of 32
+    official_aligned = _official_edaformer_input(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), (2048, 512), align=True)
+    assert np.array_equal(preprocess_hrvit(rgb, "ade20k").tensor.numpy(), official_aligned)
+
+
+def test_hrvit_forced_size_must_satisfy_the_rule() -> None:
+    assert preprocess_hrvit(_image(300, 400), input_size=(509, 221)).network_size == (509, 221)
+    with pytest.raises(ValueError, match="mod 32"):
+        preprocess_hrvit(_image(300, 400), input_size=(512, 683))
+    with pytest.raises(ValueError, match="unknown dataset"):
+        preprocess_hrvit(_image(300, 400), "cocostuff")
+
+
+@pytest.mark.parametrize("hw, expected", [
+    ((480, 640), (512, 704)), ((512, 683), (512, 704)), ((100, 3000), (96, 2048)),
+])
+def test_vit_comer_input_is_the_official_input_bit_for_bit(hw, expected) -> None:
+    """keep-ratio rescale into (2048, 512), ResizeToMultiple(32), mmseg normalisation."""
+    rgb = _image(*hw, seed=4)
+    official = _official_edaformer_input(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), (2048, 512), align=True)
+    ours = preprocess_for("vit_comer", "ade20k", rgb)
+    assert ours.network_size == expected == vit_comer_network_size(*hw)
+    assert np.array_equal(ours.tensor.numpy(), official)
+
+
+def test_vit_comer_forced_size_must_be_a_multiple_of_32() -> None:
+    assert preprocess_vit_comer(_image(300, 400), input_size=(384, 512)).network_size == (384, 512)
+    with pytest.raises(ValueError, match="multiples of 32"):
+        preprocess_vit_comer(_image(300, 400), input_size=(500, 512))
+    with pytest.raises(ValueError, match="ade20k only"):
+        preprocess_vit_comer(_image(300, 400), "cityscapes")
