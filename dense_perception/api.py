@@ -144,6 +144,19 @@ def choose_backend(requested: str, device: torch.device, precision: str = "fp32"
                      "graph export per size and ISR setting; precision='int8' 1.5-3x")
 
 
+def frame_budget_problem(budget_ms: float | None) -> str | None:
+    """Why ``budget_ms`` cannot be a frame budget (negative, not finite, absurdly small), or None
+    (0 and None mean "off")."""
+    if budget_ms is None or budget_ms == 0:
+        return None
+    if not math.isfinite(budget_ms) or budget_ms < 0:
+        return f"frame budget must be a finite number of milliseconds >= 0, got {budget_ms}"
+    if budget_ms < MIN_FRAME_BUDGET_MS:
+        return (f"frame budget {budget_ms} ms is below anything a network can hold (at least "
+                f"{MIN_FRAME_BUDGET_MS} ms; 0 turns the budget off)")
+    return None
+
+
 class _Predictor:
     """Shared machinery of DepthEstimator and Segmenter."""
 
@@ -235,14 +248,11 @@ class _Predictor:
         on, the most accurate setting whose measured frame time holds it (:mod:`.governor`; the
         Segmenter chooses the ISR setting, the DepthEstimator the input size). ``ValueError`` for a
         negative, non-finite or absurd (below :data:`MIN_FRAME_BUDGET_MS`) budget."""
-        if budget_ms is None or budget_ms == 0:
+        if problem := frame_budget_problem(budget_ms):
+            raise ValueError(problem)
+        if not budget_ms:
             self.governor = None
             return
-        if not math.isfinite(budget_ms) or budget_ms < 0:
-            raise ValueError(f"frame budget must be a finite number of milliseconds >= 0, got {budget_ms}")
-        if budget_ms < MIN_FRAME_BUDGET_MS:
-            raise ValueError(f"frame budget {budget_ms} ms is below anything a network can hold "
-                             f"(at least {MIN_FRAME_BUDGET_MS} ms; 0 turns the budget off)")
         if self.governor is None:
             self.governor = FrameBudgetGovernor([self._ungoverned()], cost=self._setting_cost,
                                                 budget_s=budget_ms / 1e3)

@@ -128,6 +128,10 @@ class DepthNode(InferenceNode):
             values["network"], depth_scale=values["depth_scale"] if fitted else None,
             depth_shift=values["depth_shift"] if fitted else None, **predictor_options(values))
 
+    @property
+    def predictor(self) -> DepthEstimator:
+        return self.estimator
+
     def apply_parameters(self, values: Mapping[str, Any]) -> None:
         self._color = DepthColor(values["colormap"], values["publish_colored"], StableRange(
             alpha=values["color_range_alpha"], inverse=self.relative))

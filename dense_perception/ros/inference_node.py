@@ -32,7 +32,7 @@ from rcl_interfaces.msg import ParameterType
 from rclpy.qos_overriding_options import QoSOverridingOptions
 from sensor_msgs.msg import CompressedImage, Image
 
-from ..api import BACKENDS
+from ..api import BACKENDS, frame_budget_problem
 from ..engines.base import PRECISIONS
 from ..io.images import ImageFormatError, message_to_rgb
 from ..pipeline.preprocess import check_input_size
@@ -68,6 +68,9 @@ COMMON_PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("max_input_pixels", DEFAULT_MAX_INPUT_PIXELS, "Largest input image (width x height) "
               "accepted; larger ones are rejected before they are decoded", minimum=1,
               maximum=2**31 - 1),
+    ParamSpec("frame_budget_ms", 0.0, "Frame time to hold, in ms (0 = off): the node serves the most "
+              "accurate setting whose measured frame time holds it (seg: the ISR setting; depth: the "
+              "input size)", minimum=0.0, maximum=600000.0),
     ParamSpec("publish_colored", True, "Publish the colour view (rgb8) besides the data image"),
     ParamSpec("diagnostics_period", 1.0, "Seconds between /diagnostics messages",
               read_only=True, minimum=0.1, maximum=60.0),
@@ -168,10 +171,10 @@ class InferenceNode(ClosingNode):
         self.last_image_size: tuple[int, int] | None = None
         self._max_pixels = int(values["max_input_pixels"])
         self.build(values)  # the predictor, which check_parameters may need
-        if problem := self.check_parameters(values):
+        if problem := self._check(values):
             raise ValueError(f"invalid parameters for node {node_name}: {problem}")
         self.apply_parameters(values)
-        add_parameter_callbacks(self, self.specs, self._apply, self.check_parameters)
+        add_parameter_callbacks(self, self.specs, self._apply, self._check)
 
         self.input_qos, self.output_qos = qos_from_parameters(self)
         #: input messages the middleware reported lost (best effort drops large images first)
@@ -311,9 +314,20 @@ class InferenceNode(ClosingNode):
             "arrived (large images between processes: see the README, 'Large images between "
             "processes')"))
 
+    @property
+    def predictor(self) -> Any:
+        """The node's :class:`~dense_perception.api.DepthEstimator` or ``Segmenter``."""
+        raise NotImplementedError
+
+    def _check(self, values: Mapping[str, Any]) -> str | None:
+        return frame_budget_problem(values["frame_budget_ms"]) or self.check_parameters(values)
+
     def _apply(self, values: Mapping[str, Any]) -> None:
         self._max_pixels = int(values["max_input_pixels"])
+        self.predictor.set_frame_budget(values["frame_budget_ms"])
         self.apply_parameters(values)
 
     def _all_diagnostic_values(self) -> dict[str, Any]:
-        return {"inputs lost (middleware)": self.inputs_lost, **self.diagnostic_values()}
+        budget = self.predictor.budget_state
+        return {"inputs lost (middleware)": self.inputs_lost, **self.diagnostic_values(),
+                **(budget.describe() if budget is not None else {"frame budget": "off"})}

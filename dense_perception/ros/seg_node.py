@@ -130,6 +130,7 @@ class SegNode(InferenceNode):
         ``perception`` executable calls :meth:`require` with the depth node's frames instead."""
         self.segmenter: Segmenter
         self._settings: SegSettings
+        self._writing_isr = False  # the node writes the ISR parameters itself (governor, fallback)
         super().__init__(node_name, SEG_PARAMETERS, SEG_LISTS, **kwargs)
         self.listeners: Listeners[SegFrame] = Listeners()
         #: told of each required frame that was not segmented, with the reason
@@ -154,12 +155,20 @@ class SegNode(InferenceNode):
     def build(self, values: Mapping[str, Any]) -> None:
         self.segmenter = Segmenter(values["network"], label_mode=values["label_mode"], **predictor_options(values))
 
+    @property
+    def predictor(self) -> Segmenter:
+        return self.segmenter
+
     def check_parameters(self, values: Mapping[str, Any]) -> str | None:
-        """ISR values that make a setting, and whose pools fit the network's feature maps."""
+        """ISR values that make a setting, and whose pools fit the network's feature maps; no ISR
+        change by hand while a frame budget chooses it."""
         try:
             setting = isr_from_values(values)
         except ValueError as error:
             return str(error)
+        if values["frame_budget_ms"] > 0 and not self._writing_isr and self._isr_values_change(values):
+            return ("frame_budget_ms is set: the frame budget chooses the ISR setting; set "
+                    "frame_budget_ms to 0 to choose it yourself")
         size = optional_size(values["input_size"]) or self.last_image_size
         if size is None:
             return None  # no image yet: checked against the first frame (see process)
@@ -169,6 +178,14 @@ class SegNode(InferenceNode):
             where = "input_size" if values["input_size"] else "the last image's network size"
             return f"{error} ({where}; try a smaller isr_ratio)"
         return None
+
+    def _isr_values_change(self, values: Mapping[str, Any]) -> bool:
+        """True when ``values`` change an ISR parameter (compared with the node's current ones)."""
+        names = ("isr_ratio", "isr_encoder", "isr_decoder")
+        if not all(self.has_parameter(name) for name in names):
+            return False  # still declaring
+        return any(list(np.atleast_1d(values[name])) != list(np.atleast_1d(self.get_parameter(name).value))
+                   for name in names)
 
     def apply_parameters(self, values: Mapping[str, Any]) -> None:
         self._settings = SegSettings(values["publish_colored"], values["overlay_alpha"])
@@ -223,12 +240,18 @@ class SegNode(InferenceNode):
             self._write_isr_parameters(event.state.requested, event.message)
         elif event.kind == "fallback" and event.state.fallback_setting is not None:
             self._write_isr_parameters(event.state.fallback_setting, event.message)
+        elif event.kind == "requested" and event.by == "governor":
+            self._write_isr_parameters(event.state.requested, event.message)
 
     def _write_isr_parameters(self, setting: ISRSetting, reason: str) -> None:
         """Set the ISR parameters to ``setting`` (its explicit ratios)."""
-        result = self.set_parameters_atomically([
-            Parameter("isr_encoder", value=list(setting.encoder)),
-            Parameter("isr_decoder", value=list(setting.decoder))])
+        self._writing_isr = True
+        try:
+            result = self.set_parameters_atomically([
+                Parameter("isr_encoder", value=list(setting.encoder)),
+                Parameter("isr_decoder", value=list(setting.decoder))])
+        finally:
+            self._writing_isr = False
         if not result.successful:
             self.warnings.warn("isr_revert", f"could not set the ISR parameters to {setting} "
                                f"({reason}): {result.reason}")
