@@ -1,45 +1,8 @@
-"""Shared test fixtures: where the golden references live, and how a case is read."""
+"""Shared test fixtures. Golden reference cases are read by ``golden_cases.py``."""
 from __future__ import annotations
 
-import json
-import os
-from pathlib import Path
-
-import numpy as np
 import pytest
 import torch
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def reference_root() -> Path:
-    """``$DENSE_PERCEPTION_REFERENCE``, else ``<repo>/../shared/reference`` (where CI has it)."""
-    env = os.environ.get("DENSE_PERCEPTION_REFERENCE")
-    return Path(env) if env else REPO.parent / "shared" / "reference"
-
-
-def reference_cases(family: str) -> list[str]:
-    """Case names under ``<root>/<family>``; fails (never skips) when the folder is missing."""
-    folder = reference_root() / family
-    cases = sorted(p.name[: -len(".keys.json")] for p in folder.glob("*.keys.json"))
-    assert cases, f"no golden reference cases in {folder} (set DENSE_PERCEPTION_REFERENCE)"
-    return cases
-
-
-def load_case(family: str, case: str) -> tuple[dict, dict[str, np.ndarray]]:
-    folder = reference_root() / family
-    meta = json.loads((folder / f"{case}.keys.json").read_text())
-    with np.load(folder / f"{case}.npz") as npz:
-        arrays = {k: npz[k] for k in npz.files}
-    return meta, arrays
-
-
-def assert_close_rel(ours: np.ndarray, ref: np.ndarray, rel: float, what: str) -> None:
-    """The references' rule: max|ours - ref| <= rel * max(1, max|ref|)."""
-    assert ours.shape == ref.shape, f"{what}: shape {ours.shape} vs reference {ref.shape}"
-    err = float(np.abs(ours.astype(np.float64) - ref.astype(np.float64)).max())
-    bound = rel * max(1.0, float(np.abs(ref).max()))
-    assert err <= bound, f"{what}: max |diff| {err:.3g} > {bound:.3g} (rel {rel})"
 
 
 @pytest.fixture(autouse=True)
