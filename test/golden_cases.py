@@ -89,8 +89,9 @@ def load_case(family: str, case_id: str) -> GoldenCase:
     if form == "compact":
         return read_compact(COMPACT_ROOT / family / name)
     if name == "-":
-        missing = reference_root() / family
-        message = (f"full golden cases not found: {missing} is missing (it exists beside the project's own "
+        folder = reference_root() / family
+        state = "holds no *.keys.json" if folder.is_dir() else "is missing"
+        message = (f"full golden cases not found: {folder} {state} (the folder exists beside the project's own "
                    f"checkouts and in CI; set DENSE_PERCEPTION_REFERENCE to point elsewhere); "
                    f"the compact cases in test/golden/{family} ran instead")
         if os.environ.get(REQUIRE_ENV) == "1":
@@ -174,8 +175,8 @@ def read_compact(stem: Path) -> GoldenCase:
         data = {k: npz[k] for k in npz.files}
     arrays = {
         name: ArrayRef(
-            name=name, source=spec["source"], tolerance=float(spec["tolerance"]),
-            scale=max(1.0, float(spec["max_abs"])), shape=tuple(spec["shape"]),
+            name=name, source=spec["source"], tolerance=float(spec["tolerance"] or 0.0),
+            scale=max(1.0, float(spec["max_abs"] or 0.0)), shape=tuple(spec["shape"]),
             leading_channels=bool(spec["leading_channels"]),
             pieces={p: tuple(slice(*s) for s in sl) for p, sl in spec["pieces"].items()},
             exact=bool(spec.get("exact", False)))

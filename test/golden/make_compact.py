@@ -27,8 +27,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # test/, for golden_cases
 from golden_cases import (
-    COMPACT_ROOT, FAMILIES, INPUT_RULE, array_sha256, default_sources, key_list_sha256, read_full,
-    reference_root, seeded_input,
+    COMPACT_ROOT, FAMILIES, INPUT_RULE, array_sha256, default_sources, full_case_names, key_list_sha256,
+    read_full, reference_root, seeded_input,
 )
 
 KIB = 1024
@@ -100,8 +100,9 @@ def compact(family: str, stem: Path) -> tuple[dict, dict[str, np.ndarray]]:
             pieces[piece] = spec
             data[f"{name}.{piece}"] = np.ascontiguousarray(full[tuple(slice(*s) for s in spec)])
         arrays[name] = {
-            "source": sources[name], "tolerance": ref.tolerance,
-            "max_abs": float(np.abs(full).max()),
+            "source": sources[name],
+            "tolerance": None if ref.exact else ref.tolerance,  # labels agree exactly
+            "max_abs": None if ref.exact else float(np.abs(full).max()),
             "shape": list(full.shape), "leading_channels": ref.leading_channels, "exact": ref.exact,
             "pieces": pieces,
         }
@@ -122,11 +123,27 @@ def compact(family: str, stem: Path) -> tuple[dict, dict[str, np.ndarray]]:
     return meta, data
 
 
+def readable_json(value: object, indent: str = "") -> str:
+    """Indented JSON with every list of numbers (or of such lists) on one line."""
+    def numeric(v: object) -> bool:
+        return isinstance(v, (int, float)) or (isinstance(v, list) and all(map(numeric, v)))
+
+    inner = indent + " "
+    if isinstance(value, dict) and value:
+        items = [f"{inner}{json.dumps(k)}: {readable_json(v, inner).strip()}" for k, v in value.items()]
+        text = "{\n" + ",\n".join(items) + f"\n{indent}}}"
+    elif isinstance(value, list) and value and not numeric(value):
+        text = "[\n" + ",\n".join(inner + readable_json(v, inner).strip() for v in value) + f"\n{indent}]"
+    else:
+        text = json.dumps(value)
+    return text + ("\n" if not indent else "")
+
+
 def write(family: str, stem: Path, out_root: Path) -> Path:
     meta, data = compact(family, stem)
     out = out_root / family / meta["case"]
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps(meta, indent=1) + "\n")
+    out.with_suffix(".json").write_text(readable_json(meta))
     np.savez_compressed(out.with_suffix(".npz"), **data)
     return out
 
@@ -138,8 +155,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, default=COMPACT_ROOT, help="where to write (default: test/golden)")
     args = parser.parse_args(argv)
     source = args.source or reference_root()
-    wanted = args.cases or [f"{family}/{p.name[: -len('.keys.json')]}"
-                            for family in FAMILIES for p in sorted((source / family).glob("*.keys.json"))]
+    wanted = args.cases or [f"{family}/{name}" for family in FAMILIES for name in full_case_names(family, source)]
     if not wanted:
         raise SystemExit(f"no full cases under {source} (families {', '.join(FAMILIES)})")
     for item in wanted:
