@@ -9,7 +9,7 @@ import onnx
 import pytest
 import torch
 
-from conftest import assert_close_rel
+from golden_cases import assert_close_rel
 from dense_perception.cli import main as cli_main
 from dense_perception.engines.base import Engine, EngineError
 from dense_perception.engines.export import (
