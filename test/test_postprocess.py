@@ -1,6 +1,8 @@
 """Post-processing: official label path, the fast label mode's disagreement, depth conversion order."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -77,3 +79,41 @@ def test_relative_depth_stays_relative_and_fits_to_metres() -> None:
     assert np.array_equal(inverse, raw[0].numpy())
     metres = relative_to_metres(inverse, scale=0.5, shift=0.0)
     assert np.isnan(metres[0, 0]) and metres[0, 1] == 2.0 and metres[1, 1] == 0.5
+
+
+def test_label_dtype_switches_to_uint16_above_256_classes() -> None:
+    assert label_dtype(1) == np.uint8 and label_dtype(257) == np.uint16
+
+
+def test_labels_come_without_confidence_unless_asked() -> None:
+    logits = torch.randn(1, 4, 3, 5, generator=torch.Generator().manual_seed(2))
+    for mode in ("official", "fast"):
+        labels, confidence = labels_from_logits(logits, (3, 5), (6, 10), mode)
+        assert confidence is None and labels.shape == (6, 10), mode
+
+
+def test_fast_mode_upsamples_labels_and_confidence_by_nearest_neighbour() -> None:
+    """Written out: argmax and top softmax probability at network resolution, then each image pixel
+    takes the value of cell floor(row * h / H), floor(col * w / W)."""
+    logits = torch.randn(1, 6, 4, 5, generator=torch.Generator().manual_seed(3))
+    labels, confidence = labels_from_logits(logits, (32, 40), (10, 13), "fast", with_confidence=True)
+    probabilities = np.exp(logits[0].numpy().astype(np.float64))
+    probabilities /= probabilities.sum(axis=0, keepdims=True)
+    rows = (np.arange(10) * 4) // 10
+    cols = (np.arange(13) * 5) // 13
+    expected_labels = probabilities.argmax(axis=0)[np.ix_(rows, cols)]
+    expected_confidence = probabilities.max(axis=0)[np.ix_(rows, cols)]
+    assert labels.dtype == np.uint8 and np.array_equal(labels, expected_labels)
+    assert confidence.dtype == np.float32
+    np.testing.assert_allclose(confidence, expected_confidence, rtol=1e-5)
+
+
+def test_relative_depth_fit_uses_scale_and_shift_and_stays_quiet() -> None:
+    inverse = np.array([[0.0, 1.0, 3.0], [-2.0, -0.5, np.nan]], np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no divide-by-zero warning for the invalid pixels
+        metres = relative_to_metres(inverse, scale=0.5, shift=0.25)
+    assert metres.dtype == np.float32
+    # 1 / (0.5 d + 0.25): 4 m, 4/3 m, 4/7 m; fitted -0.75, exactly 0 and NaN: no depth
+    np.testing.assert_allclose(metres[0], [4.0, 4 / 3, 4 / 7], rtol=1e-6)
+    assert np.isnan(metres[1]).all()
