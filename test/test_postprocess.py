@@ -5,11 +5,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
 from golden_cases import case_params, load_case
+
 from dense_perception.networks.depth_units import KITTI, MIDAS, NYU
 from dense_perception.pipeline.postprocess import (
-    depth_to_image, label_dtype, labels_from_logits,
+    depth_to_image,
+    label_dtype,
+    labels_from_logits,
 )
 
 
@@ -96,3 +98,28 @@ def test_relative_depth_stays_relative_and_a_fit_converts_it_before_the_resize()
         MIDAS.fitted(float("nan"), 0.0)
 
 
+def test_label_dtype_switches_to_uint16_above_256_classes() -> None:
+    assert label_dtype(1) == np.uint8 and label_dtype(257) == np.uint16
+
+
+def test_labels_come_without_confidence_unless_asked() -> None:
+    logits = torch.randn(1, 4, 3, 5, generator=torch.Generator().manual_seed(2))
+    for mode in ("official", "fast"):
+        labels, confidence = labels_from_logits(logits, (3, 5), (6, 10), mode)
+        assert confidence is None and labels.shape == (6, 10), mode
+
+
+def test_fast_mode_upsamples_labels_and_confidence_by_nearest_neighbour() -> None:
+    """Written out: argmax and top softmax probability at network resolution, then each image pixel
+    takes the value of cell floor(row * h / H), floor(col * w / W)."""
+    logits = torch.randn(1, 6, 4, 5, generator=torch.Generator().manual_seed(3))
+    labels, confidence = labels_from_logits(logits, (32, 40), (10, 13), "fast", with_confidence=True)
+    probabilities = np.exp(logits[0].numpy().astype(np.float64))
+    probabilities /= probabilities.sum(axis=0, keepdims=True)
+    rows = (np.arange(10) * 4) // 10
+    cols = (np.arange(13) * 5) // 13
+    expected_labels = probabilities.argmax(axis=0)[np.ix_(rows, cols)]
+    expected_confidence = probabilities.max(axis=0)[np.ix_(rows, cols)]
+    assert labels.dtype == np.uint8 and np.array_equal(labels, expected_labels)
+    assert confidence.dtype == np.float32
+    np.testing.assert_allclose(confidence, expected_confidence, rtol=1e-5)

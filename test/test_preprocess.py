@@ -13,8 +13,20 @@ import torch
 
 from dense_perception.networks.hrvit import hrvit_size_problem
 from dense_perception.pipeline.preprocess import (
-    DPT_TARGETS, ImageError, as_rgb_uint8, dpt_network_size, edaformer_network_size, hrvit_network_size, kitti_crop,
-    preprocess_dpt, preprocess_edaformer, preprocess_for, preprocess_hrvit, preprocess_vit_comer,
+    DPT_TARGETS,
+    ImageError,
+    as_rgb_uint8,
+    check_input_size,
+    dpt_network_size,
+    edaformer_network_size,
+    hrvit_network_size,
+    kitti_crop,
+    preprocess_dpt,
+    preprocess_edaformer,
+    preprocess_for,
+    preprocess_hrvit,
+    preprocess_vit_comer,
+    rescale_size,
     vit_comer_network_size,
 )
 
@@ -243,3 +255,100 @@ def test_vit_comer_forced_size_must_be_a_multiple_of_32() -> None:
         preprocess_vit_comer(_image(300, 400), input_size=(500, 512))
     with pytest.raises(ValueError, match="ade20k only"):
         preprocess_vit_comer(_image(300, 400), "cityscapes")
+
+# ---- boundaries and dispatch (each test pins a rule a plausible slip would break) ---------------
+def test_dpt_scale_uses_each_sides_own_target_and_ties_go_to_the_height() -> None:
+    # a non-square target: the height's scale is 352/352 = 1 (kept), the width's 1216/2000 is not
+    assert dpt_network_size(352, 2000, DPT_TARGETS["kitti"]) == (352, 1984)  # 62.5 * 32 -> 62 (half to even)
+    # |1 - 0.5| == |1 - 1.5|: the height's scale 0.5 wins, not the width's 1.5
+    assert dpt_network_size(768, 256, (384, 384)) == (384, 128)
+
+
+def test_kitti_crop_accepts_exactly_the_crop_size_and_refuses_one_pixel_less() -> None:
+    exact = _image(352, 1216)
+    assert np.array_equal(kitti_crop(exact), exact)
+    for height, width in ((351, 1216), (352, 1215)):
+        with pytest.raises(ImageError, match=f"got {height}x{width}"):
+            kitti_crop(_image(height, width))
+
+
+def test_float_images_in_the_closed_unit_interval_become_rounded_uint8() -> None:
+    grey = np.array([[0.0, 0.5, 1.0, 0.2]], np.float32)[..., None]
+    rgb = as_rgb_uint8(grey)
+    assert rgb.dtype == np.uint8 and rgb.shape == (1, 4, 3)
+    assert rgb[0, :, 0].tolist() == [0, 128, 255, 51]  # rint(127.5) = 128, rint(51.0) = 51
+    for outside in (-0.01, 1.5):
+        with pytest.raises(ImageError, match=r"must lie in \[0, 1\]"):
+            as_rgb_uint8(np.full((2, 2, 3), outside, np.float32))
+
+
+def test_channels_are_kept_in_order_and_alpha_is_dropped() -> None:
+    rgba = np.array([[[10, 20, 30, 40], [50, 60, 70, 80]]], np.uint8)
+    assert as_rgb_uint8(rgba).tolist() == [[[10, 20, 30], [50, 60, 70]]]
+    assert as_rgb_uint8(np.array([[[9], [8]]], np.uint8)).tolist() == [[[9, 9, 9], [8, 8, 8]]]
+
+
+@pytest.mark.parametrize("bad, message", [
+    (np.zeros((5, 0, 3), np.uint8), "empty image: shape (5, 0, 3)"),
+    ([[1, 2, 3]], "expected a NumPy image array, got list"),
+])
+def test_image_errors_say_exactly_what_is_wrong(bad, message) -> None:
+    with pytest.raises(ImageError) as error:
+        as_rgb_uint8(bad)
+    assert str(error.value) == message
+
+
+def test_forced_sizes_are_positive_multiples() -> None:
+    assert check_input_size((32, 64), 32) == (32, 64), "a side equal to the multiple is fine"
+    assert check_input_size((33.0, 7), 1) == (33, 7)
+    with pytest.raises(ValueError) as error:
+        check_input_size((0, 64))
+    assert str(error.value) == "network input size must be positive, got 0x64"
+    with pytest.raises(ValueError) as error:
+        check_input_size((48, 64), 32)
+    assert str(error.value) == "network input size must be positive multiples of 32, got 48x64"
+    # EDAFormer takes any forced size (no multiple), e.g. odd sides
+    assert preprocess_edaformer(_image(40, 50), "ade20k", input_size=(33, 65)).network_size == (33, 65)
+
+
+def test_rescale_never_gives_an_empty_side() -> None:
+    # a 1-pixel-high panorama: factor 2048/10000 would round the height to 0
+    assert rescale_size(1, 10000, (2048, 512)) == (1, 2048)
+    assert rescale_size(10000, 1, (2048, 512)) == (2048, 1)
+
+
+def test_aligned_size_rounds_each_side_up_to_32() -> None:
+    # a portrait image: the height (683) is the side that needs rounding up, to 704
+    assert edaformer_network_size(683, 512, "ade20k") == (704, 512)
+    out = preprocess_edaformer(_image(683, 512, seed=2), "ade20k")
+    assert out.network_size == (704, 512)
+    official = _official_edaformer_input(cv2.cvtColor(_image(683, 512, seed=2), cv2.COLOR_RGB2BGR), (2048, 512), True)
+    assert np.array_equal(out.tensor.numpy(), official)
+
+
+def test_edaformer_defaults_to_ade20k_and_names_unknown_datasets() -> None:
+    image = _image(48, 64)
+    assert torch.equal(preprocess_edaformer(image).tensor, preprocess_edaformer(image, "ade20k").tensor)
+    with pytest.raises(ValueError) as error:
+        preprocess_edaformer(image, "voc")
+    assert str(error.value) == "unknown dataset 'voc'; choose from ['ade20k', 'cityscapes', 'cocostuff']"
+
+
+@pytest.mark.parametrize("family, dataset", [("dpt", "kitti"), ("dpt", "nyu"), ("edaformer", "cityscapes")])
+def test_preprocess_for_dispatches_to_the_family_with_its_dataset(family: str, dataset: str) -> None:
+    image = _image(360, 1230, seed=4)
+    direct = (preprocess_dpt(image, DPT_TARGETS[dataset]) if family == "dpt"
+              else preprocess_edaformer(image, dataset))
+    via = preprocess_for(family, dataset, image)
+    assert via.network_size == direct.network_size and torch.equal(via.tensor, direct.tensor)
+    forced = preprocess_for(family, dataset, image, (64, 96))
+    assert forced.network_size == (64, 96) and forced.image_size == (360, 1230)
+
+
+def test_preprocess_for_rejects_other_families() -> None:
+    with pytest.raises(ValueError) as error:
+        preprocess_for("vit", "ade20k", _image(8, 8))
+    message = str(error.value)
+    assert message.startswith("unknown network family 'vit'; choose from dpt, edaformer, ")
+    choices = message.split("choose from ")[1].split(", ")
+    assert choices == sorted(choices) and {"hrvit", "vit_comer"} <= set(choices)
