@@ -30,7 +30,7 @@ from dense_perception.engines.tensorrt_engine import (
 from dense_perception.networks import ISRSetting, build_network
 from dense_perception.networks.common import fill_reference_weights
 from fake_tensorrt import FakeCuda, FakeTensorRT, FakeTensorRTMisuse, tiny_onnx
-from gpu_support import tensorrt_marks, with_marks
+from gpu_support import FP16_BOUND, tensorrt_marks, with_marks
 
 EDA = "edaformer_t_ade20k"
 H = W = 64
@@ -531,11 +531,6 @@ def test_segmenter_on_onnxruntime_switches_without_blocking(eda, graphs, tmp_pat
 
 
 # ---- real TensorRT (pytest -m tensorrt) -----------------------------------------------------------
-#: TensorRT fp16 engines against ONNX Runtime's fp32 run of the same network, relative to
-#: max(1, max|reference|) as the golden cases' rule (the torch CUDA engine's fp16 bound, test_gpu.py).
-FP16_BOUND = 5e-3
-
-
 def gpu_copy(net: torch.nn.Module, device: str = "cuda") -> torch.nn.Module:
     copy = build_network(EDA)
     copy.load_state_dict(net.state_dict())
