@@ -11,9 +11,10 @@ import torch
 
 #: fp16 results against float32 references, relative to max(1, max|reference|) like the golden cases'
 #: tolerances: what fp16 can catch is overflow and gross mistakes (fp32 catches the eps-level ones).
-#: Estimated with CPU autocast fp16 on the CI machine: EDAFormer-T logits 5e-4 and stage outputs up to
-#: 2.5e-3; DPT-Hybrid pre_relu 6e-4, layer1..4 2.3e-3 / 9.1e-3 / 4.9e-2 / 5.2e-2 (rounding grows through
-#: the ViT blocks); about 3x headroom for CUDA's and TensorRT's kernels. The CUDA figures are in
+#: Estimated with CPU autocast fp16 on the CI machine, on the golden cases: EDAFormer-T logits 5e-4 and
+#: stage outputs up to 2.5e-3; DPT-Hybrid pre_relu 6e-4, layer1..4 2.3e-3 / 9.1e-3 / 4.9e-2 / 5.2e-2 (the
+#: hybrid's ResNet stem in fp16; the same at 192x192); DPT-Large (at 192x192) pre_relu 9e-5, layer1..4
+#: about 1e-3. About 3x headroom for CUDA's and TensorRT's kernels; the CUDA figures are in
 #: bench/RESULTS.md (the section scripts/gpu_check.sh writes).
 FP16_BOUND = 1e-2
 FP16_BOUND_DPT_LAYERS = 1.5e-1
