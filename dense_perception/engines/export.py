@@ -36,6 +36,7 @@ import io
 import logging
 import os
 import tempfile
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -337,6 +338,19 @@ class GraphCache:
             return path
         log.info("exporting %s: %s", path, problem)
         return write_graph(self.net, wanted, path, self.calibration)
+
+
+#: ``torch.onnx.export`` keeps module-level state: exports from several threads (the background ISR
+#: builds of several engines) take turns under this lock.
+EXPORT_LOCK = threading.Lock()
+
+
+def private_export_copy(net: nn.Module) -> nn.Module:
+    """A CPU copy of an ISR network for a background exporter, so that ``set_isr`` on the caller's network
+    cannot change it mid-trace; networks without ISR never change and are shared."""
+    if not hasattr(net, "set_isr"):
+        return net
+    return copy.deepcopy(net).cpu().eval()
 
 
 def _cache_problem(path: Path, wanted: GraphInfo) -> str | None:
