@@ -1,4 +1,5 @@
-"""Atomic file writes: a reader sees the old file or the whole new one, never half of it.
+"""Atomic file writes: a reader sees the old file or the whole new one, never half of it; and staged
+outputs (:class:`StagedOutput`, a run's bag or folder), moved into place only when complete.
 
 Every file the package writes for later reuse (ONNX graphs, engine-cache entries, checkpoints,
 verification pins) goes through :func:`atomic_path`: the content is written to a hidden temporary
@@ -63,3 +64,42 @@ def atomic_write_bytes(path: str | os.PathLike, chunks: bytes | list[bytes], mod
         for part in parts:
             handle.write(part)
     return Path(path)
+
+
+class StagedOutput:
+    """An output (a file or a folder) built under a temporary name beside its destination and moved
+    there only when it is complete, so a destination never holds half an output.
+
+    ``folder`` is a new private folder ``.<name>.<random>.partial`` in the destination's folder (same
+    file system, so the final move is a rename); build the output inside it, then :meth:`commit` it,
+    or :meth:`discard` everything. A process killed outright leaves only that hidden folder, which
+    blocks nothing. ``OSError`` when the destination's folder cannot be written.
+    """
+
+    def __init__(self, target: str | os.PathLike) -> None:
+        self.target = Path(target).absolute()
+        self.target.parent.mkdir(parents=True, exist_ok=True)
+        self.folder = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.", suffix=".partial",
+                                            dir=self.target.parent))
+
+    def commit(self, produced: str | os.PathLike) -> Path:
+        """Move ``produced`` (inside :attr:`folder`) to the destination and remove the stage.
+
+        An empty folder at the destination is replaced; anything else there is never overwritten
+        (``FileExistsError``, the stage is kept so nothing is lost).
+        """
+        if self.target.is_dir() and not self.target.is_symlink() and not any(self.target.iterdir()):
+            self.target.rmdir()
+        if self.target.exists() or self.target.is_symlink():
+            raise FileExistsError(f"{self.target} appeared while the run was writing; the output is "
+                                  f"left in {self.folder}")
+        os.rename(produced, self.target)
+        _fsync_dir(self.target.parent)
+        self.discard()
+        return self.target
+
+    def discard(self) -> None:
+        """Remove the stage and everything in it (nothing at the destination is touched)."""
+        import shutil
+
+        shutil.rmtree(self.folder, ignore_errors=True)

@@ -24,6 +24,11 @@ class UsageError(Exception):
     """A problem with what the user asked for; printed as one line, exit status 2."""
 
 
+class OutputError(OSError):
+    """An output that cannot be written (permission, disk full); printed as one line, exit status 1.
+    The message names the output and the reason."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dense-perception",
@@ -47,6 +52,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, ValueError, FileNotFoundError) as exc:
         print(f"dense-perception {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OutputError as exc:  # cannot write the output: permission, disk full
+        print(f"dense-perception {args.command}: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"dense-perception {args.command}: interrupted", file=sys.stderr)
         return 130
