@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,6 +56,28 @@ def atomic_path(target: str | os.PathLike, mode: int | None = None, durable: boo
         raise
     if durable:
         _fsync_dir(target.parent)
+
+
+def untrusted_reason(path: Path, folder: bool = False) -> str | None:
+    """Why ``path`` must not be trusted as a cache file (or folder), as ssh judges key files: a
+    symbolic link, not a regular file (folder), not owned by the current user, or writable by
+    group or others. None when it may be used."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return "missing"
+    if stat.S_ISLNK(info.st_mode):
+        return "a symbolic link"
+    if folder and not stat.S_ISDIR(info.st_mode):
+        return "not a folder"
+    if not folder and not stat.S_ISREG(info.st_mode):
+        return "not a regular file"
+    if info.st_uid != os.geteuid():
+        return f"owned by uid {info.st_uid}, not by you (uid {os.geteuid()})"
+    if info.st_mode & 0o022:
+        who = {0o022: "group and others", 0o020: "group", 0o002: "others"}[info.st_mode & 0o022]
+        return f"writable by {who} (mode {stat.S_IMODE(info.st_mode):o})"
+    return None
 
 
 def atomic_write_bytes(path: str | os.PathLike, chunks: bytes | list[bytes], mode: int = 0o600) -> Path:

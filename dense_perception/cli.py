@@ -52,8 +52,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, ValueError, FileNotFoundError) as exc:
         print(f"dense-perception {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except OutputError as exc:  # cannot write the output: permission, disk full
-        print(f"dense-perception {args.command}: error: {exc}", file=sys.stderr)
+    except OSError as exc:  # cannot write the output (OutputError), read a file, reach a server
+        text = str(exc) if isinstance(exc, OutputError) or not exc.filename else (
+            f"{exc.filename}: {exc.strerror or exc}")
+        print(f"dense-perception {args.command}: error: {' '.join(text.split())}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - the package's own errors: one line, no traceback
+        if not type(exc).__module__.startswith("dense_perception."):
+            raise  # a bug: keep its traceback
+        print(f"dense-perception {args.command}: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"dense-perception {args.command}: interrupted", file=sys.stderr)

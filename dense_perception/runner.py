@@ -156,9 +156,14 @@ def resolve_checkpoint(network: str, explicit: str | Path | None, search: bool =
     why and how to get the file (``dense_perception.weights.download_hint``).
     """
     if explicit is not None:
+        from .networks.checkpoint import CheckpointError, file_problem
+
         path = Path(explicit)
-        if not path.is_file():
+        problem = file_problem(str(path))
+        if problem == "does not exist":
             raise FileNotFoundError(f"{path}: checkpoint file not found")
+        if problem is not None:
+            raise CheckpointError(f"checkpoint {path} {problem}")
         return CheckpointChoice(path, f"{network}: checkpoint {path}")
     if not search:
         return CheckpointChoice(None, f"{network}: UNTRAINED weights (asked for with --untrained)")
@@ -167,8 +172,9 @@ def resolve_checkpoint(network: str, explicit: str | Path | None, search: bool =
         reason = "the checkpoint catalogue (dense_perception.weights) is not available"
     else:
         found = weights.find_checkpoint(network)
-        if found is not None:
-            return CheckpointChoice(Path(found), f"{network}: checkpoint {found}")
+        if found is not None:  # verified before use: its pin, else a full check (CheckpointError)
+            weights.ensure_verified(found, network)
+            return CheckpointChoice(Path(found), f"{network}: checkpoint {found} (verified)")
         reason = "no checkpoint under models/"
         if not download:
             reason += " and downloads are off (--no-download)"

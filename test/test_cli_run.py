@@ -392,7 +392,7 @@ def test_signal_leaves_a_valid_bag(tmp_path: Path, signum: int, status: int) -> 
         time.sleep(0.05)
     process.send_signal(signum)  # stop after the frame in progress
     stdout, _ = process.communicate(timeout=60)
-    reader.join(timeout=5)
+    reader.join(timeout=60)  # the pipe closed with the process: the thread ends with its last bytes
     stderr = b"".join(stderr_chunks).decode()
     assert process.returncode == status, stderr
     assert b"interrupted" in stdout
