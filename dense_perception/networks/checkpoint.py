@@ -97,21 +97,25 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     try:
         obj = _load_weights_only(path)
     except Exception as exc:  # torch.load raises many types on garbage (IndexError, KeyError, ...)
-        raise CheckpointError(f"{path!r} is not a readable PyTorch checkpoint: {_diagnosis(exc)}") from exc
+        raise CheckpointError(f"{path!r} is not a readable PyTorch checkpoint: "
+                              f"{_diagnosis(exc, _starts_like_zip(path))}") from exc
     return unwrap_checkpoint(obj, source=path)
 
 
-def _diagnosis(exc: BaseException) -> str:
+def _starts_like_zip(path: str) -> bool:
+    with open(path, "rb") as handle:
+        return handle.read(4) == b"PK\x03\x04"
+
+
+def _diagnosis(exc: BaseException, zip_format: bool) -> str:
     """What a torch.load failure means, then torch's informative lines (without its generic advice)."""
     text = " ".join(str(exc).split())
-    if "central directory" in text or "failed reading zip archive" in text:
-        what = "truncated or corrupt (its zip archive's index is missing or damaged)"
-    elif isinstance(exc, pickle.UnpicklingError) and "WeightsUnpickler" in text:
+    if "WeightsUnpickler" in text or "weights_only" in text.lower():
         what = "it holds objects that safe (weights_only) loading refuses"
-    elif isinstance(exc, (pickle.UnpicklingError, EOFError)) or "invalid load key" in text:
-        what = "not a PyTorch checkpoint (another format, or a truncated legacy file)"
+    elif zip_format:
+        what = "truncated or corrupt (a zip archive, torch's format, that cannot be read whole)"
     else:
-        what = "unreadable"
+        what = "not a PyTorch checkpoint (another format, or a damaged file of torch's legacy format)"
     return f"{what}: {_reason(exc)}"
 
 
