@@ -45,6 +45,10 @@ OUT and valid either way, and the exit status is 130 (Ctrl-C) or 143 (SIGTERM). 
 written under a temporary name beside OUT and appears there only when closed: a failed run, or one
 that cannot write (permission, disk full: one line, exit status 1), leaves nothing behind.
 
+files: checkpoints are looked for in $DENSE_PERCEPTION_MODELS (else ./models) and verified before use;
+ONNX Runtime graphs and TensorRT engines are cached in $DENSE_PERCEPTION_CACHE (else
+$XDG_CACHE_HOME/dense_perception/engines, else ~/.cache/dense_perception/engines).
+
 metadata: the bag's custom_data (run.json for files) records the networks, the weights' identity
 (checkpoint file, or untrained with its seed, and the weights' sha256), backends, precision, the ISR
 setting served and the network input sizes; the bag's own metadata counts messages per topic, and
