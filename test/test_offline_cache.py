@@ -1,6 +1,6 @@
 """Engine-cache faults with real ONNX Runtime graphs (EDAFormer-T, untrained, 64x64: a few seconds each):
-a corrupted graph is rebuilt and serves the labels of a fresh run; foreign files and symbolic links in
-the cache folder are refused; an unusable cache folder means no cache, not failures; two processes
+a corrupted graph is rebuilt and serves the labels of a fresh run; foreign files, files writable by
+others and symbolic links in the cache folder are refused; an unusable cache folder means no cache, not failures; two processes
 draw the same untrained weights and share one cache entry."""
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 
 from bag_fixtures import gradient_image
 from dense_perception.api import Segmenter
-from dense_perception.engines.cache import MANIFEST_SUFFIX
+from dense_perception.engines.cache import MANIFEST_SUFFIX, manifest_problem, write_manifest
 
 REPO = Path(__file__).resolve().parents[1]
 SIZE = (64, 64)
@@ -65,23 +65,35 @@ def test_corrupted_graph_is_rebuilt_and_labels_equal_a_fresh_run(fresh, image, t
     assert graph.read_bytes() == graphs(fresh[0])[0].read_bytes()  # rebuilt, identical
 
 
-def test_foreign_file_and_symlink_in_the_cache_are_refused(fresh, image, tmp_path: Path, caplog) -> None:
+def test_symlink_in_the_cache_is_refused_and_never_written_through(fresh, image, tmp_path: Path, caplog) -> None:
     folder = copy_cache(fresh[0], tmp_path / "cache")
     (graph,) = graphs(folder)
-    graph.chmod(0o666)  # anyone could have rewritten it
-    with caplog.at_level(logging.WARNING):
-        np.testing.assert_array_equal(segment(folder, image), fresh[1])
-    assert "writable by group and others" in caplog.text
-    assert graph.stat().st_mode & 0o022 == 0  # replaced by a file of the cache's own
     planted = tmp_path / "planted.onnx"
     planted.write_bytes(graph.read_bytes())
     graph.unlink()
     graph.symlink_to(planted)
-    caplog.clear()
     with caplog.at_level(logging.WARNING):
         np.testing.assert_array_equal(segment(folder, image), fresh[1])
     assert "symbolic link" in caplog.text and not graph.is_symlink()
     assert planted.read_bytes() == graph.read_bytes()  # the link's target was never written
+
+
+def test_graph_or_manifest_writable_by_others_or_foreign_is_refused(fresh, tmp_path: Path) -> None:
+    folder = copy_cache(fresh[0], tmp_path / "cache")
+    (graph,) = graphs(folder)
+    manifest = folder / (graph.name + MANIFEST_SUFFIX)
+    assert manifest_problem(graph) is None
+    graph.chmod(0o666)  # anyone could have rewritten it
+    assert "writable by group and others" in manifest_problem(graph)
+    graph.chmod(0o600)
+    manifest.chmod(0o622)
+    assert "its manifest is writable by group and others" in manifest_problem(graph)
+    manifest.unlink()  # a graph the cache did not make (or whose manifest is gone)
+    assert "no manifest" in manifest_problem(graph)
+    if os.geteuid() == 0:
+        write_manifest(graph, "onnx graph")
+        os.chown(graph, 12345, -1)
+        assert "owned by uid 12345" in manifest_problem(graph)
 
 
 def test_unusable_cache_folder_means_no_cache_and_one_warning(fresh, image, tmp_path: Path, caplog) -> None:
