@@ -84,21 +84,35 @@ class SegmentationResult:
     untrained: bool = False
 
 
+#: Seed of untrained weights: the same network gets the same random weights in every process, so
+#: its outputs and its engine-cache entries are the same from run to run.
+UNTRAINED_SEED = 0
+
+
 @dataclass
 class _Loaded:
     net: torch.nn.Module
     meta: dict[str, Any] = field(default_factory=dict)
     untrained: bool = True
+    source: str = f"untrained (seed {UNTRAINED_SEED})"
+
+
+def build_untrained(name: str) -> torch.nn.Module:
+    """Network ``name`` with weights drawn from :data:`UNTRAINED_SEED` (the caller's random state is
+    left as it was)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(UNTRAINED_SEED)
+        return build_network(name)
 
 
 def _load_network(name: str, checkpoint: str | os.PathLike | None) -> _Loaded:
-    net = build_network(name)
+    net = build_untrained(name)
     if checkpoint is None:
-        log.warning("%s: no checkpoint given — running with UNTRAINED random weights; results are "
-                    "meaningless (see models/README.md for the official files)", name)
+        log.warning("%s: no checkpoint given — running with UNTRAINED random weights (seed %d); results "
+                    "are meaningless (see models/README.md for the official files)", name, UNTRAINED_SEED)
         return _Loaded(net)
     ckpt = load_checkpoint(net, checkpoint)
-    return _Loaded(net, dict(ckpt.meta), untrained=False)
+    return _Loaded(net, dict(ckpt.meta), untrained=False, source=f"checkpoint {Path(checkpoint).name}")
 
 
 def _as_isr(value: ISRSetting | int | str) -> ISRSetting:
@@ -180,6 +194,7 @@ class _Predictor:
         self.calibration = tuple(calibration) if calibration else None
         log.info("%s: backend %s on %s (%s)", network, self.backend, self.device, reason)
         self._loaded = _load_network(network, checkpoint)
+        self._weights_identity: str | None = None
         #: where fixed-shape backends cache their graphs and engines
         self.engine_dir = Path(engine_dir) if engine_dir else default_engine_dir()
         self._engines: dict[tuple[int, int], Engine] = {}
@@ -198,6 +213,16 @@ class _Predictor:
     @property
     def untrained(self) -> bool:
         return self._loaded.untrained
+
+    @property
+    def weights_identity(self) -> str:
+        """Where the weights came from and their digest (the one engine caches are keyed by):
+        ``checkpoint X.pt, weights sha256 0123…`` or ``untrained (seed 0), weights sha256 …``."""
+        if self._weights_identity is None:
+            from .engines.export import weights_digest
+
+            self._weights_identity = f"{self._loaded.source}, weights sha256 {weights_digest(self._loaded.net)}"
+        return self._weights_identity
 
     @property
     def network(self) -> str:

@@ -340,7 +340,8 @@ def test_cli_engines(tmp_path, capsys) -> None:
     out = capsys.readouterr().out
     assert "timing cache  tensorrt 10.3.0  Fake GPU" in out and "junk-0.engine  UNUSABLE" in out
     assert cli_main(["engines", "--dir", str(folder), "clear"]) == 0
-    assert "removed 2 file(s)" in capsys.readouterr().out
+    assert "removed 1 file(s)" in capsys.readouterr().out  # the cache's own entry only
+    assert [p.name for p in folder.iterdir()] == ["junk-0.engine"]  # not the cache's: left alone
 
 
 # ---- the background switch with fake engines ---------------------------------------------------

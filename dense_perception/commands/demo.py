@@ -19,7 +19,8 @@ untrained weights, and every output says UNTRAINED.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+import signal
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -123,6 +124,12 @@ class DemoWriter:
                  tb: TracebackType | None) -> None:
         self.bag.__exit__(exc_type, exc, tb)
 
+    def annotate(self, notes: Mapping[str, str]) -> None:
+        self.bag.annotate(notes)
+
+    def counts(self) -> dict[str, int]:
+        return self.bag.counts()
+
     def write(self, outputs: FrameOutputs) -> None:
         write_png(self.path / "depth.png", outputs.depth_colored)
         write_png(self.path / "labels_overlay.png", outputs.seg_colored)
@@ -182,5 +189,5 @@ def _run_demo(args: argparse.Namespace, folder: Path, image: Path) -> int:
     (folder / "README.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))
     if summary.interrupted:
-        return 130
+        return 128 + int(getattr(signal, summary.signal or "SIGINT"))
     return 0 if summary.written else 1

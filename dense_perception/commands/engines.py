@@ -3,7 +3,8 @@
 
 ``build`` makes the engines (TensorRT) or graphs (ONNX Runtime) for one network, input size and precision,
 for one ISR setting and/or a list (``--isr-prebuild "1;2;[16,8,2,1]-[2,4,8]"``), so a robot starts without
-building. ``list`` shows each file with what it was made for; ``clear`` removes them (one network's, or all).
+building. ``list`` shows each file with what it was made for; ``clear`` removes them (one network's, or all):
+only what the cache created (entries of its format, graphs with its manifest), never changing a folder's mode.
 """
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from ..engines.base import BACKEND_PRECISIONS, EngineError
-from ..engines.cache import CACHE_ENV, EngineCache, default_engine_dir
+from ..engines.cache import (CACHE_ENV, EngineCache, default_engine_dir, manifest_path, remove_artefact,
+                             untrusted_reason)
 from ..engines.export import read_graph_info
 from ..networks import ISRSetting, available_networks
 from ..networks.isr import isr_problem
@@ -120,17 +122,24 @@ def _rows(folder: Path) -> list[str]:
 
 
 def _clear(folder: Path, network: str | None) -> int:
+    """Remove what the cache created (entries, and graphs with a manifest), never another file,
+    never a folder's mode."""
     cache = EngineCache(folder)
     removed = cache.clear(keep=lambda e: network is not None and (e.key or {}).get("network") != network)
+    left = []
     for path in sorted(folder.glob("*.onnx")):
+        if untrusted_reason(manifest_path(path)) is not None or untrusted_reason(path) is not None:
+            left.append(path)  # not made by the cache (no manifest of the user's): not ours to delete
+            continue
         try:
             mine = network is None or read_graph_info(path).network == network
         except EngineError:
             mine = network is None
         if mine:
-            path.unlink()
+            remove_artefact(path)
             removed.append(path)
-    print(f"removed {len(removed)} file(s) from {folder}")
+    print(f"removed {len(removed)} file(s) from {folder}"
+          + (f"; left {len(left)} .onnx file(s) the cache did not create" if left else ""))
     return 0
 
 

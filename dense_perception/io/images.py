@@ -71,6 +71,11 @@ WRITABLE_ENCODINGS: dict[str, tuple[str, int]] = {
 _CV_BRIDGE_ALIASES = {"uyvy": "yuv422", "yuyv": "yuv422_yuy2"}
 
 
+#: Largest input image (width x height) accepted by default, by the ROS nodes (``max_input_pixels``)
+#: and the command line (``--max-input-pixels``): 4096 x 3072 (12.6 MP) covers 4K (UHD and DCI) cameras.
+DEFAULT_MAX_INPUT_PIXELS = 4096 * 3072
+
+
 class ImageFormatError(ValueError):
     """An image message that cannot be converted; the message is a one-line reason."""
 
@@ -81,12 +86,14 @@ def bytes_per_pixel(encoding: str) -> int:
     return np.dtype(dtype).itemsize * channels
 
 
-def check_pixels(width: int, height: int, max_pixels: int | None, what: str = "image") -> None:
-    """``ImageFormatError`` when a ``width`` x ``height`` image exceeds ``max_pixels`` (None: no limit)."""
+def check_pixels(width: int, height: int, max_pixels: int | None, what: str = "image",
+                 setting: str = "parameter max_input_pixels") -> None:
+    """``ImageFormatError`` when a ``width`` x ``height`` image exceeds ``max_pixels`` (None: no limit);
+    the message names ``setting``, where the limit is changed."""
     if max_pixels is not None and int(width) * int(height) > max_pixels:
         raise ImageFormatError(
             f"{what} of {width}x{height} = {int(width) * int(height):,} pixels exceeds the limit of "
-            f"{max_pixels:,} pixels (parameter max_input_pixels)")
+            f"{max_pixels:,} pixels ({setting})")
 
 
 def compressed_image_size(data: Any, fmt: str = "") -> tuple[int, int]:
@@ -110,15 +117,16 @@ def compressed_image_size(data: Any, fmt: str = "") -> tuple[int, int]:
         raise ImageFormatError(f"compressed image ({fmt}) is implausibly large: {err}") from None
 
 
-def check_message_size(msg: Any, max_pixels: int | None) -> None:
+def check_message_size(msg: Any, max_pixels: int | None,
+                       setting: str = "parameter max_input_pixels") -> None:
     """Reject an Image or CompressedImage above ``max_pixels`` before it is decoded or copied."""
     if max_pixels is None:
         return
     if hasattr(msg, "format"):
         width, height = compressed_image_size(msg.data, str(msg.format))
-        check_pixels(width, height, max_pixels, f"compressed image ({msg.format})")
+        check_pixels(width, height, max_pixels, f"compressed image ({msg.format})", setting)
     else:
-        check_pixels(int(msg.width), int(msg.height), max_pixels)
+        check_pixels(int(msg.width), int(msg.height), max_pixels, setting=setting)
 
 
 def image_array(msg: Any) -> np.ndarray:
@@ -202,10 +210,12 @@ def compressed_image_to_rgb(msg: Any) -> np.ndarray:
     return cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
 
 
-def message_to_rgb(msg: Any, max_pixels: int | None = None) -> np.ndarray:
+def message_to_rgb(msg: Any, max_pixels: int | None = None,
+                   setting: str = "parameter max_input_pixels") -> np.ndarray:
     """RGB ``uint8`` ``[H, W, 3]`` from an Image or a CompressedImage (told apart by ``format``);
-    images above ``max_pixels`` are rejected before they are decoded (:func:`check_message_size`)."""
-    check_message_size(msg, max_pixels)
+    images above ``max_pixels`` are rejected before they are decoded (:func:`check_message_size`;
+    the message names ``setting``)."""
+    check_message_size(msg, max_pixels, setting)
     if hasattr(msg, "format"):
         return compressed_image_to_rgb(msg)
     return image_to_rgb(msg)

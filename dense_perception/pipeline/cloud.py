@@ -251,7 +251,7 @@ def build_cloud(depth_m: np.ndarray, K: np.ndarray, rgb: np.ndarray | None = Non
 
 def _fill_cloud(shape: tuple[int, ...], x: np.ndarray, y: np.ndarray, z: np.ndarray,
                 packed_rgb: np.ndarray | None, labels: np.ndarray | None) -> np.ndarray:
-    cloud = np.empty(shape, dtype=CLOUD_DTYPE)
+    cloud = np.zeros(shape, dtype=CLOUD_DTYPE)  # zeros: the padding bytes are written out too
     cloud["x"], cloud["y"], cloud["z"] = x, y, z
     cloud["rgb"] = 0.0 if packed_rgb is None else packed_rgb
     cloud["label"] = NO_LABEL if labels is None else labels

@@ -105,6 +105,9 @@ def preprocess_dpt(image_rgb: np.ndarray, target: tuple[int, int] = DPT_TARGETS[
                    input_size: tuple[int, int] | None = None) -> NetworkInput:
     """DPT/MiDaS input: float64 [0, 1] image, OpenCV cubic resize, ``(x - 0.5) / 0.5``, float32 NCHW.
 
+    Bit for bit the official transform, computed one channel at a time, so no float64 copy of the whole
+    image exists (a 12-megapixel photograph: 96 MB per channel instead of 288 MB, twice).
+
     ``target`` is the official (height, width) of the keep-aspect resize; ``input_size`` instead forces
     an exact network size (multiples of 32; aspect not kept), e.g. for fixed-shape engines.
     """
@@ -114,9 +117,13 @@ def preprocess_dpt(image_rgb: np.ndarray, target: tuple[int, int] = DPT_TARGETS[
         net_h, net_w = check_input_size(input_size, 32)
     else:
         net_h, net_w = dpt_network_size(height, width, target)
-    image = rgb.astype(np.float64) / 255.0
-    image = cv2.resize(image, (net_w, net_h), interpolation=cv2.INTER_CUBIC)
-    normalised = ((image - 0.5) / 0.5).astype(np.float32)
+    normalised = np.empty((net_h, net_w, 3), dtype=np.float32)
+    for channel in range(3):  # one float64 channel at a time: a third of the memory, the same bits
+        plane = rgb[..., channel].astype(np.float64)
+        plane /= 255.0
+        resized = cv2.resize(plane, (net_w, net_h), interpolation=cv2.INTER_CUBIC)
+        del plane
+        normalised[..., channel] = (resized - 0.5) / 0.5
     return NetworkInput(_to_batch(normalised), (height, width), (net_h, net_w))
 
 

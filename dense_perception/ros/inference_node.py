@@ -34,7 +34,7 @@ from sensor_msgs.msg import CompressedImage, Image
 
 from ..api import BACKENDS, frame_budget_problem
 from ..engines.base import PRECISIONS
-from ..io.images import ImageFormatError, message_to_rgb
+from ..io.images import DEFAULT_MAX_INPUT_PIXELS, ImageFormatError, message_to_rgb
 from ..pipeline.preprocess import check_input_size
 from .compat import SubscriptionEventCallbacks
 from .diagnostics import FrameDiagnostics, FrameTiming
@@ -43,8 +43,6 @@ from .qos import QOS_PARAMETERS, qos_from_parameters
 from .runtime import ClosingNode, ThrottledWarnings, forward_python_logging
 from .sync import LatestFrameWorker, StampKey, stamp_key
 
-#: Default of ``max_input_pixels``: 4096 x 3072 (12.6 MP) covers 4K (UHD and DCI) cameras.
-DEFAULT_MAX_INPUT_PIXELS = 4096 * 3072
 #: Frames kept by stamp for :meth:`InferenceNode.require_stamp` (a claim arrives within a frame or two).
 RECENT_FRAMES = 8
 
