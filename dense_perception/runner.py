@@ -28,6 +28,7 @@ import signal
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -210,6 +211,7 @@ class ModelOptions:
     isr: Any = 1  # ISRSetting or int ratio
     depth_scale: float | None = None
     depth_shift: float | None = None
+    frame_budget_ms: float = 0.0  # each network holds it (0 = off); see api.frame_budget_problem
 
 
 @dataclass
@@ -237,10 +239,12 @@ def load_models(options: ModelOptions) -> Models:
     depth = DepthEstimator(options.depth, checkpoint=depth_ckpt.path, backend=options.backend,
                            precision=options.precision, device=options.device,
                            input_size=options.input_size, depth_scale=options.depth_scale,
-                           depth_shift=options.depth_shift, calibration=options.calibration)
+                           depth_shift=options.depth_shift, calibration=options.calibration,
+                           frame_budget_ms=options.frame_budget_ms)
     seg = Segmenter(options.seg, checkpoint=seg_ckpt.path, backend=options.backend,
                     precision=options.precision, device=options.device,
-                    input_size=options.input_size, isr=options.isr, calibration=options.calibration)
+                    input_size=options.input_size, isr=options.isr, calibration=options.calibration,
+                    frame_budget_ms=options.frame_budget_ms)
     return Models(depth, seg, [depth_ckpt.note, seg_ckpt.note])
 
 
@@ -280,6 +284,8 @@ class FrameProcessor:
         self._range: StableRange | None = None
         #: network input sizes served so far, per task (for the summary and the metadata)
         self.network_sizes: dict[str, set[tuple[int, int]]] = {"depth": set(), "seg": set()}
+        #: frames served per ISR setting (a frame budget may change it along the run)
+        self.isr_frames: Counter[str] = Counter()
         # the package's one pairing of a cloud's inputs (the ROS nodes' too); frames come one at
         # a time and in order here, so they are keyed by their sequence number, not by stamp
         # (a recording may hold two frames with one stamp)
@@ -307,6 +313,7 @@ class FrameProcessor:
         labels = seg_result.labels
         self.network_sizes["depth"].add(tuple(depth_result.network_size))
         self.network_sizes["seg"].add(tuple(seg_result.network_size))
+        self.isr_frames[str(seg_result.isr)] += 1
         self._pairing.add("labels", key, labels)
         self._pairing.add("color", key, rgb)
         paired = self._pairing.add_depth(key, depth_result, CLOUD_INPUTS)[-1]
@@ -345,6 +352,19 @@ class FrameProcessor:
         def sizes(task: str) -> str:
             return ", ".join(f"{h}x{w}" for h, w in sorted(self.network_sizes[task])) or "none yet"
 
+        def budget(predictor: Any, task: str) -> str:
+            state = predictor.budget_state
+            if state is None:
+                return f"{task} off"
+            details = ", ".join(f"{key} {value}" for key, value in state.describe().items()
+                                if key != "frame budget")
+            return f"{task} {1e3 * state.budget_s:.0f} ms ({details})"
+
+        if len(self.isr_frames) > 1:  # the budget switched settings: how many frames each served
+            served_isr = ", ".join(f"{setting} ({count} frames)" for setting, count in self.isr_frames.items())
+        else:
+            served_isr = str(seg.isr_control.state.served)
+
         return {
             f"{NOTE_PREFIX}depth_network": depth.network,
             f"{NOTE_PREFIX}seg_network": seg.network,
@@ -352,7 +372,8 @@ class FrameProcessor:
             f"{NOTE_PREFIX}seg_weights": seg.weights_identity,
             f"{NOTE_PREFIX}backend": f"depth {depth.backend}, seg {seg.backend}",
             f"{NOTE_PREFIX}precision": f"depth {depth.precision}, seg {seg.precision}",
-            f"{NOTE_PREFIX}isr_served": str(seg.isr_control.state.served),
+            f"{NOTE_PREFIX}isr_served": served_isr,
+            f"{NOTE_PREFIX}frame_budget": budget(depth, "depth") + "; " + budget(seg, "seg"),
             f"{NOTE_PREFIX}input_size": f"depth {sizes('depth')}; seg {sizes('seg')}",
             f"{NOTE_PREFIX}depth_units": self.depth_kind or "none yet",
             f"{NOTE_PREFIX}untrained": ",".join(self.models.untrained) or "none",

@@ -425,3 +425,23 @@ def test_second_ctrl_c_outside_a_write_stops_at_once() -> None:
     interrupts.handle(signal.SIGINT, None)
     with pytest.raises(KeyboardInterrupt):
         interrupts.handle(signal.SIGINT, None)
+
+
+def test_frame_budget_reaches_both_networks_and_the_summary(tmp_path: Path, capsys) -> None:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(folder / f"frame{i}.png"), gradient_image(24, 32, i)[..., ::-1])
+    out = tmp_path / "out"
+    code, stdout, _ = run_cli("run", str(folder), "--out", str(out), "--format", "files",
+                              "--frame-budget-ms", "1", *FAST, capsys=capsys)
+    assert code == 0
+    line = next(line for line in stdout.splitlines() if line.startswith("frame budget: "))
+    # 1 ms cannot be held on a CPU: both governors measured their frames and say so
+    assert line.startswith("frame budget: depth 1 ms (frame time (measured) ") and "; seg 1 ms (" in line
+    assert line.count("budget held") == 2
+    notes = json.loads((out / "run.json").read_text())
+    assert notes["dense_perception.frame_budget"] == line.removeprefix("frame budget: ")
+    code, _, err = run_cli("run", str(folder), "--out", str(tmp_path / "o2"), "--format", "files",
+                           "--frame-budget-ms", "nan", *FAST, capsys=capsys)
+    assert code != 0 and "frame budget must be a finite number of milliseconds" in err

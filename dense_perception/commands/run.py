@@ -93,6 +93,11 @@ def add_model_arguments(parser: argparse.ArgumentParser, depth_default: str,
     group.add_argument("--depth-shift", type=float, default=None,
                        help="MiDaS only: shift of the fit on inverse depth (with --depth-scale)")
     add_isr_arguments(parser)
+    parser.add_argument_group("frame budget").add_argument(
+        "--frame-budget-ms", type=float, default=0.0, metavar="MS",
+        help="hold this many milliseconds per frame for EACH network (0 = off, the default): the "
+        "segmenter serves the least ISR reduction, the depth network the largest input size, whose "
+        "measured frame time holds it; the summary says what was served")
     cloud = parser.add_argument_group("camera and point cloud")
     cloud.add_argument("--fov", type=float, default=DEFAULT_FOV_DEG, metavar="DEG",
                        help="horizontal field of view of the default camera model, for inputs "
@@ -110,7 +115,8 @@ def model_options(args: argparse.Namespace) -> ModelOptions:
         download=not args.no_download, backend=args.backend, precision=args.precision,
         calibration=tuple(args.calibration) if args.calibration else None,
         device=args.device, input_size=tuple(args.input_size) if args.input_size else None,
-        isr=isr_from_args(args), depth_scale=args.depth_scale, depth_shift=args.depth_shift)
+        isr=isr_from_args(args), depth_scale=args.depth_scale, depth_shift=args.depth_shift,
+        frame_budget_ms=args.frame_budget_ms)
 
 
 def process_options(args: argparse.Namespace) -> ProcessOptions:
