@@ -77,7 +77,7 @@ def test_torch_cuda_engine_reproduces_the_golden_case(family: str, case_id: str,
     record_property("max_rel_error", f"{errors[worst]:.3g} ({worst})")
     record_property("bound", f"{bounds[worst]:.3g}")
     failures += mismatches(case, ours, tolerance=tolerance, only=list(errors))
-    assert not failures, f"{precision} on CUDA:\n" + "\n".join(failures)
+    assert not failures, f"{precision} on CUDA: " + "; ".join(failures)  # one line: the GPU report shows it
 
 
 # ---- devices and streaming -----------------------------------------------------------------------
