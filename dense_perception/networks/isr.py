@@ -123,3 +123,50 @@ def isr_problem(setting: ISRSetting, height: int, width: int) -> str | None:
                 f"smaller than its key/value pool ratio {pool}"
             )
     return None
+
+
+def nearest_fitting(setting: ISRSetting, height: int, width: int) -> ISRSetting:
+    """The setting closest to ``setting`` that runs at ``height``×``width``: each pool larger than its
+    feature map is reduced to the map's smaller side, the others are kept (``setting`` itself when it
+    fits)."""
+    sizes = feature_map_sizes(height, width)
+    encoder = tuple(min(pool, *sizes[i]) for i, pool in enumerate(setting.encoder))
+    decoder = tuple(min(pool, *sizes[stage]) for pool, stage in zip(setting.decoder, (3, 2, 1)))
+    return ISRSetting(encoder, decoder)
+
+
+class WithoutISR:
+    """The ISR interface of a network whose attention has no key/value pooling to reduce (HRViT,
+    ViT-CoMer): it runs as trained, so the training setting (ratio 1) is accepted as a no-op and any
+    other setting raises ``ValueError`` saying that ISR does not apply to :attr:`attention_type`.
+
+    :attr:`isr` is None, as for networks without the interface, so exported graphs are stamped
+    "no ISR"; ``set_isr``/``check_isr`` have EDAFormer's signatures so callers need no special case.
+    """
+
+    #: What the network's attention is, for the error message.
+    attention_type: str = "this network's attention"
+
+    @property
+    def isr(self) -> None:
+        """No ISR setting: there are no pooling ratios to report."""
+        return None
+
+    def set_isr(
+        self,
+        ratio: int | ISRSetting = 1,
+        encoder: Sequence[int] | None = None,
+        decoder: Sequence[int] | None = None,
+    ) -> ISRSetting:
+        """Accept the training setting (nothing changes); ``ValueError`` for any other."""
+        setting = ratio if isinstance(ratio, ISRSetting) else ISRSetting.make(ratio, encoder, decoder)
+        self.check_isr(0, 0, setting)
+        return setting
+
+    def check_isr(self, height: int, width: int, setting: ISRSetting | None = None) -> None:
+        """``ValueError`` unless ``setting`` is None or the training setting (any input size)."""
+        if setting is not None and not setting.is_training:
+            name = getattr(self, "name", type(self).__name__)
+            raise ValueError(
+                f"ISR does not apply to {self.attention_type}: {name} has no key/value pooling ratios, "
+                f"so isr_ratio must be 1 (the training setting {ISRSetting()}), got {setting}")

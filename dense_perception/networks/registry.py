@@ -18,7 +18,7 @@ class NetworkSpec:
 
     name: str
     task: str  # "segmentation" or "depth"
-    family: str  # "edaformer" or "dpt"
+    family: str  # "edaformer", "dpt", "hrvit" or "vit_comer"
     builder: Callable[..., nn.Module]  # called with kwargs, overrides and name=
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     description: str = ""
@@ -27,10 +27,10 @@ class NetworkSpec:
 
 
 def _collect() -> Mapping[str, NetworkSpec]:
-    from . import dpt, edaformer
+    from . import dpt, edaformer, hrvit, vit_comer
 
     specs: dict[str, NetworkSpec] = {}
-    for module in (edaformer, dpt):
+    for module in (edaformer, dpt, hrvit, vit_comer):
         for spec in module.NETWORKS:
             specs[spec.name] = spec
     return MappingProxyType(specs)

@@ -1,7 +1,8 @@
 """Pre-processing: camera image → normalised network input, one implementation per model family.
 
 Shared by every backend (torch, onnxruntime, tensorrt). Each function follows the official inference
-(``shared/design/dpt.md`` section 8, ``shared/design/edaformer.md`` section 6) and uses OpenCV the way
+(``shared/design/dpt.md`` section 8, ``shared/design/edaformer.md`` section 6, ``hrvit.md`` §7,
+``vit_comer.md`` §6) and uses OpenCV the way
 the official code does, so the network input is the official one bit for bit.
 
 Input images are RGB ``uint8`` ``[H, W, 3]`` (see :func:`as_rgb_uint8` for what else is accepted).
@@ -15,6 +16,8 @@ import cv2
 import numpy as np
 import torch
 
+from ..networks.hrvit import fit_hrvit_side, hrvit_size_problem
+
 #: EDAFormer / mmseg ImageNet statistics on the 0-255 scale, RGB order.
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
@@ -23,6 +26,8 @@ DPT_TARGETS = {"midas": (384, 384), "nyu": (480, 640), "kitti": (352, 1216)}
 #: EDAFormer official test scales (long side, short side) and whether sides are aligned to 32.
 EDAFORMER_SCALES = {"ade20k": ((2048, 512), True), "cocostuff": ((2048, 512), True),
                     "cityscapes": ((2048, 1024), False)}
+#: HRViT official test scales (long side, short side), per dataset (no alignment in the configs).
+HRVIT_SCALES = {"ade20k": (2048, 512), "cityscapes": (2048, 1024)}
 
 
 class ImageError(ValueError):
@@ -100,6 +105,9 @@ def preprocess_dpt(image_rgb: np.ndarray, target: tuple[int, int] = DPT_TARGETS[
                    input_size: tuple[int, int] | None = None) -> NetworkInput:
     """DPT/MiDaS input: float64 [0, 1] image, OpenCV cubic resize, ``(x - 0.5) / 0.5``, float32 NCHW.
 
+    Bit for bit the official transform, computed one channel at a time, so no float64 copy of the whole
+    image exists (a 12-megapixel photograph: 96 MB per channel instead of 288 MB, twice).
+
     ``target`` is the official (height, width) of the keep-aspect resize; ``input_size`` instead forces
     an exact network size (multiples of 32; aspect not kept), e.g. for fixed-shape engines.
     """
@@ -109,9 +117,13 @@ def preprocess_dpt(image_rgb: np.ndarray, target: tuple[int, int] = DPT_TARGETS[
         net_h, net_w = check_input_size(input_size, 32)
     else:
         net_h, net_w = dpt_network_size(height, width, target)
-    image = rgb.astype(np.float64) / 255.0
-    image = cv2.resize(image, (net_w, net_h), interpolation=cv2.INTER_CUBIC)
-    normalised = ((image - 0.5) / 0.5).astype(np.float32)
+    normalised = np.empty((net_h, net_w, 3), dtype=np.float32)
+    for channel in range(3):  # one float64 channel at a time: a third of the memory, the same bits
+        plane = rgb[..., channel].astype(np.float64)
+        plane /= 255.0
+        resized = cv2.resize(plane, (net_w, net_h), interpolation=cv2.INTER_CUBIC)
+        del plane
+        normalised[..., channel] = (resized - 0.5) / 0.5
     return NetworkInput(_to_batch(normalised), (height, width), (net_h, net_w))
 
 
@@ -142,10 +154,14 @@ def edaformer_network_size(height: int, width: int, dataset: str) -> tuple[int, 
 
 
 def normalise_imagenet(image_rgb: np.ndarray) -> np.ndarray:
-    """mmcv ``imnormalize`` on an RGB image: float32, ``cv2.subtract`` mean, ``cv2.multiply`` by 1/std."""
+    """mmcv ``imnormalize`` on an RGB image: float32, ``cv2.subtract`` mean, ``cv2.multiply`` by 1/std.
+
+    mmseg's ``Normalize`` stores the statistics as float32 arrays and mmcv widens those to float64, so
+    the constants are the float32-rounded ones (123.675 -> 123.67500305...): with the exact decimals
+    one value in nine differs from the official input by one ulp."""
     image = image_rgb.astype(np.float32)
-    mean = np.float64(np.array(IMAGENET_MEAN).reshape(1, -1))
-    std_inv = 1 / np.float64(np.array(IMAGENET_STD).reshape(1, -1))
+    mean = np.float64(np.array(IMAGENET_MEAN, dtype=np.float32).reshape(1, -1))
+    std_inv = 1 / np.float64(np.array(IMAGENET_STD, dtype=np.float32).reshape(1, -1))
     cv2.subtract(image, mean, image)
     cv2.multiply(image, std_inv, image)
     return image
@@ -178,12 +194,73 @@ def preprocess_edaformer(image_rgb: np.ndarray, dataset: str = "ade20k",
     return NetworkInput(_to_batch(normalised), (height, width), normalised.shape[:2])
 
 
+# ---- HRViT --------------------------------------------------------------------------------------
+def hrvit_network_size(height: int, width: int, dataset: str) -> tuple[int, int]:
+    """HRViT's test-time size: the official keep-ratio rescale (``HRVIT_SCALES``), then each side
+    rounded up to the nearest size the network runs on (``H mod 32 ∈ {0, 29, 30, 31}``); a side that
+    already satisfies the rule -- every size the official pipeline can run -- is left as it is."""
+    if dataset not in HRVIT_SCALES:
+        raise ValueError(f"unknown dataset {dataset!r} for HRViT; choose from {sorted(HRVIT_SCALES)}")
+    new_h, new_w = rescale_size(height, width, HRVIT_SCALES[dataset])
+    return fit_hrvit_side(new_h), fit_hrvit_side(new_w)
+
+
+def preprocess_hrvit(image_rgb: np.ndarray, dataset: str = "ade20k",
+                     input_size: tuple[int, int] | None = None) -> NetworkInput:
+    """HRViT input: the official pipeline (keep-ratio rescale into (2048, 512) for ADE20K or
+    (2048, 1024) for Cityscapes, OpenCV bilinear, ImageNet mean/std), plus a second bilinear resize to
+    :func:`hrvit_network_size` when the rescaled image breaks the size rule (the official code would
+    fail on it: design note §7). ``input_size`` forces an exact size, which must satisfy the rule
+    (``ValueError`` naming it otherwise)."""
+    rgb = as_rgb_uint8(image_rgb)
+    height, width = rgb.shape[:2]
+    if input_size is not None:
+        net_h, net_w = check_input_size(input_size)
+        problem = hrvit_size_problem(net_h, net_w)
+        if problem:
+            raise ValueError(f"input_size {net_h}x{net_w}: {problem}")
+        image = cv2.resize(rgb, (net_w, net_h), interpolation=cv2.INTER_LINEAR)
+    else:
+        net_h, net_w = hrvit_network_size(height, width, dataset)
+        new_h, new_w = rescale_size(height, width, HRVIT_SCALES[dataset])
+        image = cv2.resize(rgb, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+        if (net_h, net_w) != (new_h, new_w):
+            image = cv2.resize(image, (net_w, net_h), interpolation=cv2.INTER_LINEAR)
+    normalised = normalise_imagenet(image)
+    return NetworkInput(_to_batch(normalised), (height, width), normalised.shape[:2])
+
+
+# ---- ViT-CoMer ----------------------------------------------------------------------------------
+def vit_comer_network_size(height: int, width: int) -> tuple[int, int]:
+    """ViT-CoMer's official test-time size (ADE20K): keep-ratio rescale into (2048, 512), then each
+    side rounded up to a multiple of 32 (mmseg ``ResizeToMultiple``)."""
+    return edaformer_network_size(height, width, "ade20k")
+
+
+def preprocess_vit_comer(image_rgb: np.ndarray, dataset: str = "ade20k",
+                         input_size: tuple[int, int] | None = None) -> NetworkInput:
+    """ViT-CoMer input as its official ADE20K test pipeline builds it: keep-ratio rescale into
+    (2048, 512), ``ResizeToMultiple(32)`` (both OpenCV bilinear on the uint8 image), ImageNet mean/std.
+    That is step for step EDAFormer's ADE20K pipeline (``AlignedResize`` rounds up to 32 the same
+    way), so it is reused. ``input_size`` forces an exact size: multiples of 32, else ``ValueError``.
+    """
+    if dataset != "ade20k":
+        raise ValueError(f"ViT-CoMer is configured for ade20k only, got dataset {dataset!r}")
+    if input_size is not None:
+        check_input_size(input_size, 32)
+    return preprocess_edaformer(image_rgb, "ade20k", input_size)
+
+
 def preprocess_for(family: str, dataset: str, image_rgb: np.ndarray,
                    input_size: tuple[int, int] | None = None) -> NetworkInput:
-    """The pre-processing of a network family (``dpt`` or ``edaformer``) for its checkpoint's dataset:
-    the one dispatch used by the predictors, int8 calibration and the benchmark."""
+    """The pre-processing of a network family (``dpt``, ``edaformer``, ``hrvit``, ``vit_comer``) for its
+    checkpoint's dataset: the one dispatch used by the predictors, int8 calibration and the benchmark."""
     if family == "dpt":
         return preprocess_dpt(image_rgb, DPT_TARGETS[dataset], input_size)
     if family == "edaformer":
         return preprocess_edaformer(image_rgb, dataset, input_size)
-    raise ValueError(f"unknown network family {family!r}; choose from dpt, edaformer")
+    if family == "hrvit":
+        return preprocess_hrvit(image_rgb, dataset, input_size)
+    if family == "vit_comer":
+        return preprocess_vit_comer(image_rgb, dataset, input_size)
+    raise ValueError(f"unknown network family {family!r}; choose from dpt, edaformer, hrvit, vit_comer")
