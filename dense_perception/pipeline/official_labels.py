@@ -1,68 +1,67 @@
 """The official segmentation labels without the full-resolution K-channel tensor.
 
 The official tail (``shared/design/edaformer.md`` section 6) resizes the stride-8 logits ``[K, h, w]``
-bilinearly (align_corners=False) to the network input size, then to the image size, then takes the
-argmax over the K classes. Done literally that is K values per image pixel: 7.2 GB for 150 classes at
-4000x3000, and twice the network's time at 640x480 on a CPU. This module gives the same labels from
-the small logits.
+bilinearly (align_corners=False) to the network input size, then to the image size (skipped when the
+two are equal), then takes the argmax over the K classes. Done literally that is K values per image
+pixel: 7.2 GB for 150 classes at 4000x3000, and twice the network's time at 640x480 on a CPU. This
+module gives the same labels from the small logits.
 
 Why it can:
 
-- Both resizes are separable and linear, so their composition is too: image row ``y`` is a fixed
-  weighted sum of a few consecutive logit rows (:class:`AxisPlan`), the same for every class, and
-  likewise for columns. The weights are non-negative and sum to one, so a class's value at a pixel lies
-  between the minimum and the maximum of its logits in the pixel's *window* (its rows x its columns).
-- Pixels are tiled so that every pixel of a tile has the same window (consecutive image rows whose
-  support starts at the same logit row, times the same for columns). Within a tile, class ``k`` cannot
-  be the argmax anywhere if its window maximum is below the largest window minimum of any class (the
-  tile's *reference* class is one that has it), or if it is below the reference class at every cell of
-  the window (then it is below it at every pixel, since the weights are non-negative). In real logit
-  maps most tiles keep one class, which is then the label of the whole tile; the others keep a few.
-- The remaining candidates are interpolated exactly at the tile's pixels (the composed weights, in
-  float32), and the argmax among them, first class on ties like ``torch.argmax``, is the label.
+- Both resizes are separable: image row ``y`` reads two network rows, each of which reads two logit
+  rows, the same for every class, and likewise for columns (:class:`AxisPlan`). The weights are
+  non-negative and sum to one, so a class's value at a pixel lies between the minimum and the maximum of
+  its logits in the pixel's *window* (the logit rows x columns it reads), up to float32 rounding.
+- Image pixels are grouped into *cells*, those with the same window (consecutive image rows whose
+  window starts at the same logit row, times the same for columns). In a cell, class ``k`` cannot be
+  the argmax if its window maximum is below the largest window minimum of any class (the cell's
+  *reference* class has it), nor if it is below the reference class at every logit of the window (then
+  it is below it at every pixel, since both are the same weighted sums). In real logit maps most cells
+  keep one class, which is then the label of the whole cell; the others keep a few. Both tests leave a
+  slack of :data:`SLACK` x max|logit| for rounding.
+- The remaining candidates are evaluated at every pixel of their cell's tiles with both resizes
+  composed into one weight per window logit (float32; within a few roundings of the kernel's values).
+  Where a tile's top two values come within the slack of each other -- a near-tie, or an exact tie --
+  its candidates are evaluated again exactly as ``F.interpolate`` evaluates them: the first resize at
+  the network pixels the tile reads, then the second, each with the kernel's own float32 operations
+  (:mod:`.bilinear_kernel`). The label is the argmax, the first class on ties like ``torch.argmax``.
+  So the labels are the official ones bit for bit wherever the probe of
+  :func:`.bilinear_kernel.kernel_arithmetic` found the device's rounding rules, ties included.
 
-Agreement with the literal computation: the weights are read from PyTorch's own bilinear kernel on the
-same device (:func:`stage_weights`), so they are the official ones; what differs is float32 rounding
-of the sums -- both paths are within a few ulps of max|logit| of the exact value -- so labels can
-differ only where the official top two values are that close (the spec allows a gap below
-1e-6 x max|logit|). A pruned class can exceed the winner only by such rounding too.
+Confidence (the softmax probability of the top class) needs every class at every pixel; it is computed
+band by band of image rows (:func:`official_confidence`), at about the literal path's cost but in
+bounded memory.
 
-Confidence (the softmax probability of the top class) needs every class that carries mass, so with
-``with_confidence`` the pruning keeps every class that can come within :func:`softmax_margin` of the
-top value (what it drops weighs < 1e-7 of the top class's probability), and the softmax runs over the
-kept candidates. On logits with little spread (e.g. untrained weights) that is all K classes; memory
-stays bounded (it is evaluated tile by tile) but the time approaches the literal path's.
-
-Memory: every intermediate holds at most about ``budget`` float32 values (row bands of tiles, tile
-chunks), besides the output arrays; with the default budget the extra memory at 4000x3000 with 150
+Memory: every intermediate holds at most about ``budget`` float32 values (row bands, chunks of
+candidates), besides the output arrays; with the default budget the extra memory at 4000x3000 with 150
 classes stays far below 64 MB (``test/test_official_labels.py`` measures it).
 
+NaN logits are outside the contract (the literal argmax returns a NaN's index; this module does not).
 Everything is plain torch, so it runs where the logits are (CPU or CUDA).
 """
 from __future__ import annotations
 
-import math
+import functools
 from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-#: Default bound on the number of float32 values in any one intermediate tensor (4 MiB).
-DEFAULT_BUDGET = 1 << 20
-#: Longest run of image rows (columns) that share one tile; longer runs are split.
-MAX_GROUP = 64
-#: Logit of the padding candidates in a bucket: far below any real logit (never a maximum, exp() of
-#: the difference is 0) and finite (zero weights times it stay zero).
+from .bilinear_kernel import (ROUNDED_SEPARATELY, GatheredTaps, KernelArithmetic, Taps, channel_vectorised,
+                              kernel_arithmetic, resize_samples, resized_channels_last, tail_classes, taps)
+
+#: Default bound on the number of float32 values in any one intermediate tensor (8 MiB).
+DEFAULT_BUDGET = 1 << 21
+#: Longest run of image rows (columns) evaluated together as one tile; longer cells are split.
+MAX_TILE = 16
+#: Logit of the padding candidates of a bucket: far below any real logit (never a maximum) and finite
+#: (zero weights times it stay zero).
 PAD_LOGIT = torch.finfo(torch.float32).min / 64
-#: Confidence: drop a class only when the mass it can carry is below this fraction of the top class's.
-CONFIDENCE_NEGLIGIBLE = 1e-7
-
-
-def softmax_margin(num_classes: int) -> float:
-    """How far below the top value a class may stay out of the softmax sum: ``num_classes`` classes
-    each at least this far below carry together < :data:`CONFIDENCE_NEGLIGIBLE` of the top's mass."""
-    return math.log(num_classes) - math.log(CONFIDENCE_NEGLIGIBLE)
+#: An index beyond any image (tile padding), small enough that FAR * width + FAR fits in int64.
+FAR = 1 << 40
+#: Pruning slack, relative to max|logit|: far above the float32 rounding of the two resizes (a few
+#: units of 2**-24), far below any gap that matters.
+SLACK = 2.0 ** -18
 
 
 def label_tensor_dtype(num_classes: int) -> torch.dtype:
@@ -70,41 +69,40 @@ def label_tensor_dtype(num_classes: int) -> torch.dtype:
     return torch.uint8 if num_classes <= 256 else torch.int32
 
 
-def stage_weights(n_in: int, n_out: int, device: torch.device | str = "cpu") -> tuple[np.ndarray, np.ndarray]:
-    """The source indices ``[n_out, 4]`` (int64) and weights ``[n_out, 4]`` (float64, zero where
-    unused) that ``F.interpolate(mode="bilinear", align_corners=False)`` uses along one axis from
-    ``n_in`` to ``n_out`` samples on ``device``.
+@dataclass(frozen=True)
+class Stages:
+    """The official two resizes of one axis: logits to network (``first``), network to image
+    (``second``, None when the second resize is skipped)."""
 
-    Read from the kernel itself, so its float32 arithmetic (source-coordinate rounding, the clamp at 0,
-    the last-sample edge rule) is reproduced bit for bit: four probe channels, channel ``r`` one at the
-    inputs ``j`` with ``j % 4 == r``, are resized; an output reads at most the two inputs ``i0, i0 + 1``
-    where ``i0`` is within one of the float64 estimate ``f``, so the four inputs ``f - 1 .. f + 2`` have
-    distinct residues and each probe output is exactly the weight of one of them.
-    """
-    inputs = np.arange(n_in)
-    probe = np.zeros((1, 4, n_in, 1), dtype=np.float32)
-    probe[0, inputs % 4, inputs, 0] = 1.0
-    probe_out = F.interpolate(torch.from_numpy(probe).to(device), size=(n_out, 1), mode="bilinear",
-                              align_corners=False)
-    read = probe_out[0, :, :, 0].cpu().double().numpy()  # [4, n_out]
-    outputs = np.arange(n_out)
-    source = np.maximum((outputs + 0.5) * (n_in / n_out) - 0.5, 0.0)
-    estimate = np.minimum(np.floor(source).astype(np.int64), n_in - 1)
-    index = estimate[:, None] + np.arange(-1, 3)  # [n_out, 4]
-    weight = np.where((index >= 0) & (index < n_in), read[index % 4, outputs[:, None]], 0.0)
-    return np.clip(index, 0, n_in - 1), weight
+    first: Taps
+    second: Taps | None
+
+
+def axis_stages(n_logit: int, n_network: int, n_image: int, resized_twice: bool, source_fused: bool) -> Stages:
+    """The kernel's taps along one axis; ``resized_twice`` is False when the official path skips the
+    second resize (network size equal to the image size in both axes)."""
+    first = taps(n_logit, n_network, source_fused)
+    return Stages(first, taps(n_network, n_image, source_fused) if resized_twice else None)
+
+
+def _read(axis: Taps) -> tuple[np.ndarray, np.ndarray]:
+    """The two inputs each output reads; a zero-weight tap reads the first input again (same value for
+    finite samples), so windows hold only what contributes."""
+    return axis.index0, np.where(axis.weight1 == 0, axis.index0, axis.index1)
 
 
 @dataclass(frozen=True)
 class AxisPlan:
-    """One image axis of the official two resizes, composed, in cells and tiles.
+    """One image axis in cells and tiles, with the taps of both resizes per tile.
 
     Image index ``i`` reads the logit indices ``cell_start[c] .. cell_start[c] + window - 1`` of its
-    cell ``c = cell_of[i]`` (the image indices with the same window start) with composed weights. Each
-    cell is cut into ``cell_tiles[c]`` tiles of consecutive indices, from tile ``cell_first_tile[c]``
-    on; tile ``t`` holds the image indices ``members[t]`` (-1 = padding) with the float32 weights
-    ``weights[t]`` ``[L, window]`` (zero where an index reads nothing, and for padding). Tensors are on
-    the logits' device.
+    cell ``c = cell_of[i]``. Each cell is cut into ``cell_tiles[c]`` tiles of consecutive indices, from
+    tile ``cell_first_tile[c]`` on; tile ``t`` holds the image indices ``members[t]`` (-1 = padding).
+    ``composed[t]`` gives each member's value as one weighted sum of the window (to within a few float32
+    roundings of the kernel's). Exactly as the kernel: the tile's network indices ``network[t]`` come from
+    the window with the taps ``first`` (indices into the window, ``[G, M]``), and its members from those
+    with ``second`` (indices into ``network[t]``, ``[G, L]``; None when the second resize is skipped,
+    then ``network`` = members).
     """
 
     window: int
@@ -113,60 +111,111 @@ class AxisPlan:
     cell_first_tile: torch.Tensor  # [U] int64
     cell_tiles: torch.Tensor  # [U] int64
     members: torch.Tensor  # [G, L] int64
-    weights: torch.Tensor  # [G, L, window] float32
+    members_or_far: torch.Tensor  # [G, L] int64: padding as FAR (beyond any image)
+    composed: torch.Tensor  # [G, L, window] float32: both resizes in one weight (not the kernel's rounding)
+    first: GatheredTaps  # [G, M]
+    second: GatheredTaps | None  # [G, L]
 
     @property
     def cells(self) -> int:
         return int(self.cell_start.shape[0])
 
     @property
-    def tiles(self) -> int:
-        return int(self.members.shape[0])
-
-    @property
     def tile_length(self) -> int:
         return int(self.members.shape[1])
 
 
-def axis_plan(n_logit: int, n_network: int, n_image: int, device: torch.device | str = "cpu") -> AxisPlan:
-    """The composed weights of one axis: ``n_logit`` logit samples resized to ``n_network`` and then to
-    ``n_image`` (the second resize is the identity when the two are equal, as the official path
-    skips it). Tiles are at most ``ceil(n_image / n_logit)`` long (so the long cells at the clamped
-    edges do not set the tile size) and at most :data:`MAX_GROUP`. Built on the host (small arrays)."""
-    index, weight = stage_weights(n_logit, n_network, device)
-    if n_image != n_network:
-        index2, weight2 = stage_weights(n_network, n_image, device)
-        index = index[index2].reshape(n_image, -1)  # logit indices through each network index
-        weight = (weight2[:, :, None] * weight[index2]).reshape(n_image, -1)
-    used = weight != 0
-    first = np.where(used, index, n_logit).min(1)
-    last = np.where(used, index, -1).max(1)
-    window = int((last - first).max()) + 1
-    start = np.minimum(first, n_logit - window)
-    offset = np.where(used, index - start[:, None], 0)
-    composed = (weight[:, :, None] * (offset[:, :, None] == np.arange(window))).sum(1)  # [n_image, window]
+def axis_plan(stages: Stages, n_logit: int, n_image: int, device: torch.device | str = "cpu",
+              max_tile: int = MAX_TILE) -> AxisPlan:
+    """Cells and tiles of one axis (built on the host: small arrays). Tiles are at most
+    ``ceil(n_image / n_logit)`` long (so the long cells at the clamped edges do not set the tile size)
+    and at most ``max_tile``."""
+    first0, first1 = _read(stages.first)
+    if stages.second is None:
+        net0 = net1 = np.arange(n_image)
+    else:
+        net0, net1 = _read(stages.second)
+    logit_reads = np.stack([first0[net0], first1[net0], first0[net1], first1[net1]], 1)
+    lowest, highest = logit_reads.min(1), logit_reads.max(1)
+    window = int((highest - lowest).max()) + 1
+    start = np.minimum(lowest, n_logit - window)
+
+    positions = np.arange(n_image)
     new_cell = np.r_[True, start[1:] != start[:-1]]
     cell_of = np.cumsum(new_cell) - 1
-    positions = np.arange(n_image)
     cell_first = np.maximum.accumulate(np.where(new_cell, positions, 0))
-    length = min(-(-n_image // n_logit), MAX_GROUP)
+    length = max(1, min(-(-n_image // n_logit), max_tile))
     tile_of = np.cumsum(new_cell | ((positions - cell_first) % length == 0)) - 1
     tiles = int(tile_of[-1]) + 1
     tile_first = np.searchsorted(tile_of, np.arange(tiles))
     tile_cell = cell_of[tile_first]
-    position = positions - tile_first[tile_of]
-    members = np.full((tiles, int(position.max()) + 1), -1, dtype=np.int64)
-    members[tile_of, position] = positions
-    weights = np.zeros((*members.shape, window), dtype=np.float32)
-    weights[tile_of, position] = composed
+    slot = positions - tile_first[tile_of]
+    members = np.full((tiles, int(slot.max()) + 1), -1, dtype=np.int64)
+    members[tile_of, slot] = positions
+    filled = np.where(members >= 0, members, members[:, :1])  # padding repeats the tile's first index
+
+    # the network indices each tile reads, sorted and unique, padded with the last one
+    if stages.second is None:
+        network, second = filled, None
+    else:
+        reads = np.sort(np.concatenate([net0[filled], net1[filled]], 1), 1)
+        fresh = np.c_[np.ones((tiles, 1), bool), reads[:, 1:] != reads[:, :-1]]
+        count = fresh.sum(1)
+        network = np.repeat(reads[:, -1:], int(count.max()), 1)
+        rank = np.cumsum(fresh, 1) - 1
+        network[np.nonzero(fresh)[0], rank[fresh]] = reads[fresh]
+        # where each member's two network reads sit in its tile's list: search all rows at once, each
+        # row's values raised by its own offset (rows are sorted, so the whole is)
+        stride = len(stages.first.index0) + 1
+        offset = np.arange(tiles)[:, None] * stride
+        flat = (network + offset).ravel()
+
+        def locate(index: np.ndarray) -> np.ndarray:
+            return np.searchsorted(flat, index + offset) - np.arange(tiles)[:, None] * network.shape[1]
+
+        second = Taps(locate(net0[filled]), locate(net1[filled]), stages.second.weight0[filled],
+                      stages.second.weight1[filled])
+    cell_start = start[new_cell]
+    first = Taps(first0[network] - cell_start[tile_cell][:, None], first1[network] - cell_start[tile_cell][:, None],
+                 stages.first.weight0[network], stages.first.weight1[network])
     cells = int(cell_of[-1]) + 1
+    composed = _composed(stages, start, window)[filled]
 
     def on_device(array: np.ndarray) -> torch.Tensor:
         return torch.from_numpy(np.ascontiguousarray(array)).to(device)
 
-    return AxisPlan(window, on_device(start[new_cell]), on_device(cell_of),
+    return AxisPlan(window, on_device(cell_start), on_device(cell_of),
                     on_device(np.searchsorted(tile_cell, np.arange(cells))),
-                    on_device(np.bincount(tile_cell, minlength=cells)), on_device(members), on_device(weights))
+                    on_device(np.bincount(tile_cell, minlength=cells)), on_device(members),
+                    on_device(np.where(members >= 0, members, FAR)), on_device(composed.astype(np.float32)),
+                    GatheredTaps.of(first, torch.device(device)),
+                    None if second is None else GatheredTaps.of(second, torch.device(device)))
+
+
+def _composed(stages: Stages, start: np.ndarray, window: int) -> np.ndarray:
+    """Both resizes as one weight per image index and window position ``[n_image, window]`` (float64)."""
+    first0, first1 = _read(stages.first)
+    n_image = start.size
+    if stages.second is None:
+        net = [(np.arange(n_image), np.ones(n_image))]
+    else:
+        net0, net1 = _read(stages.second)
+        net = [(net0, stages.second.weight0.astype(np.float64)), (net1, stages.second.weight1.astype(np.float64))]
+    composed = np.zeros((n_image, window))
+    rows = np.arange(n_image)
+    for network, outer in net:
+        for logit, inner in ((first0, stages.first.weight0), (first1, stages.first.weight1)):
+            np.add.at(composed, (rows, logit[network] - start), outer * inner[network].astype(np.float64))
+    return composed
+
+
+@functools.lru_cache(maxsize=16)
+def _cached_plan(n_logit: int, n_network: int, n_image: int, resized_twice: bool, source_fused: bool,
+                 device: str) -> AxisPlan:
+    """:func:`axis_plan` of these sizes, remembered (a pure function of its arguments; a stream of frames
+    asks for the same few)."""
+    stages = axis_stages(n_logit, n_network, n_image, resized_twice, source_fused)
+    return axis_plan(stages, n_logit, n_image, device)
 
 
 def official_labels(logits: torch.Tensor, network_size: tuple[int, int], image_size: tuple[int, int],
@@ -176,24 +225,31 @@ def official_labels(logits: torch.Tensor, network_size: tuple[int, int], image_s
     official two bilinear resizes of ``logits`` ``[1, K, h, w]`` (to ``network_size``, then to
     ``image_size``), and with ``with_confidence`` the top class's softmax probability ``[H, W]``
     (float32); on the logits' device. ``budget`` bounds the values of any one intermediate tensor."""
+    network_size, image_size = tuple(network_size), tuple(image_size)
     values = logits.detach()[0].float().contiguous()
     classes, height, width = values.shape
     device = values.device
-    rows = axis_plan(height, network_size[0], image_size[0], device)
-    cols = axis_plan(width, network_size[1], image_size[1], device)
-    pixels = image_size[0] * image_size[1]
+    arithmetic = kernel_arithmetic(device)
+    twice = network_size != image_size
+    rows = _cached_plan(height, network_size[0], image_size[0], twice, arithmetic.source_fused, str(device))
+    cols = _cached_plan(width, network_size[1], image_size[1], twice, arithmetic.source_fused, str(device))
+    channels_last = logits.is_contiguous(memory_format=torch.channels_last)
+    vectorised = (channel_vectorised(classes, channels_last, network_size, device),
+                  twice and channel_vectorised(classes, resized_channels_last(logits), image_size, device))
     # one spare element at the end: the padding pixels of tiles are written there
-    labels = torch.empty(pixels + 1, dtype=label_tensor_dtype(classes), device=device)
-    confidence = torch.empty(pixels + 1, device=device) if with_confidence else None
-    margin = softmax_margin(classes) if with_confidence else 0.0
-    labeller = _Labeller(values, rows, cols, image_size[1], margin, budget, labels, confidence)
+    labels = torch.empty(image_size[0] * image_size[1] + 1, dtype=label_tensor_dtype(classes), device=device)
+    slack = SLACK * float(values.abs().max()) if values.numel() else 0.0
+    labeller = _Labeller(values, rows, cols, arithmetic, vectorised, tail_classes(classes, arithmetic).to(device),
+                         slack, budget, labels, image_size[1])
     rows_per_cell = -(-image_size[0] // rows.cells)
-    per_band = max(1, min(budget // (classes * width) - rows.window,
+    per_band = max(1, min(budget // max(1, classes * width) - rows.window,
                           budget // (rows_per_cell * image_size[1])))
     for first_cell in range(0, rows.cells, per_band):
         labeller.band(first_cell, min(first_cell + per_band, rows.cells))
-    image = labels[:pixels].view(image_size)
-    return image, None if confidence is None else confidence[:pixels].view(image_size)
+    image = labels[:-1].view(image_size)
+    if not with_confidence:
+        return image, None
+    return image, official_confidence(values, network_size, image_size, arithmetic.source_fused, budget)
 
 
 def window_extremes(values: torch.Tensor, window_rows: int, window_cols: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -234,6 +290,20 @@ def consecutive_chunks(sizes: torch.Tensor, limit: int) -> list[tuple[int, int]]
     return ranges
 
 
+def _a_maximiser(values: torch.Tensor, maximum: torch.Tensor) -> torch.Tensor:
+    """For each position of ``values`` ``[K, ...]``, one index ``k`` where ``values[k]`` equals
+    ``maximum`` (the largest such; the narrowest integer type that holds K is the fastest)."""
+    classes = values.shape[0]
+    dtype = torch.uint8 if classes <= 256 else torch.int16 if classes <= 1 << 15 else torch.int32
+    index = torch.arange(classes, device=values.device).to(dtype).view(-1, *([1] * (values.dim() - 1)))
+    return ((values == maximum).to(dtype) * index).amax(0).long()
+
+
+def _capacity(count: torch.Tensor) -> torch.Tensor:
+    """Bucket sizes: ``count`` rounded up to a power of two."""
+    return torch.exp2(torch.ceil(torch.log2(count.float()))).long()
+
+
 def _take(values: torch.Tensor, dim: int, index: torch.Tensor) -> torch.Tensor:
     """``values.index_select(dim, index)``; a slice (no copy) when ``index`` counts up by one."""
     begin = int(index[0])
@@ -242,19 +312,27 @@ def _take(values: torch.Tensor, dim: int, index: torch.Tensor) -> torch.Tensor:
     return values.index_select(dim, index)
 
 
+def _taps_of(taps_: GatheredTaps, tile: torch.Tensor) -> GatheredTaps:
+    """Per-item taps: the rows of ``taps_`` for each item's tile."""
+    return GatheredTaps(taps_.index0[tile], taps_.index1[tile], taps_.weight0[tile], taps_.weight1[tile])
+
+
 @dataclass
 class _Labeller:
-    """Labels one band of row cells at a time into ``labels`` (and ``confidence``), flat image buffers
-    with one spare element. A band's 2-D cells are numbered row-major (row cells x column cells)."""
+    """Labels one band of row cells at a time into ``labels``, the flat image with one spare element
+    at the end (where the padding pixels of tiles are written). A band's 2-D cells are numbered
+    row-major (row cells x column cells)."""
 
     values: torch.Tensor  # [K, h, w] float32, contiguous
     rows: AxisPlan
     cols: AxisPlan
-    image_width: int
-    margin: float  # keep classes within this of the best lower bound (0 for labels only)
+    arithmetic: KernelArithmetic
+    vectorised: tuple[bool, bool]  # each resize: the CPU's channel-vectorised kernel
+    tail: torch.Tensor  # [K] bool: classes in that kernel's scalar tail
+    slack: float
     budget: int
     labels: torch.Tensor
-    confidence: torch.Tensor | None
+    image_width: int
 
     def band(self, first_cell: int, end_cell: int) -> None:
         """Label the image rows of row cells ``first_cell .. end_cell - 1``."""
@@ -265,74 +343,131 @@ class _Labeller:
         row_starts = rows.cell_start[first_cell:end_cell] - logit_row
         upper = _take(_take(upper, 1, row_starts), 2, cols.cell_start)  # [K, row cells, column cells]
         lower = _take(_take(lower, 1, row_starts), 2, cols.cell_start)
-        best_lower, reference = lower.max(0)  # a class at least this high at every pixel of the cell
+        best_lower = lower.amax(0)  # some class is at least this high at every pixel of the cell ...
+        reference = _a_maximiser(lower, best_lower).flatten()  # ... this one
         del lower
-        reference = reference.flatten()
         self._fill(first_cell, end_cell, reference)
-        candidate = (upper >= best_lower - self.margin).flatten(1)  # [K, cells]
-        counts = candidate.sum(0)
-        several = torch.where(counts > 1, counts, 0)  # a single candidate is the reference
-        for begin, end in consecutive_chunks(several * (rows.window * cols.window), self.budget):
-            if int(several[begin:end].max()) == 0:
-                continue
-            cls, cell = torch.nonzero(candidate[:, begin:end], as_tuple=True)
-            cell = cell + begin
-            kept = several[cell] > 0
-            cell, cls = cell[kept], cls[kept]
-            order = torch.argsort(cell, stable=True)  # by cell, then class
-            cell, cls = cell[order], cls[order]
-            self._refine(cell, cls, reference[cell], first_cell, counts.numel())
+        candidate = (upper >= best_lower - self.slack).flatten(1)  # [K, cells]
+        del upper
+        count = candidate.view(torch.uint8).sum(0, dtype=torch.int32)
+        cls, cell = torch.nonzero(candidate & (count > 1), as_tuple=True)
+        if cell.numel() == 0:
+            return
+        order = torch.argsort(cell, stable=True)  # by cell, then class
+        cell, cls = self._undominated(cell[order], cls[order], first_cell, reference)
+        if cell.numel() == 0:
+            return
+        # chunks of whole cells (a cell's candidates are consecutive), each within the budget
+        per_cell = torch.unique_consecutive(cell, return_counts=True)[1]
+        firsts = torch.cumsum(per_cell, 0) - per_cell
+        tiles = rows.cell_tiles[cell[firsts] // cols.cells + first_cell] * cols.cell_tiles[cell[firsts] % cols.cells]
+        cost = _capacity(per_cell) * tiles * self._approximate_size()
+        for begin, end in consecutive_chunks(cost, self.budget):
+            chunk = slice(int(firsts[begin]), int(firsts[end - 1] + per_cell[end - 1]))
+            self._evaluate(cell[chunk], cls[chunk], first_cell)
+
+    def _approximate_size(self) -> int:
+        """Float32 values of the largest intermediate of one candidate on one tile, composed weights."""
+        rows, cols = self.rows, self.cols
+        return rows.tile_length * max(cols.window, cols.tile_length)
+
+    def _exact_size(self) -> int:
+        """Float32 values of the largest intermediate of one candidate on one tile through the kernel's
+        two resizes (float64 counted twice)."""
+        rows, cols = self.rows, self.cols
+        net_rows, net_cols = rows.first.index0.shape[1], cols.first.index0.shape[1]
+        return 2 * max(rows.window * net_cols, net_rows * net_cols, net_rows * cols.tile_length,
+                       rows.tile_length * cols.tile_length)
 
     def _fill(self, first_cell: int, end_cell: int, reference: torch.Tensor) -> None:
-        """Every pixel of the band gets its cell's reference class (and confidence 1)."""
+        """Every pixel of the band gets its cell's reference class."""
         rows, cols = self.rows, self.cols
         image_rows = torch.nonzero((rows.cell_of >= first_cell) & (rows.cell_of < end_cell))[:, 0]
         reference = reference.to(self.labels.dtype).view(-1, cols.cells)
-        band = reference[rows.cell_of[image_rows] - first_cell][:, cols.cell_of]
-        begin, end = int(image_rows[0]) * self.image_width, (int(image_rows[-1]) + 1) * self.image_width
-        self.labels[begin:end] = band.flatten()
-        if self.confidence is not None:
-            self.confidence[begin:end] = 1.0
-
-    def _refine(self, cell: torch.Tensor, cls: torch.Tensor, reference: torch.Tensor, first_cell: int,
-                cells: int) -> None:
-        """Drop each candidate (cell, class) whose logits are below the cell's reference class's (by
-        more than the margin) at every point of the window; interpolate the cells left with more than
-        one candidate, in buckets of up to 2, 4, 8, ... candidates. ``cell`` (band numbering, of
-        ``cells``) is non-decreasing and the classes increase within a cell."""
-        cols = self.cols
-        row_cell, col_cell = cell // cols.cells + first_cell, cell % cols.cells
-        windows = self._windows(torch.stack([cls, reference], 1), row_cell, col_cell)  # [P, 2, Sr, Sc]
-        above = (windows[:, 0] - windows[:, 1]).amax((1, 2)) >= -self.margin
-        counts = torch.bincount(cell[above], minlength=cells)
-        kept = above & (counts[cell] > 1)
-        if not bool(kept.any()):
-            return
-        cell, cls, windows = cell[kept], cls[kept], windows[kept, 0]
-        slot = torch.arange(cell.numel(), device=cell.device) - torch.searchsorted(cell, cell)
-        capacity = torch.exp2(torch.ceil(torch.log2(counts[cell].float()))).long()
-        for size in torch.unique(capacity).tolist():
-            chosen = capacity == size
-            bucket_cells, rank = torch.unique_consecutive(cell[chosen], return_inverse=True)
-            dense_windows = windows.new_full((bucket_cells.numel(), size, *windows.shape[1:]), PAD_LOGIT)
-            dense_windows[rank, slot[chosen]] = windows[chosen]
-            dense_classes = cls.new_zeros(bucket_cells.numel(), size)
-            dense_classes[rank, slot[chosen]] = cls[chosen]
-            row_tile, col_tile, of_cell = self._tiles(bucket_cells // cols.cells + first_cell,
-                                                      bucket_cells % cols.cells)
-            if of_cell is not None:
-                dense_windows, dense_classes = dense_windows[of_cell], dense_classes[of_cell]
-            self._interpolate(dense_classes, dense_windows, row_tile, col_tile)
+        begin, end = int(image_rows[0]), int(image_rows[-1]) + 1
+        band = reference[rows.cell_of[begin:end] - first_cell][:, cols.cell_of]
+        self.labels[begin * self.image_width:end * self.image_width] = band.flatten()
 
     def _windows(self, cls: torch.Tensor, row_cell: torch.Tensor, col_cell: torch.Tensor) -> torch.Tensor:
-        """Logits ``[P, C, Sr, Sc]`` of the classes ``cls[i]`` ``[P, C]`` over the window of cell
-        (``row_cell[i]``, ``col_cell[i]``)."""
+        """Logits ``[P, Sr, Sc]`` of class ``cls[i]`` over the window of cell (``row_cell[i]``,
+        ``col_cell[i]``)."""
         rows, cols, values = self.rows, self.cols, self.values
         _, height, width = values.shape
-        corner = rows.cell_start[row_cell] * width + cols.cell_start[col_cell]  # [P]
+        corner = cls * (height * width) + rows.cell_start[row_cell] * width + cols.cell_start[col_cell]
         offsets = (torch.arange(rows.window, device=values.device)[:, None] * width
-                   + torch.arange(cols.window, device=values.device))  # [Sr, Sc]
-        return values.view(-1)[(cls * (height * width) + corner[:, None])[:, :, None, None] + offsets]
+                   + torch.arange(cols.window, device=values.device))
+        index = (corner[:, None, None] + offsets).view(-1)
+        return values.view(-1).index_select(0, index).view(-1, rows.window, cols.window)
+
+    def _undominated(self, cell: torch.Tensor, cls: torch.Tensor, first_cell: int, reference: torch.Tensor,
+                     ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The candidates (``cell`` in the band's numbering, non-decreasing; classes increasing within a
+        cell) that are not below their cell's reference class (by more than the slack) at every logit of
+        the window, in the cells where more than one is left (a single one left is the reference, as
+        filled)."""
+        cols = self.cols
+        row_cell, col_cell = cell // cols.cells + first_cell, cell % cols.cells
+        keep = torch.empty_like(cell, dtype=torch.bool)
+        per_chunk = max(1, self.budget // (2 * self.rows.window * cols.window))
+        for begin in range(0, cell.numel(), per_chunk):
+            part = slice(begin, begin + per_chunk)
+            own = self._windows(cls[part], row_cell[part], col_cell[part])
+            best = self._windows(reference[cell[part]], row_cell[part], col_cell[part])
+            keep[part] = (own - best).amax((1, 2)) >= -self.slack
+        cell_rank, count = torch.unique_consecutive(cell, return_inverse=True, return_counts=True)[1:]
+        count = torch.zeros_like(count).index_add_(0, cell_rank, keep.to(count.dtype))
+        kept = torch.nonzero(keep & (count > 1)[cell_rank])[:, 0]
+        return cell.index_select(0, kept), cls.index_select(0, kept)
+
+    def _evaluate(self, cell: torch.Tensor, cls: torch.Tensor, first_cell: int) -> None:
+        """Label the pixels of the candidates' cells (``cell`` in the band's numbering, non-decreasing;
+        classes increasing within a cell; at least two per cell), in buckets of cells with up to 2, 4,
+        8, ... candidates."""
+        cols = self.cols
+        cell_rank, count = torch.unique_consecutive(cell, return_inverse=True, return_counts=True)[1:]
+        first_pair = torch.cumsum(count, 0) - count
+        row_cell, col_cell = cell[first_pair] // cols.cells + first_cell, cell[first_pair] % cols.cells  # per cell
+        windows = self._windows(cls, row_cell.index_select(0, cell_rank), col_cell.index_select(0, cell_rank))
+        slot = torch.arange(cell.numel(), device=cell.device) - first_pair[cell_rank]
+        capacity = _capacity(count)
+        for size in torch.unique(capacity).tolist():
+            in_bucket = capacity == size  # [cells]
+            chosen = torch.nonzero(in_bucket[cell_rank])[:, 0]
+            rank = (torch.cumsum(in_bucket, 0) - 1)[cell_rank[chosen]]  # of the pair's cell in the bucket
+            place = rank * size + slot[chosen]
+            cells = torch.nonzero(in_bucket)[:, 0]
+            dense = windows.new_full((cells.numel() * size, *windows.shape[1:]), PAD_LOGIT)
+            dense.index_copy_(0, place, windows.index_select(0, chosen))
+            classes = cls.new_full((cells.numel() * size,), self.values.shape[0])
+            classes.index_copy_(0, place, cls.index_select(0, chosen))
+            self._label_tiles(dense.view(-1, size, *windows.shape[1:]), classes.view(-1, size),
+                              row_cell.index_select(0, cells), col_cell.index_select(0, cells))
+
+    def _label_tiles(self, windows: torch.Tensor, classes: torch.Tensor, row_cell: torch.Tensor,
+                     col_cell: torch.Tensor) -> None:
+        """Label every tile of the cells (``row_cell[i]``, ``col_cell[i]``) from their candidates
+        ``classes[i]`` (increasing, then padding) and window logits ``windows[i]`` ``[C, Sr, Sc]``: all
+        candidates with the composed weights; where a tile's top two come within the slack (rounding
+        could order them either way, ties included), again exactly as the kernel computes them. The
+        label is the argmax, the lowest class among equal maxima like ``torch.argmax``."""
+        rows, cols = self.rows, self.cols
+        row_tile, col_tile, of_cell = self._tiles(row_cell, col_cell)
+        if of_cell is not None:
+            windows, classes = windows[of_cell], classes[of_cell]
+        count = windows.shape[1]
+        values = _weighted(windows, rows.composed.index_select(0, row_tile), cols.composed.index_select(0, col_tile))
+        top, second, position = _top_two(values.permute(2, 0, 1, 3).contiguous())  # [T, Lr, Lc] each; exact
+        # ties are doubtful below
+        doubtful = torch.nonzero((top - second <= self.slack).flatten(1).any(1))[:, 0]
+        for begin, end in consecutive_chunks(torch.full_like(doubtful, count * self._exact_size()), self.budget):
+            redo = doubtful[begin:end]
+            exact = self._resized(windows[redo].flatten(0, 1), classes[redo].flatten(),
+                                  row_tile[redo].repeat_interleave(count), col_tile[redo].repeat_interleave(count))
+            # argmax: the first maximum, as torch.argmax on the official tensor
+            position[redo] = exact.view(redo.numel(), count, -1).transpose(1, 2).argmax(2).view(
+                redo.numel(), rows.tile_length, cols.tile_length).to(position.dtype)
+        label = classes.gather(1, position.flatten(1).long()).to(self.labels.dtype)
+        self.labels.scatter_(0, self._targets(row_tile, col_tile).flatten(), label.flatten())
 
     def _tiles(self, row_cell: torch.Tensor, col_cell: torch.Tensor,
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -346,41 +481,95 @@ class _Labeller:
         per_cell = row_tiles * col_tiles
         of_cell = torch.repeat_interleave(torch.arange(row_cell.numel(), device=row_cell.device), per_cell)
         within = torch.arange(of_cell.numel(), device=of_cell.device) - torch.repeat_interleave(
-            per_cell.cumsum(0) - per_cell, per_cell)
+            torch.cumsum(per_cell, 0) - per_cell, per_cell)
         return (row_first[of_cell] + within // col_tiles[of_cell],
                 col_first[of_cell] + within % col_tiles[of_cell], of_cell)
 
-    def _interpolate(self, cls: torch.Tensor, windows: torch.Tensor, row_tile: torch.Tensor,
-                     col_tile: torch.Tensor) -> None:
-        """Exact values of the classes ``cls`` ``[T, C]`` (increasing along C, then padding) at the
-        pixels of their tiles from their windows ``[T, C, Sr, Sc]``; writes the argmax (the lowest class
-        among equal maxima, like ``torch.argmax``) and the top class's softmax probability."""
-        rows, cols = self.rows, self.cols
-        tiles, count, window_rows, window_cols = windows.shape
-        tile_rows, tile_cols = rows.tile_length, cols.tile_length
-        tile_size = max(tile_rows, window_rows) * max(tile_cols, window_cols)
-        per_chunk = max(1, self.budget // (count * tile_size))
-        for begin in range(0, tiles, per_chunk):
-            chunk = slice(begin, begin + per_chunk)
-            row_weights = rows.weights[row_tile[chunk]]  # [T, Gh, Sr]
-            col_weights = cols.weights[col_tile[chunk]]  # [T, Gw, Sc]
-            many = row_weights.shape[0]
-            # along rows for all classes of a tile at once, then along columns
-            down = torch.bmm(row_weights, windows[chunk].transpose(1, 2).reshape(many, window_rows, -1))
-            at_pixels = torch.bmm(down.view(many, -1, window_cols), col_weights.transpose(1, 2))
-            at_pixels = at_pixels.view(many, tile_rows, count, tile_cols)
-            top, position = at_pixels.max(2)  # [T, Gh, Gw]
-            target = self._targets(row_tile[chunk], col_tile[chunk]).flatten()
-            label = cls[chunk].gather(1, position.flatten(1))
-            self.labels.scatter_(0, target, label.flatten().to(self.labels.dtype))
-            if self.confidence is not None:
-                mass = torch.exp(at_pixels - top[:, :, None]).sum(2)
-                self.confidence.scatter_(0, target, mass.reciprocal().flatten())
+    def _resized(self, windows: torch.Tensor, cls: torch.Tensor, row_tile: torch.Tensor,
+                 col_tile: torch.Tensor) -> torch.Tensor:
+        """The kernel's two resizes of the window logits ``[I, Sr, Sc]`` at the pixels of the item's tile."""
+        rows, cols, tail = self.rows, self.cols, self.tail[cls.clamp(max=self.tail.numel() - 1)]
+        network = resize_samples(windows, _taps_of(rows.first, row_tile), _taps_of(cols.first, col_tile),
+                                 self.arithmetic, self.vectorised[0], tail)
+        if rows.second is None or cols.second is None:
+            return network
+        return resize_samples(network, _taps_of(rows.second, row_tile), _taps_of(cols.second, col_tile),
+                              self.arithmetic, self.vectorised[1], tail)
 
     def _targets(self, row_tile: torch.Tensor, col_tile: torch.Tensor) -> torch.Tensor:
-        """Flat image index ``[T, Gh, Gw]`` of each tile pixel; padding goes to the spare element."""
-        image_rows = self.rows.members[row_tile][:, :, None]
-        image_cols = self.cols.members[col_tile][:, None, :]
-        spare = self.labels.shape[0] - 1
-        return torch.where((image_rows >= 0) & (image_cols >= 0),
-                           image_rows * self.image_width + image_cols, spare)
+        """Flat index into ``labels`` ``[T, Lr, Lc]`` of each tile pixel (padding: the spare element)."""
+        image_rows = self.rows.members_or_far[row_tile][:, :, None]
+        image_cols = self.cols.members_or_far[col_tile][:, None, :]
+        return (image_rows * self.image_width + image_cols).clamp_(max=self.labels.numel() - 1)
+
+
+def _weighted(windows: torch.Tensor, row_weights: torch.Tensor, col_weights: torch.Tensor) -> torch.Tensor:
+    """``values[t, y, c, x] = sum over r, s of row_weights[t, y, r] * windows[t, c, r, s] *
+    col_weights[t, x, s]``: ``[T, Lr, C, Lc]`` from windows ``[T, C, Sr, Sc]`` and weights ``[T, Lr, Sr]``,
+    ``[T, Lc, Sc]``; along rows for all candidates of a tile at once, then along columns."""
+    tiles, count, window_rows, window_cols = windows.shape
+    down = torch.bmm(row_weights, windows.transpose(1, 2).reshape(tiles, window_rows, -1))  # [T, Lr, C * Sc]
+    values = torch.bmm(down.view(tiles, -1, window_cols), col_weights.transpose(1, 2))
+    return values.view(tiles, row_weights.shape[1], count, col_weights.shape[1])
+
+
+def _top_two(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The largest and second largest of ``values`` ``[C, ...]`` over C (a power of two, at most 128),
+    and the position of a largest (uint8): a tournament of elementwise operations on contiguous halves,
+    which is faster than a reduction over a short dimension."""
+    half = values.shape[0] // 2
+    if half == 0:
+        return values[0], torch.full_like(values[0], -torch.inf), torch.zeros_like(values[0], dtype=torch.uint8)
+    low, high = values[:half], values[half:]
+    top, second = torch.maximum(low, high), torch.minimum(low, high)
+    slots = torch.arange(half, dtype=torch.uint8, device=values.device).view(half, *([1] * (values.dim() - 1)))
+    position = (high > low).to(torch.uint8) * half + slots
+    while half > 1:
+        half //= 2
+        low_top, high_top = top[:half], top[half:]
+        second = torch.maximum(torch.minimum(low_top, high_top), torch.maximum(second[:half], second[half:]))
+        position = torch.where(high_top > low_top, position[half:], position[:half])
+        top = torch.maximum(low_top, high_top)
+    return top[0], second[0], position[0]
+
+
+def _band_taps(axis: Taps, begin: int, end: int, offset: int, device: torch.device) -> GatheredTaps:
+    """Outputs ``begin .. end - 1`` of ``axis``, their input indices counted from ``offset``."""
+    part = Taps(axis.index0[begin:end] - offset, axis.index1[begin:end] - offset, axis.weight0[begin:end],
+                axis.weight1[begin:end])
+    return GatheredTaps.of(part, device)
+
+
+def official_confidence(values: torch.Tensor, network_size: tuple[int, int], image_size: tuple[int, int],
+                        source_fused: bool, budget: int = DEFAULT_BUDGET) -> torch.Tensor:
+    """The top class's softmax probability ``[H, W]`` of the official two resizes of ``values``
+    ``[K, h, w]``, computed for bands of image rows (every class, float32, the kernel's taps; the
+    rounding of the sums may differ from the kernel's by an ulp, far below the probability's precision).
+    """
+    classes, height, width = values.shape
+    twice = tuple(network_size) != tuple(image_size)
+    rows = axis_stages(height, network_size[0], image_size[0], twice, source_fused)
+    cols = axis_stages(width, network_size[1], image_size[1], twice, source_fused)
+    device = values.device
+    first_cols = GatheredTaps.of(cols.first, device)
+    second_cols = None if cols.second is None else GatheredTaps.of(cols.second, device)
+    confidence = torch.empty(image_size, device=device)
+    per_band = max(1, budget // (classes * (image_size[1] + network_size[1])))
+    for begin in range(0, image_size[0], per_band):
+        end = min(begin + per_band, image_size[0])
+        if rows.second is None:
+            net_begin, net_end = begin, end
+        else:
+            net_begin = int(rows.second.index0[begin:end].min())
+            net_end = int(rows.second.index1[begin:end].max()) + 1
+        logit_begin = int(rows.first.index0[net_begin:net_end].min())
+        logit_end = int(rows.first.index1[net_begin:net_end].max()) + 1
+        part = values[:, logit_begin:logit_end]
+        resized = resize_samples(part, _band_taps(rows.first, net_begin, net_end, logit_begin, device), first_cols,
+                                 ROUNDED_SEPARATELY)
+        if rows.second is not None and second_cols is not None:
+            resized = resize_samples(resized, _band_taps(rows.second, begin, end, net_begin, device), second_cols,
+                                     ROUNDED_SEPARATELY)
+        top = resized.amax(0)
+        confidence[begin:end] = torch.exp(resized - top).sum(0).reciprocal()
+    return confidence
