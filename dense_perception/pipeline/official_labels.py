@@ -238,7 +238,7 @@ def official_labels(logits: torch.Tensor, network_size: tuple[int, int], image_s
                   twice and channel_vectorised(classes, resized_channels_last(logits), image_size, device))
     # one spare element at the end: the padding pixels of tiles are written there
     labels = torch.empty(image_size[0] * image_size[1] + 1, dtype=label_tensor_dtype(classes), device=device)
-    slack = SLACK * float(values.abs().max()) if values.numel() else 0.0
+    slack = SLACK * _largest_magnitude(values)
     labeller = _Labeller(values, rows, cols, arithmetic, vectorised, tail_classes(classes, arithmetic).to(device),
                          slack, budget, labels, image_size[1])
     rows_per_cell = -(-image_size[0] // rows.cells)
@@ -290,6 +290,14 @@ def consecutive_chunks(sizes: torch.Tensor, limit: int) -> list[tuple[int, int]]
     return ranges
 
 
+def _largest_magnitude(values: torch.Tensor) -> float:
+    """max |values| (0 for none), without a temporary of their size."""
+    if values.numel() == 0:
+        return 0.0
+    lowest, highest = torch.aminmax(values)
+    return max(float(highest), -float(lowest))
+
+
 def _a_maximiser(values: torch.Tensor, maximum: torch.Tensor) -> torch.Tensor:
     """For each position of ``values`` ``[K, ...]``, one index ``k`` where ``values[k]`` equals
     ``maximum`` (the largest such; the narrowest integer type that holds K is the fastest)."""
@@ -314,7 +322,8 @@ def _take(values: torch.Tensor, dim: int, index: torch.Tensor) -> torch.Tensor:
 
 def _taps_of(taps_: GatheredTaps, tile: torch.Tensor) -> GatheredTaps:
     """Per-item taps: the rows of ``taps_`` for each item's tile."""
-    return GatheredTaps(taps_.index0[tile], taps_.index1[tile], taps_.weight0[tile], taps_.weight1[tile])
+    return GatheredTaps(*(part.index_select(0, tile) for part in (taps_.index0, taps_.index1, taps_.weight0,
+                                                                   taps_.weight1)))
 
 
 @dataclass
@@ -360,7 +369,9 @@ class _Labeller:
         # chunks of whole cells (a cell's candidates are consecutive), each within the budget
         per_cell = torch.unique_consecutive(cell, return_counts=True)[1]
         firsts = torch.cumsum(per_cell, 0) - per_cell
-        tiles = rows.cell_tiles[cell[firsts] // cols.cells + first_cell] * cols.cell_tiles[cell[firsts] % cols.cells]
+        first_cells = cell.index_select(0, firsts)
+        tiles = (rows.cell_tiles.index_select(0, first_cells // cols.cells + first_cell)
+                 * cols.cell_tiles.index_select(0, first_cells % cols.cells))
         cost = _capacity(per_cell) * tiles * self._approximate_size()
         for begin, end in consecutive_chunks(cost, self.budget):
             chunk = slice(int(firsts[begin]), int(firsts[end - 1] + per_cell[end - 1]))
@@ -385,7 +396,7 @@ class _Labeller:
         image_rows = torch.nonzero((rows.cell_of >= first_cell) & (rows.cell_of < end_cell))[:, 0]
         reference = reference.to(self.labels.dtype).view(-1, cols.cells)
         begin, end = int(image_rows[0]), int(image_rows[-1]) + 1
-        band = reference[rows.cell_of[begin:end] - first_cell][:, cols.cell_of]
+        band = reference.index_select(1, cols.cell_of).index_select(0, rows.cell_of[begin:end] - first_cell)
         self.labels[begin * self.image_width:end * self.image_width] = band.flatten()
 
     def _windows(self, cls: torch.Tensor, row_cell: torch.Tensor, col_cell: torch.Tensor) -> torch.Tensor:
@@ -393,7 +404,8 @@ class _Labeller:
         ``col_cell[i]``)."""
         rows, cols, values = self.rows, self.cols, self.values
         _, height, width = values.shape
-        corner = cls * (height * width) + rows.cell_start[row_cell] * width + cols.cell_start[col_cell]
+        corner = (cls * (height * width) + rows.cell_start.index_select(0, row_cell) * width
+                  + cols.cell_start.index_select(0, col_cell))
         offsets = (torch.arange(rows.window, device=values.device)[:, None] * width
                    + torch.arange(cols.window, device=values.device))
         index = (corner[:, None, None] + offsets).view(-1)
@@ -412,11 +424,11 @@ class _Labeller:
         for begin in range(0, cell.numel(), per_chunk):
             part = slice(begin, begin + per_chunk)
             own = self._windows(cls[part], row_cell[part], col_cell[part])
-            best = self._windows(reference[cell[part]], row_cell[part], col_cell[part])
+            best = self._windows(reference.index_select(0, cell[part]), row_cell[part], col_cell[part])
             keep[part] = (own - best).amax((1, 2)) >= -self.slack
         cell_rank, count = torch.unique_consecutive(cell, return_inverse=True, return_counts=True)[1:]
         count = torch.zeros_like(count).index_add_(0, cell_rank, keep.to(count.dtype))
-        kept = torch.nonzero(keep & (count > 1)[cell_rank])[:, 0]
+        kept = torch.nonzero(keep & (count > 1).index_select(0, cell_rank))[:, 0]
         return cell.index_select(0, kept), cls.index_select(0, kept)
 
     def _evaluate(self, cell: torch.Tensor, cls: torch.Tensor, first_cell: int) -> None:
@@ -426,15 +438,16 @@ class _Labeller:
         cols = self.cols
         cell_rank, count = torch.unique_consecutive(cell, return_inverse=True, return_counts=True)[1:]
         first_pair = torch.cumsum(count, 0) - count
-        row_cell, col_cell = cell[first_pair] // cols.cells + first_cell, cell[first_pair] % cols.cells  # per cell
+        first_cells = cell.index_select(0, first_pair)
+        row_cell, col_cell = first_cells // cols.cells + first_cell, first_cells % cols.cells  # per cell
         windows = self._windows(cls, row_cell.index_select(0, cell_rank), col_cell.index_select(0, cell_rank))
-        slot = torch.arange(cell.numel(), device=cell.device) - first_pair[cell_rank]
+        slot = torch.arange(cell.numel(), device=cell.device) - first_pair.index_select(0, cell_rank)
         capacity = _capacity(count)
         for size in torch.unique(capacity).tolist():
             in_bucket = capacity == size  # [cells]
-            chosen = torch.nonzero(in_bucket[cell_rank])[:, 0]
-            rank = (torch.cumsum(in_bucket, 0) - 1)[cell_rank[chosen]]  # of the pair's cell in the bucket
-            place = rank * size + slot[chosen]
+            chosen = torch.nonzero(in_bucket.index_select(0, cell_rank))[:, 0]
+            rank = (torch.cumsum(in_bucket, 0) - 1).index_select(0, cell_rank.index_select(0, chosen))
+            place = rank * size + slot.index_select(0, chosen)  # the pair's cell's rank in the bucket, its slot
             cells = torch.nonzero(in_bucket)[:, 0]
             dense = windows.new_full((cells.numel() * size, *windows.shape[1:]), PAD_LOGIT)
             dense.index_copy_(0, place, windows.index_select(0, chosen))
@@ -453,29 +466,32 @@ class _Labeller:
         rows, cols = self.rows, self.cols
         row_tile, col_tile, of_cell = self._tiles(row_cell, col_cell)
         if of_cell is not None:
-            windows, classes = windows[of_cell], classes[of_cell]
-        count = windows.shape[1]
+            windows, classes = windows.index_select(0, of_cell), classes.index_select(0, of_cell)
+        tiles, count = classes.shape
         values = _weighted(windows, rows.composed.index_select(0, row_tile), cols.composed.index_select(0, col_tile))
-        top, second, position = _top_two(values.permute(2, 0, 1, 3).contiguous())  # [T, Lr, Lc] each; exact
-        # ties are doubtful below
-        doubtful = torch.nonzero((top - second <= self.slack).flatten(1).any(1))[:, 0]
-        for begin, end in consecutive_chunks(torch.full_like(doubtful, count * self._exact_size()), self.budget):
+        top, second, position = _top_two(values)  # [Lr, Lc, T] each; exact ties are doubtful below
+        doubtful = torch.nonzero((top - second).flatten(0, 1).amin(0) <= self.slack)[:, 0]
+        chunks = consecutive_chunks(torch.full_like(doubtful, count * self._exact_size()), self.budget) \
+            if doubtful.numel() else []
+        for begin, end in chunks:
             redo = doubtful[begin:end]
             exact = self._resized(windows[redo].flatten(0, 1), classes[redo].flatten(),
                                   row_tile[redo].repeat_interleave(count), col_tile[redo].repeat_interleave(count))
             # argmax: the first maximum, as torch.argmax on the official tensor
-            position[redo] = exact.view(redo.numel(), count, -1).transpose(1, 2).argmax(2).view(
-                redo.numel(), rows.tile_length, cols.tile_length).to(position.dtype)
-        label = classes.gather(1, position.flatten(1).long()).to(self.labels.dtype)
-        self.labels.scatter_(0, self._targets(row_tile, col_tile).flatten(), label.flatten())
+            first = exact.view(redo.numel(), count, -1).argmax(1).to(position.dtype)  # [redo, Lr * Lc]
+            position[:, :, redo] = first.t().view(rows.tile_length, cols.tile_length, -1)
+        slots = position.long() * tiles + torch.arange(tiles, device=position.device)
+        label = classes.t().reshape(-1).index_select(0, slots.view(-1)).to(self.labels.dtype)
+        self.labels.scatter_(0, self._targets(row_tile, col_tile).reshape(-1), label)
 
     def _tiles(self, row_cell: torch.Tensor, col_cell: torch.Tensor,
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
         """The tiles of the cells (``row_cell[i]``, ``col_cell[i]``): their row and column tile numbers
         and the cell each came from (None when every cell is one tile)."""
         rows, cols = self.rows, self.cols
-        row_tiles, col_tiles = rows.cell_tiles[row_cell], cols.cell_tiles[col_cell]
-        row_first, col_first = rows.cell_first_tile[row_cell], cols.cell_first_tile[col_cell]
+        row_tiles, col_tiles = rows.cell_tiles.index_select(0, row_cell), cols.cell_tiles.index_select(0, col_cell)
+        row_first = rows.cell_first_tile.index_select(0, row_cell)
+        col_first = cols.cell_first_tile.index_select(0, col_cell)
         if bool((row_tiles == 1).all()) and bool((col_tiles == 1).all()):
             return row_first, col_first, None
         per_cell = row_tiles * col_tiles
@@ -497,20 +513,29 @@ class _Labeller:
                               self.arithmetic, self.vectorised[1], tail)
 
     def _targets(self, row_tile: torch.Tensor, col_tile: torch.Tensor) -> torch.Tensor:
-        """Flat index into ``labels`` ``[T, Lr, Lc]`` of each tile pixel (padding: the spare element)."""
-        image_rows = self.rows.members_or_far[row_tile][:, :, None]
-        image_cols = self.cols.members_or_far[col_tile][:, None, :]
+        """Flat index into ``labels`` ``[Lr, Lc, T]`` of each tile pixel (padding: the spare element)."""
+        image_rows = self.rows.members_or_far.index_select(0, row_tile).t()[:, None, :]
+        image_cols = self.cols.members_or_far.index_select(0, col_tile).t()[None, :, :]
         return (image_rows * self.image_width + image_cols).clamp_(max=self.labels.numel() - 1)
 
 
 def _weighted(windows: torch.Tensor, row_weights: torch.Tensor, col_weights: torch.Tensor) -> torch.Tensor:
-    """``values[t, y, c, x] = sum over r, s of row_weights[t, y, r] * windows[t, c, r, s] *
-    col_weights[t, x, s]``: ``[T, Lr, C, Lc]`` from windows ``[T, C, Sr, Sc]`` and weights ``[T, Lr, Sr]``,
-    ``[T, Lc, Sc]``; along rows for all candidates of a tile at once, then along columns."""
-    tiles, count, window_rows, window_cols = windows.shape
-    down = torch.bmm(row_weights, windows.transpose(1, 2).reshape(tiles, window_rows, -1))  # [T, Lr, C * Sc]
-    values = torch.bmm(down.view(tiles, -1, window_cols), col_weights.transpose(1, 2))
-    return values.view(tiles, row_weights.shape[1], count, col_weights.shape[1])
+    """``values[c, y, x, t] = sum over r, s of row_weights[t, y, r] * windows[t, c, r, s] *
+    col_weights[t, x, s]``: ``[C, Lr, Lc, T]`` from windows ``[T, C, Sr, Sc]`` and weights ``[T, Lr, Sr]``,
+    ``[T, Lc, Sc]``. Along rows, then along columns, as broadcast multiply-adds with the tiles innermost:
+    long contiguous runs (tiles are many, everything else is short)."""
+    windows = windows.permute(1, 2, 3, 0).contiguous()  # [C, Sr, Sc, T]
+    row_weights = row_weights.permute(1, 2, 0).contiguous()  # [Lr, Sr, T]
+    col_weights = col_weights.permute(1, 2, 0).contiguous()  # [Lc, Sc, T]
+    down = None  # [C, Lr, Sc, T]
+    for r in range(windows.shape[1]):
+        term = (row_weights[None, :, r, None, :], windows[:, None, r, :, :])
+        down = term[0] * term[1] if down is None else torch.addcmul(down, *term)
+    values = None  # [C, Lr, Lc, T]
+    for s in range(windows.shape[2]):
+        term = (col_weights[None, None, :, s, :], down[:, :, None, s, :])
+        values = term[0] * term[1] if values is None else torch.addcmul(values, *term)
+    return values
 
 
 def _top_two(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
