@@ -199,7 +199,7 @@ class _Predictor:
 
     def preprocess(self, image_rgb: np.ndarray) -> NetworkInput:
         """The network family's official input for its dataset (or the forced ``input_size``)."""
-        return preprocess.preprocess_for(self.spec.family, self.spec.dataset, image_rgb, self.input_size)
+        return preprocess.preprocess_with(self.spec.preprocessing, image_rgb, self.input_size)
 
     def _run(self, prepared: NetworkInput) -> torch.Tensor:
         return self.engine_for(prepared.network_size).infer(prepared.tensor)
@@ -321,7 +321,7 @@ class Segmenter(_Predictor):
             return self.input_size  # type: ignore[return-value]
         if self.sliding_window:
             return (min(1024, height), min(1024, width))
-        return preprocess.edaformer_network_size(height, width, self.spec.dataset)
+        return preprocess.network_size_with(self.spec.preprocessing, height, width)
 
     def set_isr(self, ratio: int | ISRSetting = 1, encoder: Sequence[int] | None = None,
                 decoder: Sequence[int] | None = None) -> ISRSetting:

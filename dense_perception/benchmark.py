@@ -233,12 +233,12 @@ def network_input_size(case: Case) -> tuple[int, int]:
 def sample_input(case: Case) -> torch.Tensor:
     """The bundled sample photograph, pre-processed for the case's network at the case's size."""
     from .io.sources import read_image_rgb, sample_image
-    from .pipeline.preprocess import preprocess_for
+    from .pipeline.preprocess import preprocess_with
 
     spec = network_spec(case.network)
     with sample_image() as path:
         image = read_image_rgb(path)
-    return preprocess_for(spec.family, spec.dataset, image, (case.height, case.width)).tensor
+    return preprocess_with(spec.preprocessing, image, (case.height, case.width)).tensor
 
 
 def deviation(output: np.ndarray, reference: np.ndarray, task: str) -> float:

@@ -50,6 +50,6 @@ def test_problem_names_level_map_and_ratio() -> None:
     assert isr_problem(ISRSetting.from_ratio(4), 512, 512) is None
     assert isr_problem(ISRSetting.from_ratio(2), 64, 64) is None, "a pool equal to the map side is fine"
     assert isr_problem(ISRSetting.from_ratio(2), 32, 64) == (
-        "ISR [16,8,4,2]-[2,4,8] does not fit a 32x64 input: encoder stage 1 has a 8x16 feature "
-        "map, smaller than its key/value pool ratio 16")
+        "ISR [16,8,4,2]-[2,4,8] does not fit a 32x64 input (it needs at least 61x61): encoder stage 1 has "
+        "a 8x16 feature map, smaller than its key/value pool ratio 16")
     assert "decoder level c3 has a 4x4" in isr_problem(ISRSetting((8, 4, 2, 1), (1, 5, 4)), 64, 64)

@@ -46,7 +46,7 @@ def main(args: argparse.Namespace) -> int:
     height, width = args.size
     net = build_network(args.network)
     if hasattr(net, "set_isr"):
-        net.set_isr(isr_from_args(args))
+        net.set_isr(isr_from_args(args, net.isr_scheme))
         net.check_isr(height, width)
     elif _isr_requested(args):
         log.warning("%s has no inference spatial reduction; the ISR options are ignored", args.network)

@@ -1,8 +1,10 @@
-"""Pre-processing: camera image → normalised network input, one implementation per model family.
+"""Pre-processing: camera image → normalised network input, as each network's official test pipeline does it.
 
-Shared by every backend (torch, onnxruntime, tensorrt). Each function follows the official inference
-(``shared/design/dpt.md`` section 8, ``shared/design/edaformer.md`` section 6) and uses OpenCV the way
-the official code does, so the network input is the official one bit for bit.
+Shared by every backend (torch, onnxruntime, tensorrt). A network's pipeline is data in its registry entry
+(:class:`~..networks.registry.Preprocessing`: ``spec.preprocessing``) and runs here: :func:`preprocess_with`
+and :func:`network_size_with`. Each kind follows the official inference (``shared/design/dpt.md`` section
+8, ``edaformer.md`` section 6, ``sra.md`` section 5) and uses OpenCV the way the official code does, so the
+network input is the official one bit for bit.
 
 Input images are RGB ``uint8`` ``[H, W, 3]`` (see :func:`as_rgb_uint8` for what else is accepted).
 """
@@ -10,19 +12,34 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Mapping
 
 import cv2
 import numpy as np
 import torch
 
-#: EDAFormer / mmseg ImageNet statistics on the 0-255 scale, RGB order.
+from ..networks.registry import Preprocessing, registered_networks
+
+#: mmseg's ImageNet statistics on the 0-255 scale, RGB order.
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
+#: mmseg's ``AlignedResize``: each side rounded up to a multiple of this.
+ALIGN = 32
+
+
+def _family_pipelines(family: str) -> dict[str, Preprocessing]:
+    """The registered networks' pipelines of one family, by checkpoint dataset."""
+    return {spec.dataset: spec.preprocessing for spec in registered_networks().values()
+            if spec.family == family and spec.preprocessing is not None}
+
+
 #: DPT network targets (height, width) of the official keep-aspect resize, per checkpoint dataset.
-DPT_TARGETS = {"midas": (384, 384), "nyu": (480, 640), "kitti": (352, 1216)}
+DPT_TARGETS: Mapping[str, tuple[int, int]] = MappingProxyType(
+    {dataset: p.scale for dataset, p in _family_pipelines("dpt").items()})
 #: EDAFormer official test scales (long side, short side) and whether sides are aligned to 32.
-EDAFORMER_SCALES = {"ade20k": ((2048, 512), True), "cocostuff": ((2048, 512), True),
-                    "cityscapes": ((2048, 1024), False)}
+EDAFORMER_SCALES: Mapping[str, tuple[tuple[int, int], bool]] = MappingProxyType(
+    {dataset: (p.scale, p.align == ALIGN) for dataset, p in _family_pipelines("edaformer").items()})
 
 
 class ImageError(ValueError):
@@ -124,7 +141,7 @@ def check_input_size(size: tuple[int, int], multiple: int = 1) -> tuple[int, int
     return height, width
 
 
-# ---- EDAFormer ---------------------------------------------------------------------------------
+# ---- mmseg (EDAFormer, SegFormer, PVT) ------------------------------------------------------------
 def rescale_size(height: int, width: int, scale: tuple[int, int]) -> tuple[int, int]:
     """mmcv ``rescale_size`` with ``keep_ratio``: the largest size within (long, short), ``int(x + 0.5)``."""
     long_edge, short_edge = max(scale), min(scale)
@@ -132,13 +149,16 @@ def rescale_size(height: int, width: int, scale: tuple[int, int]) -> tuple[int, 
     return max(1, int(height * factor + 0.5)), max(1, int(width * factor + 0.5))
 
 
-def edaformer_network_size(height: int, width: int, dataset: str) -> tuple[int, int]:
-    """The official test-time size for an image (aligned resize for ADE20K/COCO-Stuff)."""
-    scale, align = EDAFORMER_SCALES[dataset]
+def mmseg_network_size(height: int, width: int, scale: tuple[int, int], align: int = 1) -> tuple[int, int]:
+    """The official test-time size: keep-ratio rescale into ``scale``, sides rounded up to ``align``."""
     new_h, new_w = rescale_size(height, width, scale)
-    if align:
-        new_h, new_w = math.ceil(new_h / 32) * 32, math.ceil(new_w / 32) * 32
-    return new_h, new_w
+    return math.ceil(new_h / align) * align, math.ceil(new_w / align) * align
+
+
+def edaformer_network_size(height: int, width: int, dataset: str) -> tuple[int, int]:
+    """EDAFormer's official test-time size for an image (aligned resize for ADE20K/COCO-Stuff)."""
+    scale, align = EDAFORMER_SCALES[dataset]
+    return mmseg_network_size(height, width, scale, ALIGN if align else 1)
 
 
 def normalise_imagenet(image_rgb: np.ndarray) -> np.ndarray:
@@ -151,39 +171,64 @@ def normalise_imagenet(image_rgb: np.ndarray) -> np.ndarray:
     return image
 
 
-def preprocess_edaformer(image_rgb: np.ndarray, dataset: str = "ade20k",
-                         input_size: tuple[int, int] | None = None) -> NetworkInput:
-    """EDAFormer input as the official test pipeline builds it.
-
-    ADE20K / COCO-Stuff: keep-ratio rescale into (2048, 512) with OpenCV bilinear on the uint8 image,
-    then each side rounded up to a multiple of 32 and resized again (mmseg's ``AlignedResize``).
-    Cityscapes: keep-ratio rescale into (2048, 1024), no alignment. ``input_size`` forces an exact size.
-    Then ImageNet mean/std normalisation, float32 NCHW.
+def preprocess_mmseg(image_rgb: np.ndarray, scale: tuple[int, int], align: int = 1,
+                     input_size: tuple[int, int] | None = None) -> NetworkInput:
+    """The mmseg test pipeline: keep-ratio rescale into ``scale`` = (long, short) with OpenCV bilinear on the
+    uint8 image, then (``align`` > 1) each side rounded up to a multiple of ``align`` and resized again
+    (``AlignedResize``); ImageNet mean/std, float32 NCHW. ``input_size`` forces an exact size instead.
     """
-    if dataset not in EDAFORMER_SCALES:
-        raise ValueError(f"unknown dataset {dataset!r}; choose from {sorted(EDAFORMER_SCALES)}")
     rgb = as_rgb_uint8(image_rgb)
     height, width = rgb.shape[:2]
     if input_size is not None:
         net_h, net_w = check_input_size(input_size)
         image = cv2.resize(rgb, (net_w, net_h), interpolation=cv2.INTER_LINEAR)
     else:
-        scale, align = EDAFORMER_SCALES[dataset]
         new_h, new_w = rescale_size(height, width, scale)
         image = cv2.resize(rgb, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-        if align:
-            aligned = (math.ceil(new_h / 32) * 32, math.ceil(new_w / 32) * 32)
+        if align > 1:
+            aligned = (math.ceil(new_h / align) * align, math.ceil(new_w / align) * align)
             image = cv2.resize(image, (aligned[1], aligned[0]), interpolation=cv2.INTER_LINEAR)
     normalised = normalise_imagenet(image)
     return NetworkInput(_to_batch(normalised), (height, width), normalised.shape[:2])
 
 
+def preprocess_edaformer(image_rgb: np.ndarray, dataset: str = "ade20k",
+                         input_size: tuple[int, int] | None = None) -> NetworkInput:
+    """EDAFormer input as the official test pipeline builds it (:func:`preprocess_mmseg`).
+
+    ADE20K / COCO-Stuff: keep-ratio rescale into (2048, 512), aligned to 32 (``AlignedResize``).
+    Cityscapes: keep-ratio rescale into (2048, 1024), no alignment. ``input_size`` forces an exact size.
+    """
+    if dataset not in EDAFORMER_SCALES:
+        raise ValueError(f"unknown dataset {dataset!r}; choose from {sorted(EDAFORMER_SCALES)}")
+    scale, align = EDAFORMER_SCALES[dataset]
+    return preprocess_mmseg(image_rgb, scale, ALIGN if align else 1, input_size)
+
+
+# ---- by configuration ---------------------------------------------------------------------------
+def preprocess_with(pipeline: Preprocessing, image_rgb: np.ndarray,
+                    input_size: tuple[int, int] | None = None) -> NetworkInput:
+    """Run a network's official pipeline (``network_spec(name).preprocessing``) on an RGB image;
+    ``input_size`` forces an exact network size (DPT: multiples of 32)."""
+    if pipeline.kind == "dpt":
+        return preprocess_dpt(image_rgb, pipeline.scale, input_size)
+    return preprocess_mmseg(image_rgb, pipeline.scale, pipeline.align, input_size)
+
+
+def network_size_with(pipeline: Preprocessing, height: int, width: int) -> tuple[int, int]:
+    """The network input size ``pipeline`` gives an image of ``height``×``width``."""
+    if pipeline.kind == "dpt":
+        return dpt_network_size(height, width, pipeline.scale)
+    return mmseg_network_size(height, width, pipeline.scale, pipeline.align)
+
+
 def preprocess_for(family: str, dataset: str, image_rgb: np.ndarray,
                    input_size: tuple[int, int] | None = None) -> NetworkInput:
-    """The pre-processing of a network family (``dpt`` or ``edaformer``) for its checkpoint's dataset:
-    the one dispatch used by the predictors, int8 calibration and the benchmark."""
-    if family == "dpt":
-        return preprocess_dpt(image_rgb, DPT_TARGETS[dataset], input_size)
-    if family == "edaformer":
-        return preprocess_edaformer(image_rgb, dataset, input_size)
-    raise ValueError(f"unknown network family {family!r}; choose from dpt, edaformer")
+    """The pipeline of a network family (``dpt``, ``edaformer``, ...) for a checkpoint dataset, as the
+    registered networks declare it (prefer :func:`preprocess_with` with the network's own spec)."""
+    pipelines = _family_pipelines(family)
+    if dataset not in pipelines:
+        families = sorted({s.family for s in registered_networks().values()})
+        raise ValueError(f"no pre-processing for family {family!r} and dataset {dataset!r}; "
+                         f"families: {', '.join(families)}")
+    return preprocess_with(pipelines[dataset], image_rgb, input_size)
