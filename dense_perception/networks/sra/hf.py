@@ -2,7 +2,9 @@
 
 Key table: ``shared/design/sra.md`` section 7.1. The files on the hub (``nvidia/segformer-b*-finetuned-*``,
 ``.safetensors`` or ``pytorch_model.bin``) use transformers' 4.x module names -- transformers 5.x writes the
-same names and renames them only in memory. The conversion is a renaming plus two structural changes:
+same names and renames them only in memory (``segformer.stages.i.blocks.j.attention.q_proj``, ...); a
+``state_dict()`` saved from a 5.x model in memory is accepted too (its names are mapped to the 4.x ones
+first). The conversion is a renaming plus two structural changes:
 
 - the separate ``key``/``value`` Linears are concatenated into ``attn.kv`` (key rows first);
 - the unused ``decode_head.conv_seg`` (``[classes, 128, 1, 1]``) has no HF counterpart and is filled with
@@ -58,6 +60,36 @@ _RENAMES: tuple[tuple[str, Callable[[re.Match[str]], str]], ...] = (
 )
 _KEY_VALUE = re.compile(_BLOCK + r"attention\.self\.(key|value)\.(weight|bias)")
 
+_V5_BLOCK = r"segformer\.stages\.(\d+)\.blocks\.(\d+)\."
+#: transformers 5.x in-memory names → the 4.x (file) names, applied with re.sub before the table above.
+_V5_TO_V4: tuple[tuple[str, str], ...] = (
+    (r"^segformer\.stages\.(\d+)\.patch_embeddings\.", r"segformer.encoder.patch_embeddings.\1."),
+    (r"^segformer\.stages\.(\d+)\.layer_norm\.", r"segformer.encoder.layer_norm.\1."),
+    (r"^" + _V5_BLOCK + r"layernorm_before\.", r"segformer.encoder.block.\1.\2.layer_norm_1."),
+    (r"^" + _V5_BLOCK + r"layernorm_after\.", r"segformer.encoder.block.\1.\2.layer_norm_2."),
+    (r"^" + _V5_BLOCK + r"attention\.q_proj\.", r"segformer.encoder.block.\1.\2.attention.self.query."),
+    (r"^" + _V5_BLOCK + r"attention\.k_proj\.", r"segformer.encoder.block.\1.\2.attention.self.key."),
+    (r"^" + _V5_BLOCK + r"attention\.v_proj\.", r"segformer.encoder.block.\1.\2.attention.self.value."),
+    (r"^" + _V5_BLOCK + r"attention\.o_proj\.", r"segformer.encoder.block.\1.\2.attention.output.dense."),
+    (r"^" + _V5_BLOCK + r"attention\.sequence_reduction\.sequence_reduction\.",
+     r"segformer.encoder.block.\1.\2.attention.self.sr."),
+    (r"^" + _V5_BLOCK + r"attention\.sequence_reduction\.layer_norm\.",
+     r"segformer.encoder.block.\1.\2.attention.self.layer_norm."),
+    (r"^" + _V5_BLOCK + r"mlp\.fc1\.", r"segformer.encoder.block.\1.\2.mlp.dense1."),
+    (r"^" + _V5_BLOCK + r"mlp\.fc2\.", r"segformer.encoder.block.\1.\2.mlp.dense2."),
+    (r"^" + _V5_BLOCK + r"mlp\.dwconv\.", r"segformer.encoder.block.\1.\2.mlp.dwconv."),
+    (r"^decode_head\.linear_projections\.", r"decode_head.linear_c."),
+)
+
+
+def _v4_name(key: str) -> str:
+    """A transformers 5.x in-memory name as the 4.x (file) name; 4.x names pass unchanged."""
+    for pattern, replacement in _V5_TO_V4:
+        new, count = re.subn(pattern, replacement, key)
+        if count:
+            return new
+    return key
+
 
 def is_hf_segformer(state_dict: Mapping[str, object]) -> bool:
     """True when the keys look like a Hugging Face SegFormer state_dict (``segformer.encoder.*``)."""
@@ -83,6 +115,7 @@ def convert_hf_segformer(state_dict: Mapping[str, torch.Tensor]) -> dict[str, to
     key_value: dict[tuple[str, str, str], dict[str, torch.Tensor]] = {}
     unknown = []
     for key, tensor in state_dict.items():
+        key = _v4_name(key)
         match = _KEY_VALUE.fullmatch(key)
         if match:
             key_value.setdefault((match[1], match[2], match[4]), {})[match[3]] = tensor
@@ -108,17 +141,18 @@ def convert_hf_segformer(state_dict: Mapping[str, torch.Tensor]) -> dict[str, to
 
 
 def official_to_hf_segformer(official: Mapping[str, torch.Tensor], hf_keys: list[str]) -> dict[str, torch.Tensor]:
-    """The inverse of :func:`convert_hf_segformer` for the keys of a given HF model (``hf_keys``): official
-    weights in HF layout, so both implementations can run the same weights."""
+    """The inverse of :func:`convert_hf_segformer` for the keys of a given HF model (``hf_keys``, 4.x or 5.x
+    names): official weights in HF layout, so both implementations can run the same weights."""
     out: dict[str, torch.Tensor] = {}
-    for key in hf_keys:
+    for hf_key in hf_keys:
+        key = _v4_name(hf_key)
         match = _KEY_VALUE.fullmatch(key)
         if match:
             kv = official[f"backbone.block{_stage(match[1])}.{match[2]}.attn.kv.{match[4]}"]
-            out[key] = kv.chunk(2, dim=0)[("key", "value").index(match[3])].clone()
+            out[hf_key] = kv.chunk(2, dim=0)[("key", "value").index(match[3])].clone()
             continue
         new = _rename(key)
         if new is None:
-            raise ValueError(f"Hugging Face SegFormer key {key!r} has no official counterpart")
-        out[key] = official[new].clone()
+            raise ValueError(f"Hugging Face SegFormer key {hf_key!r} has no official counterpart")
+        out[hf_key] = official[new].clone()
     return out
