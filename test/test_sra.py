@@ -270,3 +270,26 @@ def test_info_prints_segformer_b0_cityscapes_isr(capsys: pytest.CaptureFixture) 
     assert "ISR [16,8,4,1]" in capsys.readouterr().out
     assert main(["info", "segformer_b0_cityscapes", "--isr-encoder", "16,8,4,2"]) == 2
     assert "encoder stage 4 has no key/value reduction path" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("size", [(64, 64), (77, 101)])
+def test_segformer_head_equals_the_concatenating_formulation(size: tuple[int, int]) -> None:
+    """The head folds linear_fuse's conv into the per-level projections; the official formulation
+    (project, resize, concatenate [c4, c3, c2, c1], conv, BN, ReLU, classify) gives the same logits."""
+    net = _seeded("segformer_b1_ade20k")
+    head = net.decode_head
+    x = torch.randn(1, 3, *size, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        features = net.forward_features(x)
+        levels = []
+        for i in (4, 3, 2, 1):
+            c = features[i - 1]
+            projected = getattr(head, f"linear_c{i}").proj(c.flatten(2).transpose(1, 2))
+            projected = projected.transpose(1, 2).reshape(1, -1, *c.shape[2:])
+            levels.append(F.interpolate(projected, size=features[0].shape[2:], mode="bilinear",
+                                        align_corners=False))
+        fused = F.relu(head.linear_fuse.bn(head.linear_fuse.conv(torch.cat(levels, dim=1))))
+        official = head.linear_pred(fused)
+        ours = net(x)
+    assert ours.shape == official.shape
+    assert torch.allclose(ours, official, rtol=0, atol=1e-5 * official.abs().max().item())
