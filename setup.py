@@ -29,7 +29,7 @@ setup(
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.py")),
-        (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.rviz")),
+        (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.rviz") + glob("config/*.xml")),
     ],
     install_requires=[
         "setuptools",
@@ -45,9 +45,11 @@ setup(
         "onnxruntime>=1.17",
         "onnxconverter-common>=1.16",  # fp16 ONNX graphs with norms and softmax kept in fp32
         "tqdm>=4.60",
+        "pillow>=9",  # reads a compressed image's size from its header before decoding it
     ],
     extras_require={
-        "test": ["pytest>=7", "transformers>=4.40", "catkin_pkg>=1.0", "matplotlib>=3.7", "plyfile>=1.0"],
+        "test": ["pytest>=7", "hypothesis>=6.100", "transformers>=4.40", "catkin_pkg>=1.0", "matplotlib>=3.7",
+                 "plyfile>=1.0"],
         # ROS 2 Jazzy's rclpy and messages as PyPI wheels, for machines without a ROS install
         # (shared/design/ros-testing.md). Inside a sourced ROS 2 installation do not install these.
         "ros-wheels": ROS_JAZZY_WHEELS,
@@ -55,7 +57,6 @@ setup(
     zip_safe=True,
     maintainer="dense_perception maintainers",
     maintainer_email="maintainers@dense-perception.dev",
-    tests_require=["pytest"],
     entry_points={
         "console_scripts": [
             "dense-perception = dense_perception.cli:main",

@@ -27,7 +27,12 @@ pid=$!
 status=0
 python "$repo/.ci/perception_smoke.py" 240 || status=$?
 kill -INT "$pid" 2>/dev/null || true
-wait "$pid" || true
+exit_status=0
+wait "$pid" || exit_status=$?
+if [ "$exit_status" -ne 0 ]; then
+  echo "perception exited with status $exit_status after Ctrl-C (expected 0)" >&2
+  status=1
+fi
 [ "$status" -eq 0 ] || { echo "--- perception log ---"; tail -40 "$ws/perception.log"; }
 rm -rf "$ws"
 exit "$status"

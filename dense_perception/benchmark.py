@@ -12,16 +12,24 @@ frame-rate gain of an ISR setting is a ratio between two settings, and measured 
 forwards sees the same machine state.
 
 Backends measured side by side:
-- ``eager``: the network called directly in fp32 under ``torch.no_grad`` — the floor to beat;
-- ``torch``: our torch engine (``TorchEngine``);
+- ``eager``: the network called directly in fp32 under ``torch.no_grad`` — the floor to beat (with
+  PyTorch's default math: on CUDA its convolutions may use TF32);
+- ``torch``: our torch engine (``TorchEngine``), at the case's ``precision`` (fp32 is IEEE float32;
+  fp16/bf16 on CUDA under autocast);
 - ``torch-compile``: the same with ``torch.compile``;
 - ``onnxruntime``: the exported fp32 graph in ONNX Runtime;
 - ``onnxruntime-int8``: the statically quantised graph (:mod:`.engines.quantize`), calibrated on the
   bundled sample photograph;
-- ``transformers`` (DPT only): Hugging Face's ``DPTForDepthEstimation`` with the same weights.
+- ``transformers`` (DPT only): Hugging Face's ``DPTForDepthEstimation`` with the same weights (fp16/bf16
+  under the same autocast as ours).
+
+On a GPU :func:`measure_in_process` can also measure several cases in one process (``scripts/gpu_report.py``
+does): the peak memory figure is then ``torch.cuda.max_memory_allocated`` since the case began.
 """
 from __future__ import annotations
 
+import contextlib
+import copy
 import json
 import os
 import resource
@@ -65,6 +73,9 @@ class Case:
     end_to_end: tuple[int, int] | None = None
     #: end to end: our network input is (height, width) instead of the official keep-aspect size
     fixed_input: bool = False
+    #: ``torch``/``torch-compile``/``transformers``: fp32, or fp16/bf16 under autocast (CUDA); ``eager`` and
+    #: the ``onnxruntime`` backends are fp32 here (int8 is the ``onnxruntime-int8`` backend)
+    precision: str = "fp32"
 
     @property
     def slug(self) -> str:
@@ -72,7 +83,14 @@ class Case:
         isr = ISRSetting.parse(self.isr).slug if self.isr else "noisr"
         e2e = f"_e2e{self.end_to_end[0]}x{self.end_to_end[1]}{'f' if self.fixed_input else ''}" \
             if self.end_to_end else ""
-        return f"{self.network}_{self.backend}_{self.height}x{self.width}_{isr}_{self.device}{e2e}".replace(":", "")
+        precision = "" if self.precision == "fp32" else f"_{self.precision}"
+        return (f"{self.network}_{self.backend}{precision}_{self.height}x{self.width}_{isr}_{self.device}"
+                f"{e2e}").replace(":", "")
+
+    @property
+    def label(self) -> str:
+        """The backend, with the precision where it is not fp32 (``torch fp16``)."""
+        return self.backend if self.precision == "fp32" else f"{self.backend} {self.precision}"
 
     @property
     def isr_group(self) -> "Case":
@@ -148,14 +166,34 @@ def _synchronizer(device: str) -> Callable[[], None]:
 def _network(case: Case) -> torch.nn.Module:
     net = build_network(case.network)
     net.load_state_dict(fill_reference_weights(net))
+    return _with_isr(net, case)
+
+
+def _with_isr(net: torch.nn.Module, case: Case) -> torch.nn.Module:
     if case.isr and hasattr(net, "set_isr"):
         net.set_isr(ISRSetting.parse(case.isr))
     return net
 
 
+#: Backends that run a precision other than fp32 (on CUDA, under autocast).
+MIXED_PRECISION_BACKENDS = ("torch", "torch-compile", "transformers")
+
+
+def _autocast(case: Case) -> Any:
+    """Autocast for the case's reduced precision (the policy our torch engine uses), else nothing."""
+    from .engines.torch_engine import AUTOCAST_DTYPES
+
+    if case.precision == "fp32":
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=torch.device(case.device).type, dtype=AUTOCAST_DTYPES[case.precision])
+
+
 def _runner(case: Case, net: torch.nn.Module, workdir: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """A function running one batch through the case's backend."""
     device = torch.device(case.device)
+    if case.precision != "fp32" and case.backend not in MIXED_PRECISION_BACKENDS:
+        raise ValueError(f"{case.backend} runs fp32 here; {case.precision} runs on "
+                         f"{', '.join(MIXED_PRECISION_BACKENDS)}")
     if case.backend == "eager":
         net = net.to(device)
 
@@ -166,7 +204,7 @@ def _runner(case: Case, net: torch.nn.Module, workdir: str) -> Callable[[torch.T
     if case.backend in ("torch", "torch-compile"):
         from .engines.torch_engine import TorchEngine
 
-        return TorchEngine(net, device, compile=case.backend == "torch-compile").infer
+        return TorchEngine(net, device, case.precision, compile=case.backend == "torch-compile").infer
     if case.backend in ("onnxruntime", "onnxruntime-int8"):
         from .engines.onnx_engine import onnx_engine_for_network
 
@@ -178,7 +216,7 @@ def _runner(case: Case, net: torch.nn.Module, workdir: str) -> Callable[[torch.T
         model = hf_model_with_weights_of(net).to(device).eval()
 
         def hf(x: torch.Tensor) -> Any:
-            with torch.no_grad():
+            with torch.no_grad(), _autocast(case):
                 return model(pixel_values=x.to(device)).predicted_depth
         return hf
     raise ValueError(f"unknown backend {case.backend!r}; choose from {', '.join(BACKENDS)}")
@@ -201,7 +239,7 @@ def _end_to_end_runner(case: Case, net: torch.nn.Module, workdir: str) -> Callab
 
         def hf(image: np.ndarray) -> Any:
             inputs = processor(images=image, return_tensors="pt").to(device)
-            with torch.no_grad():
+            with torch.no_grad(), _autocast(case):
                 out = model(**inputs)
             return processor.post_process_depth_estimation(out, target_sizes=[image.shape[:2]])[0][
                 "predicted_depth"].cpu().numpy()
@@ -212,7 +250,7 @@ def _end_to_end_runner(case: Case, net: torch.nn.Module, workdir: str) -> Callab
     if case.backend not in END_TO_END_BACKENDS:
         raise ValueError(f"end to end runs {', '.join(END_TO_END_BACKENDS)}, not {case.backend}")
     backend, _, precision = case.backend.partition("-")
-    estimator = DepthEstimator(case.network, backend=backend, precision=precision or "fp32", device=device,
+    estimator = DepthEstimator(case.network, backend=backend, precision=precision or case.precision, device=device,
                                input_size=(case.height, case.width) if case.fixed_input else None,
                                engine_dir=workdir)
     return lambda image: estimator.predict(image).depth
@@ -251,13 +289,17 @@ def deviation(output: np.ndarray, reference: np.ndarray, task: str) -> float:
     return float(np.abs(output - reference).mean() / scale) if scale > 0 else float("nan")
 
 
-def measure_in_process(case: Case, warmup: int, runs: int, workdir: str) -> Measurement:
+def measure_in_process(case: Case, warmup: int, runs: int, workdir: str,
+                       net: torch.nn.Module | None = None) -> Measurement:
     """Measure one case in this process (``measure`` wraps it in a subprocess). Graphs are cached in
     ``workdir``; bare-network cases leave their output on the sample photograph there as
-    ``<case.slug>.npy`` for :func:`deviation`."""
+    ``<case.slug>.npy`` for :func:`deviation`. ``net``: the case's network with the references' weights,
+    made by the caller (a fresh copy per case: backends move and convert it); None = build it here."""
     torch.set_num_threads(case.threads)
+    if case.device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats(case.device)
     result = Measurement(case)
-    net = _network(case)
+    net = _network(case) if net is None else _with_isr(net, case)
     result.gmacs = count_cost(net, *network_input_size(case)).total_macs / 1e9
     sync = _synchronizer(case.device)
     gen = torch.Generator().manual_seed(7)
@@ -284,18 +326,21 @@ def measure_in_process(case: Case, warmup: int, runs: int, workdir: str) -> Meas
     return result
 
 
-def measure_isr_interleaved(cases: list[Case], warmup: int, runs: int, workdir: str) -> list[list[float]]:
+def measure_isr_interleaved(cases: list[Case], warmup: int, runs: int, workdir: str,
+                            net: torch.nn.Module | None = None) -> list[list[float]]:
     """Batch-1 timings of ``cases`` -- the ISR settings of one network, backend and size -- in this
     process, the cases in turn, ``runs`` turns after ``warmup``: the settings' ratios are not disturbed
     by drift between processes. In each turn a case runs one untimed forward, then the timed one, so
     it is timed with its weights and buffers warm, as when a node runs one setting frame after frame
     (an ONNX Runtime session timed right after another session's forward runs about a third slower).
-    Each case gets its own runner (graphs come from ``workdir`` as in :func:`measure_in_process`)."""
+    Each case gets its own runner (graphs come from ``workdir`` as in :func:`measure_in_process`) on its own
+    network: a copy of ``net`` (the references' weights, made by the caller), or built here when None."""
     if len({c.isr_group for c in cases}) != 1 or any(c.end_to_end or not c.isr for c in cases):
         raise ValueError("interleaved ISR timing takes ISR settings of one network, backend and size")
     torch.set_num_threads(cases[0].threads)
     x1 = torch.randn(1, 3, cases[0].height, cases[0].width, generator=torch.Generator().manual_seed(7))
-    runners = [_runner(case, _network(case), workdir) for case in cases]
+    nets = [_network(case) if net is None else _with_isr(copy.deepcopy(net), case) for case in cases]
+    runners = [_runner(case, case_net, workdir) for case, case_net in zip(cases, nets)]
     return time_in_turn([partial(run, x1) for run in runners], warmup, runs, _synchronizer(cases[0].device))
 
 

@@ -24,6 +24,11 @@ class UsageError(Exception):
     """A problem with what the user asked for; printed as one line, exit status 2."""
 
 
+class OutputError(OSError):
+    """An output that cannot be written (permission, disk full); printed as one line, exit status 1.
+    The message names the output and the reason."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="dense-perception",
@@ -47,6 +52,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (UsageError, ValueError, FileNotFoundError) as exc:
         print(f"dense-perception {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # cannot write the output (OutputError), read a file, reach a server
+        text = str(exc) if isinstance(exc, OutputError) or not exc.filename else (
+            f"{exc.filename}: {exc.strerror or exc}")
+        print(f"dense-perception {args.command}: error: {' '.join(text.split())}", file=sys.stderr)
+        return 1
+    except Exception as exc:  # noqa: BLE001 - the package's own errors: one line, no traceback
+        if not type(exc).__module__.startswith("dense_perception."):
+            raise  # a bug: keep its traceback
+        print(f"dense-perception {args.command}: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print(f"dense-perception {args.command}: interrupted", file=sys.stderr)
         return 130

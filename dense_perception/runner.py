@@ -28,6 +28,7 @@ import signal
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -37,10 +38,12 @@ from typing import Any
 import numpy as np
 
 from .cli import COMMANDS, UsageError
+from .defaults import DEFAULT_DEPTH_NETWORK, DEFAULT_SEG_NETWORK
 from .io.sources import BadFrame, CameraInfoData, Frame, Source
 from .io.writers import FrameOutputs, Writer
 from .pipeline.cloud import CameraModel, build_cloud
 from .pipeline.colormap import StableRange, colorize_depth, colorize_labels, overlay
+from .pipeline.pairing import FramePairing
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +53,10 @@ DEFAULT_FOV_DEG = 60.0
 UNTRAINED_STAMP = "UNTRAINED"
 #: How many skipped frames the summary lists by reason.
 _LISTED_SKIPS = 5
+#: The streams besides depth that a cloud is built from (paired by :class:`FramePairing`).
+CLOUD_INPUTS = ("labels", "color")
+#: Prefix of the notes a run writes into its output's metadata.
+NOTE_PREFIX = "dense_perception."
 
 
 def default_camera(width: int, height: int, fov_deg: float = DEFAULT_FOV_DEG) -> CameraInfoData:
@@ -150,9 +157,14 @@ def resolve_checkpoint(network: str, explicit: str | Path | None, search: bool =
     why and how to get the file (``dense_perception.weights.download_hint``).
     """
     if explicit is not None:
+        from .networks.checkpoint import CheckpointError, file_problem
+
         path = Path(explicit)
-        if not path.is_file():
+        problem = file_problem(str(path))
+        if problem == "does not exist":
             raise FileNotFoundError(f"{path}: checkpoint file not found")
+        if problem is not None:
+            raise CheckpointError(f"checkpoint {path} {problem}")
         return CheckpointChoice(path, f"{network}: checkpoint {path}")
     if not search:
         return CheckpointChoice(None, f"{network}: UNTRAINED weights (asked for with --untrained)")
@@ -161,8 +173,9 @@ def resolve_checkpoint(network: str, explicit: str | Path | None, search: bool =
         reason = "the checkpoint catalogue (dense_perception.weights) is not available"
     else:
         found = weights.find_checkpoint(network)
-        if found is not None:
-            return CheckpointChoice(Path(found), f"{network}: checkpoint {found}")
+        if found is not None:  # verified before use: its pin, else a full check (CheckpointError)
+            weights.ensure_verified(found, network)
+            return CheckpointChoice(Path(found), f"{network}: checkpoint {found} (verified)")
         reason = "no checkpoint under models/"
         if not download:
             reason += " and downloads are off (--no-download)"
@@ -184,8 +197,8 @@ def resolve_checkpoint(network: str, explicit: str | Path | None, search: bool =
 class ModelOptions:
     """Which networks to build and how (the command line's model options)."""
 
-    depth: str = "dpt_hybrid_midas"
-    seg: str = "edaformer_t_ade20k"
+    depth: str = DEFAULT_DEPTH_NETWORK
+    seg: str = DEFAULT_SEG_NETWORK
     depth_checkpoint: str | None = None
     seg_checkpoint: str | None = None
     search: bool = True  # False: untrained on purpose
@@ -195,9 +208,11 @@ class ModelOptions:
     calibration: tuple[str, ...] | None = None  # int8 calibration images (None = the bundled sample)
     device: str | None = None
     input_size: tuple[int, int] | None = None
-    isr: Any = 1  # ISRSetting or int ratio
+    isr: Any = 1  # ISRSetting, int ratio or its text (networks without ISR: 1 only)
+    inference: str | None = None  # segmentation: "whole" or "slide" (None: the network's official mode)
     depth_scale: float | None = None
     depth_shift: float | None = None
+    frame_budget_ms: float = 0.0  # each network holds it (0 = off); see api.frame_budget_problem
 
 
 @dataclass
@@ -225,10 +240,12 @@ def load_models(options: ModelOptions) -> Models:
     depth = DepthEstimator(options.depth, checkpoint=depth_ckpt.path, backend=options.backend,
                            precision=options.precision, device=options.device,
                            input_size=options.input_size, depth_scale=options.depth_scale,
-                           depth_shift=options.depth_shift, calibration=options.calibration)
+                           depth_shift=options.depth_shift, calibration=options.calibration,
+                           frame_budget_ms=options.frame_budget_ms)
     seg = Segmenter(options.seg, checkpoint=seg_ckpt.path, backend=options.backend,
                     precision=options.precision, device=options.device,
-                    input_size=options.input_size, isr=options.isr, calibration=options.calibration)
+                    input_size=options.input_size, isr=options.isr, inference=options.inference,
+                    calibration=options.calibration, frame_budget_ms=options.frame_budget_ms)
     return Models(depth, seg, [depth_ckpt.note, seg_ckpt.note])
 
 
@@ -266,6 +283,15 @@ class FrameProcessor:
         self.depth_kind = ""
         self.camera_source = ""
         self._range: StableRange | None = None
+        #: network input sizes served so far, per task (for the summary and the metadata)
+        self.network_sizes: dict[str, set[tuple[int, int]]] = {"depth": set(), "seg": set()}
+        #: frames served per ISR setting (a frame budget may change it along the run)
+        self.isr_frames: Counter[str] = Counter()
+        # the package's one pairing of a cloud's inputs (the ROS nodes' too); frames come one at
+        # a time and in order here, so they are keyed by their sequence number, not by stamp
+        # (a recording may hold two frames with one stamp)
+        self._pairing = FramePairing(CLOUD_INPUTS)
+        self._sequence = 0
 
     def process(self, frame: Frame) -> FrameOutputs:
         """Depth, labels, coloured views and (for metric depth) the cloud of one frame.
@@ -279,9 +305,21 @@ class FrameProcessor:
         try:  # an ISR setting that cannot run is the user's choice, not a bad frame
             seg.check_isr(seg.isr, height, width)
         except ValueError as exc:
-            raise UsageError(f"ISR {seg.isr} cannot run on {width}x{height} frames: {exc}") from None
+            raise UsageError(f"ISR {seg.isr_text(seg.isr)} cannot run on {width}x{height} frames: {exc}") from None
+        key = (self._sequence, 0)
+        self._sequence += 1
+        self._pairing.claim(key)
         depth_result = self.models.depth.predict(rgb)
-        labels = seg.predict(rgb).labels
+        seg_result = seg.predict(rgb)
+        labels = seg_result.labels
+        self.network_sizes["depth"].add(tuple(depth_result.network_size))
+        self.network_sizes["seg"].add(tuple(seg_result.network_size))
+        self.isr_frames[seg.isr_text(seg_result.isr)] += 1
+        self._pairing.add("labels", key, labels)
+        self._pairing.add("color", key, rgb)
+        paired = self._pairing.add_depth(key, depth_result, CLOUD_INPUTS)[-1]
+        if paired.missing:  # cannot happen with one frame at a time; never build a partial cloud
+            raise ValueError(f"cloud inputs missing: {paired.missing}")
         depth = depth_result.depth.astype(np.float32, copy=False)
         self.depth_kind = depth_result.kind
         inverse = depth_result.kind == "relative_inverse"
@@ -298,11 +336,49 @@ class FrameProcessor:
                                                       self.options.fov_deg)
         cloud = None
         if depth_result.is_metric:
-            cloud = build_cloud(depth, np.asarray(camera.k, dtype=np.float64).reshape(3, 3),
-                                rgb=rgb, labels=labels, stride=self.options.cloud_stride,
+            cloud = build_cloud(paired.depth.depth.astype(np.float32, copy=False),
+                                np.asarray(camera.k, dtype=np.float64).reshape(3, 3),
+                                rgb=paired.items["color"], labels=paired.items["labels"],
+                                stride=self.options.cloud_stride,
                                 min_depth=self.options.min_depth, max_depth=self.options.max_depth)
         return FrameOutputs(frame, camera, depth, depth_result.kind, depth_colored, labels,
                             seg_colored, cloud)
+
+
+    def notes(self) -> dict[str, str]:
+        """What ran, for the output's metadata and the summary: networks, weights identity,
+        backend, precision, the ISR setting served, network input sizes, depth units."""
+        depth, seg = self.models.depth, self.models.seg
+
+        def sizes(task: str) -> str:
+            return ", ".join(f"{h}x{w}" for h, w in sorted(self.network_sizes[task])) or "none yet"
+
+        def budget(predictor: Any, task: str) -> str:
+            state = predictor.budget_state
+            if state is None:
+                return f"{task} off"
+            details = ", ".join(f"{key} {value}" for key, value in state.describe().items()
+                                if key != "frame budget")
+            return f"{task} {1e3 * state.budget_s:.0f} ms ({details})"
+
+        if len(self.isr_frames) > 1:  # the budget switched settings: how many frames each served
+            served_isr = ", ".join(f"{setting} ({count} frames)" for setting, count in self.isr_frames.items())
+        else:
+            served_isr = seg.isr_text(seg.isr)
+
+        return {
+            f"{NOTE_PREFIX}depth_network": depth.network,
+            f"{NOTE_PREFIX}seg_network": seg.network,
+            f"{NOTE_PREFIX}depth_weights": depth.weights_identity,
+            f"{NOTE_PREFIX}seg_weights": seg.weights_identity,
+            f"{NOTE_PREFIX}backend": f"depth {depth.backend}, seg {seg.backend}",
+            f"{NOTE_PREFIX}precision": f"depth {depth.precision}, seg {seg.precision}",
+            f"{NOTE_PREFIX}isr_served": served_isr,
+            f"{NOTE_PREFIX}frame_budget": budget(depth, "depth") + "; " + budget(seg, "seg"),
+            f"{NOTE_PREFIX}input_size": f"depth {sizes('depth')}; seg {sizes('seg')}",
+            f"{NOTE_PREFIX}depth_units": self.depth_kind or "none yet",
+            f"{NOTE_PREFIX}untrained": ",".join(self.models.untrained) or "none",
+        }
 
 
 def describe_depth(kind: str, network: str) -> str:
@@ -328,14 +404,19 @@ class RunSummary:
     clouds: int = 0
     skipped: list[tuple[int, str]] = field(default_factory=list)
     interrupted: bool = False
+    signal: str | None = None  # the signal that stopped the run
     seconds: float = 0.0
+    counts: dict[str, int] = field(default_factory=dict)  # messages (or files) written per topic
 
     def lines(self) -> list[str]:
         rate = self.written / self.seconds if self.seconds > 0 else 0.0
         lines = [f"frames: {self.written} written, {len(self.skipped)} skipped, {self.read} read "
                  f"in {self.seconds:.1f} s ({rate:.2f} frames/s); {self.clouds} point clouds"]
+        if self.counts:
+            lines.append("written: " + ", ".join(f"{topic} {count}" for topic, count in self.counts.items()))
         if self.interrupted:
-            lines.append("interrupted: the output is closed and holds every finished frame")
+            lines.append(f"interrupted ({self.signal or 'SIGINT'}): the output is closed and holds "
+                         "every finished frame")
         for index, reason in self.skipped[:_LISTED_SKIPS]:
             lines.append(f"skipped frame {index}: {reason}")
         if len(self.skipped) > _LISTED_SKIPS:
@@ -344,47 +425,59 @@ class RunSummary:
 
 
 class Interrupts:
-    """The Ctrl-C policy of a run.
+    """The stop policy of a run, for Ctrl-C (SIGINT) and SIGTERM alike.
 
-    The first SIGINT sets :attr:`stop` (the loop ends after the frame in progress); the second
-    raises ``KeyboardInterrupt`` at once — except inside :meth:`protected` (a frame being written),
+    The first signal sets :attr:`stop` (the loop ends after the frame in progress); the second
+    raises ``KeyboardInterrupt`` at once -- except inside :meth:`protected` (a frame being written),
     where it waits for the end of the write, so the output never holds half a frame. Later ones
-    are ignored, so nothing cuts the closing of the output short.
+    are ignored, so nothing cuts the closing of the output short. :attr:`signal_name` is the first
+    signal received (for the exit status and the closing line).
     """
+
+    #: The signals handled.
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.stop = threading.Event()
+        self.signal_name: str | None = None
         self._protected = False
         self._abort_pending = False
         self._aborted = False
 
     def handle(self, signum: int, frame: Any) -> None:
-        """The SIGINT handler."""
+        """The signal handler."""
         if not self.stop.is_set():
             self.stop.set()
-            print("\nstopping after the current frame (Ctrl-C again to stop at once)",
-                  file=sys.stderr, flush=True)
+            self.signal_name = signal.Signals(signum).name
+            _say(f"{self.signal_name}: stopping after the current frame (again to stop at once)")
         elif self._protected:
             self._abort_pending = True
         elif not self._aborted:  # later ones must not cut short the closing of the output
             self._aborted = True
             raise KeyboardInterrupt
 
+    @property
+    def exit_status(self) -> int:
+        """128 + the signal's number (130 for Ctrl-C, 143 for SIGTERM), as shells report it."""
+        number = getattr(signal, self.signal_name or "SIGINT")
+        return 128 + int(number)
+
     @contextmanager
     def installed(self) -> Iterator[None]:
-        """Handle SIGINT while active (only in the main thread; elsewhere nothing changes)."""
+        """Handle the signals while active (only in the main thread; elsewhere nothing changes)."""
         if threading.current_thread() is not threading.main_thread():
             yield
             return
-        previous = signal.signal(signal.SIGINT, self.handle)
+        previous = {sig: signal.signal(sig, self.handle) for sig in self.SIGNALS}
         try:
             yield
         finally:
-            signal.signal(signal.SIGINT, previous)
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
 
     @contextmanager
     def protected(self) -> Iterator[None]:
-        """A section a second Ctrl-C does not cut short (it takes effect right after)."""
+        """A section a second signal does not cut short (it takes effect right after)."""
         self._protected = True
         try:
             yield
@@ -395,16 +488,27 @@ class Interrupts:
             raise KeyboardInterrupt
 
 
+def _say(line: str) -> None:
+    """One line on stderr that does not break a progress bar."""
+    from tqdm import tqdm
+
+    tqdm.write(line, file=sys.stderr)
+
+
 def run_frames(source: Source, writer: Writer, processor: FrameProcessor,
                max_frames: int | None = None, progress: bool = True,
                interrupts: Interrupts | None = None) -> RunSummary:
     """Process and write ``source``'s frames; returns the summary (also after Ctrl-C).
 
     ``max_frames``: stop after this many frames read (written or skipped). The writer is entered
-    here and always closed; each frame is written whole (:class:`Interrupts`). Exceptions other
-    than bad frames propagate, after the writer is closed.
+    here; a finished or interrupted run (SIGINT, SIGTERM: :class:`Interrupts`) closes it with every
+    frame written whole and the processor's notes (:meth:`FrameProcessor.notes`) in its metadata.
+    Exceptions other than bad frames propagate after the writer discarded its output (a write
+    failure is an :class:`~dense_perception.io.writers.OutputError`). Log lines are written above
+    the progress bar, never through it.
     """
     from tqdm import tqdm
+    from tqdm.contrib.logging import logging_redirect_tqdm
 
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"--max-frames must be at least 1, got {max_frames}")
@@ -418,24 +522,31 @@ def run_frames(source: Source, writer: Writer, processor: FrameProcessor,
                dynamic_ncols=True, smoothing=0.1)
     frames = source.frames()
     try:
-        with interrupts.installed(), writer:
-            for item in frames:
-                summary.read += 1
-                _handle(item, writer, processor, summary, interrupts)
-                bar.update(1)
-                if interrupts.stop.is_set():
-                    summary.interrupted = True
-                    break
-                if max_frames is not None and summary.read >= max_frames:
-                    break
+        with logging_redirect_tqdm(), interrupts.installed(), writer:
+            try:
+                for item in frames:
+                    summary.read += 1
+                    _handle(item, writer, processor, summary, interrupts)
+                    bar.update(1)
+                    if interrupts.stop.is_set():
+                        break
+                    if max_frames is not None and summary.read >= max_frames:
+                        break
+            finally:  # what ran goes into the output's metadata, whatever ended the loop
+                summary.interrupted = interrupts.stop.is_set()
+                summary.signal = interrupts.signal_name
+                writer.annotate(processor.notes())
+                summary.counts = writer.counts()
     except KeyboardInterrupt:
         summary.interrupted = True
+        summary.signal = interrupts.signal_name or "SIGINT"
     finally:
         bar.close()
         close = getattr(frames, "close", None)
         if close is not None:
             close()
         summary.seconds = time.perf_counter() - start
+    summary.counts = writer.counts()
     return summary
 
 

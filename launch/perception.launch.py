@@ -1,4 +1,5 @@
-"""Launch depth (DPT), seg (EDAFormer) and cloud: by default all in one process (``perception``).
+"""Launch depth (DPT), seg (semantic segmentation: EDAFormer, SegFormer, PVT, HRViT, ViT-CoMer) and
+cloud: by default all in one process (``perception``).
 
     ros2 launch dense_perception perception.launch.py image:=/camera/color/image_raw \\
         camera_info:=/camera/color/camera_info
@@ -12,7 +13,7 @@ from ``config`` (default: the package's ``config/perception.yaml``); ``backend``
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 PACKAGE = "dense_perception"
@@ -25,15 +26,15 @@ LAUNCH_ARGUMENTS: tuple[tuple[str, str, str], ...] = (
     ("namespace", "", "Namespace of the nodes and their relative output topics"),
     ("config", "", "Parameter YAML file; empty = the package's config/perception.yaml"),
     ("depth", "true", "Run the depth node (DPT)"),
-    ("seg", "true", "Run the seg node (EDAFormer)"),
+    ("seg", "true", "Run the seg node (semantic segmentation)"),
     ("cloud", "true", "Run the cloud node (semantic PointCloud2)"),
     ("backend", "", "Inference backend of depth and seg (auto, torch, onnxruntime, tensorrt); "
      "empty = from config"),
-    ("precision", "", "Inference precision of depth and seg (fp32, fp16, bf16); empty = from "
-     "config"),
+    ("precision", "", "Inference precision of depth and seg (fp32; fp16, bf16 on CUDA; int8 on the CPU "
+     "through ONNX Runtime); empty = from config"),
     ("single_process", "true", "Run the nodes in one process (perception executable, arrays "
      "passed in memory); false = one process per node"),
-    ("rviz", "false", "Start RViz with config/perception.rviz"),
+    ("rviz", "false", "Start RViz with config/perception.rviz (in the nodes' namespace; needs rviz2)"),
 )
 NODES = ("depth", "seg", "cloud")
 INFERENCE_NODES = ("depth", "seg")
@@ -47,12 +48,20 @@ def is_true(text: str) -> bool:
     return lowered in ("true", "1", "yes")
 
 
-def node_plans(args: Mapping[str, str], share_dir: str) -> list[dict[str, Any]]:
-    """The ``launch_ros.actions.Node`` keyword arguments for these launch argument values."""
+def node_plans(args: Mapping[str, str], share_dir: str,
+               has_package: Callable[[str], bool] = lambda _name: True) -> list[dict[str, Any]]:
+    """The ``launch_ros.actions.Node`` keyword arguments for these launch argument values.
+
+    ``ValueError`` (before anything starts) for values that cannot run, e.g. ``rviz:=true`` where
+    ``has_package("rviz2")`` is false.
+    """
     config = args["config"] or os.path.join(share_dir, "config", "perception.yaml")
     enabled = {name: is_true(args[name]) for name in NODES}
     if not any(enabled.values()):
         raise ValueError("nothing to launch: depth, seg and cloud are all false")
+    if is_true(args["rviz"]) and not has_package("rviz2"):
+        raise ValueError("rviz:=true, but rviz2 is not installed (sudo apt install "
+                         "ros-$ROS_DISTRO-rviz2); nothing was started")
     overrides = {name: args[name] for name in ("backend", "precision") if args[name]}
     image = args["image"]
     common = {
@@ -80,13 +89,24 @@ def node_plans(args: Mapping[str, str], share_dir: str) -> list[dict[str, Any]]:
     return plans
 
 
+def _installed(package: str) -> bool:
+    from ament_index_python.packages import PackageNotFoundError, get_package_prefix
+
+    try:
+        get_package_prefix(package)
+    except PackageNotFoundError:
+        return False
+    return True
+
+
 def _launch_setup(context, *_args, **_kwargs):
     from ament_index_python.packages import get_package_share_directory
     from launch.substitutions import LaunchConfiguration
     from launch_ros.actions import Node
 
     values = {name: LaunchConfiguration(name).perform(context) for name, _, _ in LAUNCH_ARGUMENTS}
-    return [Node(**plan) for plan in node_plans(values, get_package_share_directory(PACKAGE))]
+    plans = node_plans(values, get_package_share_directory(PACKAGE), _installed)
+    return [Node(**plan) for plan in plans]
 
 
 def generate_launch_description():

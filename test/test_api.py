@@ -11,15 +11,30 @@ import torch.nn.functional as F
 from dense_perception.api import DepthEstimator, Segmenter
 from dense_perception.networks import CheckpointError, ISRSetting, build_network
 from dense_perception.networks.common import fill_reference_weights
-from dense_perception.pipeline.preprocess import ImageError, preprocess_edaformer
+from dense_perception.pipeline.preprocess import ImageError, preprocess_dpt, preprocess_edaformer
 
 
 def _checkpoint(tmp: Path, name: str, meta: dict | None = None) -> Path:
+    """Seeded-rule weights. DPT's head ends in a ReLU that zeroes the whole output under that rule
+    (pre-ReLU values measured in [-0.21, -0.09] at these inputs), so for DPT its last 1x1 conv is
+    amplified and shifted: depth then varies over the image (raw values of order 10-100) and a wrong
+    resize, order of conversion or pixel mix-up changes it."""
     net = build_network(name)
     path = tmp / f"{name}.pth"
     state = fill_reference_weights(net)
+    if name.startswith("dpt"):
+        state["scratch.output_conv.4.weight"] *= 1000.0
+        state["scratch.output_conv.4.bias"].fill_(110.0)
     torch.save({"state_dict": state, "meta": meta or {}} if name.startswith("edaformer") else state, path)
     return path
+
+
+def _record_network_io(estimator: DepthEstimator, network_size: tuple[int, int]) -> list[tuple]:
+    """(input, output) of every forward of the estimator's torch network from now on."""
+    calls: list[tuple] = []
+    estimator.engine_for(network_size).net.register_forward_hook(
+        lambda _module, args, out: calls.append((args[0].detach().clone(), out.detach().clone())))
+    return calls
 
 
 @pytest.fixture(scope="module")
@@ -88,19 +103,30 @@ def test_fast_label_mode_and_official_size(ckpt_dir: Path) -> None:
 def test_depth_at_image_size(ckpt_dir: Path, network: str, kind: str) -> None:
     est = DepthEstimator(network, checkpoint=_checkpoint(ckpt_dir, network), backend="torch",
                          input_size=(64, 96))
-    result = est.predict(_image(50, 70))
+    calls = _record_network_io(est, (64, 96))
+    image = _image(50, 70)
+    result = est.predict(image)
     assert result.depth.shape == (50, 70) and result.depth.dtype == np.float32
     assert result.kind == kind and result.is_metric == (kind == "metric")
-    assert np.isfinite(result.depth).all()
-    if kind == "metric":
-        assert (result.depth > 0).all()
+    [(network_input, raw)] = calls
+    assert torch.equal(network_input, preprocess_dpt(image, input_size=(64, 96)).tensor)
+    assert raw.shape == (1, 64, 96) and float(raw.std()) > 1.0, "the amplified head gives a varying depth"
+    # shared/design/dpt.md section 9, written out: metres (1 / (scale * raw + shift)) at network
+    # resolution first for metric heads, then one bicubic resize (align_corners=False) to the image
+    at_network = 1 / torch.clamp(raw * 0.000305 + 0.1378, min=1e-8) if kind == "metric" else raw
+    expected = F.interpolate(at_network[:, None], size=(50, 70), mode="bicubic", align_corners=False)[0, 0]
+    np.testing.assert_allclose(result.depth, expected.numpy(), rtol=1e-5)
 
 
 def test_midas_scale_shift_gives_metres(ckpt_dir: Path) -> None:
     path = _checkpoint(ckpt_dir, "dpt_hybrid_midas")
     est = DepthEstimator("dpt_hybrid_midas", checkpoint=path, backend="torch", input_size=(64, 64),
                          depth_scale=2.0, depth_shift=0.5)
-    assert est.predict(_image(64, 64)).kind == "metric_fitted"
+    calls = _record_network_io(est, (64, 64))
+    result = est.predict(_image(64, 64))
+    assert result.kind == "metric_fitted" and result.is_metric
+    [(_, inverse_depth)] = calls  # the image is the network size: no resize
+    np.testing.assert_allclose(result.depth, 1 / (2.0 * inverse_depth[0].numpy() + 0.5), rtol=1e-6)
     with pytest.raises(ValueError, match="both"):
         DepthEstimator("dpt_hybrid_midas", checkpoint=path, depth_scale=2.0)
 

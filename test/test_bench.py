@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
 from dense_perception.benchmark import Case, Measurement, deviation
 from dense_perception.cli import main
@@ -103,3 +104,24 @@ def test_deviation_measures_labels_and_relative_depth() -> None:
     assert deviation(depth * 1.1, depth, "depth") == pytest.approx(0.1)
     assert np.isnan(deviation(depth, np.zeros_like(depth), "depth"))  # nothing to compare against
     assert np.isnan(deviation(depth[:, :2], depth, "depth"))
+
+
+def test_precision_is_part_of_a_case_for_the_mixed_precision_backends_only(tmp_path) -> None:
+    import argparse
+    from dataclasses import replace
+
+    from dense_perception.benchmark import _runner
+    from dense_perception.commands.bench import _cases, add_arguments
+
+    fp32 = Case("edaformer_t_ade20k", "torch", 64, 64, "[8,4,2,1]-[1,2,4]")
+    fp16 = replace(fp32, precision="fp16")
+    assert (fp32.label, fp16.label) == ("torch", "torch fp16")
+    assert fp16.slug == fp32.slug.replace("_torch_", "_torch_fp16_") and fp16.isr_group != fp32.isr_group
+    with pytest.raises(ValueError, match="eager runs fp32 here; fp16 runs on torch, torch-compile, transformers"):
+        _runner(replace(fp16, backend="eager"), torch.nn.Identity(), str(tmp_path))
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    cases = _cases(parser.parse_args(["--networks", "dpt_hybrid_midas", "--backends", "eager", "torch", "onnxruntime",
+                                      "transformers", "--precisions", "fp32", "fp16"]))
+    assert [c.label for c in cases] == ["eager", "torch", "torch fp16", "onnxruntime", "transformers",
+                                        "transformers fp16"]

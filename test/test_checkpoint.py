@@ -39,12 +39,15 @@ def test_official_mmseg_checkpoint_loads_strictly_with_metadata(net, tmp_path: P
         assert torch.equal(value, weights[key]), key
 
 
-def test_plain_and_model_wrapped_state_dicts_load(net, tmp_path: Path) -> None:
-    weights = fill_reference_weights(net)
-    torch.save(weights, tmp_path / "plain.pt")
-    torch.save({"model": weights, "optimizer": {}}, tmp_path / "wrapped.pt")
-    load_checkpoint(net, tmp_path / "plain.pt")
-    load_checkpoint(net, tmp_path / "wrapped.pt")
+@pytest.mark.parametrize("wrap", [lambda weights: weights, lambda weights: {"model": weights, "optimizer": {}}],
+                         ids=["plain", "model-wrapped"])
+def test_plain_and_model_wrapped_state_dicts_load(tmp_path: Path, wrap) -> None:
+    fresh = build_network("edaformer_t_ade20k")  # default init: differs from the file in every float entry
+    weights = fill_reference_weights(fresh)
+    torch.save(wrap(weights), tmp_path / "weights.pt")
+    load_checkpoint(fresh, tmp_path / "weights.pt")
+    for key, value in fresh.state_dict().items():
+        assert torch.equal(value, weights[key]), key
 
 
 def test_wrong_network_names_counts_and_first_keys(tmp_path: Path) -> None:
@@ -74,7 +77,7 @@ def test_class_count_mismatch_is_a_shape_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("content, match", [
-    (b"", "not a readable PyTorch checkpoint"),
+    (b"", "is empty \\(0 bytes\\)"),
     (b"this is not a checkpoint\n", "not a readable PyTorch checkpoint"),
     (b"PK\x03\x04" + b"\x00" * 64, "not a readable PyTorch checkpoint"),
 ])
@@ -90,7 +93,7 @@ def test_truncated_checkpoint(net, tmp_path: Path) -> None:
     data = good.read_bytes()
     bad = tmp_path / "truncated.pth"
     bad.write_bytes(data[: len(data) // 2])
-    with pytest.raises(CheckpointError, match="truncated, corrupt"):
+    with pytest.raises(CheckpointError, match="truncated or corrupt"):
         read_checkpoint(bad)
 
 
@@ -121,3 +124,79 @@ def test_other_pickles_and_missing_files(tmp_path: Path) -> None:
         read_checkpoint(tmp_path / "empty.pt")
     with pytest.raises(CheckpointError, match="does not exist"):
         read_checkpoint(tmp_path / "nope.pth")
+
+
+# -- faults: each names its real cause, in one line ------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def good_file(net, tmp_path_factory) -> Path:
+    return _mmseg_file(tmp_path_factory.mktemp("good") / "good.pth", fill_reference_weights(net))
+
+
+def _one_line(exc: pytest.ExceptionInfo) -> str:
+    text = str(exc.value)
+    assert "\n" not in text, text
+    return text
+
+
+def test_flipped_byte_is_reported_as_corrupt(good_file: Path, tmp_path: Path) -> None:
+    data = bytearray(good_file.read_bytes())
+    data[len(data) // 2] ^= 0x10  # inside a tensor's bytes: torch itself would load it silently
+    flipped = tmp_path / "flipped.pth"
+    flipped.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError) as info:
+        read_checkpoint(flipped)
+    assert "is corrupt: the stored checksum (CRC-32) of" in _one_line(info)
+
+
+def test_truncated_empty_and_foreign_files(good_file: Path, tmp_path: Path) -> None:
+    data = good_file.read_bytes()
+    cases = {"cut.pth": (data[: len(data) // 3], "truncated or corrupt"),
+             "empty.pth": (b"", "is empty (0 bytes)"),
+             "notes.pth": (b"hello, I am text\n" * 20, "not a PyTorch checkpoint")}
+    for name, (content, cause) in cases.items():
+        (tmp_path / name).write_bytes(content)
+        with pytest.raises(CheckpointError) as info:
+            read_checkpoint(tmp_path / name)
+        assert cause in _one_line(info), name
+        assert "Please file an issue" not in str(info.value) and "In PyTorch 2.6" not in str(info.value)
+
+
+def test_directory_fifo_and_permission_name_the_cause(tmp_path: Path, monkeypatch) -> None:
+    import os
+
+    (tmp_path / "folder.pth").mkdir()
+    with pytest.raises(CheckpointError, match="is a directory, not a checkpoint file"):
+        read_checkpoint(tmp_path / "folder.pth")
+    os.mkfifo(tmp_path / "pipe.pth")
+    with pytest.raises(CheckpointError, match=r"is a FIFO \(named pipe\)"):
+        read_checkpoint(tmp_path / "pipe.pth")  # refused without opening it (an open would block)
+    locked = tmp_path / "locked.pth"
+    locked.write_bytes(b"x" * 10)
+    if os.geteuid() == 0:  # root reads anything: answer as the kernel answers a user
+        real_open = open
+
+        def refuse(path, *args, **kwargs):
+            if str(path) == str(locked):
+                raise PermissionError(13, "Permission denied", str(path))
+            return real_open(path, *args, **kwargs)
+
+        monkeypatch.setattr("builtins.open", refuse)
+    else:
+        locked.chmod(0)
+    with pytest.raises(CheckpointError, match=r"cannot be read \(Permission denied\)"):
+        read_checkpoint(locked)
+
+
+def test_non_finite_weights_are_rejected_by_name(net, tmp_path: Path) -> None:
+    weights = fill_reference_weights(net)
+    name = "decode_head.linear_pred.weight"
+    weights[name] = weights[name].clone()
+    weights[name].view(-1)[3] = float("nan")
+    path = _mmseg_file(tmp_path / "nan.pth", weights)
+    fresh = build_network("edaformer_t_ade20k")
+    before = {k: v.clone() for k, v in fresh.state_dict().items()}
+    with pytest.raises(CheckpointError, match=rf"tensor {name} holds non-finite values"):
+        load_checkpoint(fresh, path)
+    assert all(torch.equal(before[k], v) for k, v in fresh.state_dict().items())  # nothing loaded

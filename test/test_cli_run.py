@@ -27,6 +27,7 @@ from rosbags.highlevel import AnyReader
 from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 
+from bag_fixtures import write_bag
 from dense_perception.cli import main as cli_main
 from dense_perception.io.images import image_array
 from dense_perception.runner import Interrupts
@@ -48,6 +49,15 @@ def read_bag(path: Path) -> dict[str, list[tuple[int, object]]]:
         for connection, stamp, raw in reader.messages():
             topics.setdefault(connection.topic, []).append(
                 (stamp, reader.deserialize(raw, connection.msgtype)))
+    return topics
+
+
+def read_raw(path: Path) -> dict[str, list[tuple[int, bytes]]]:
+    """topic -> [(log time, serialised bytes)] of a bag or MCAP file, read with rosbags."""
+    topics: dict[str, list[tuple[int, bytes]]] = {}
+    with AnyReader([path]) as reader:
+        for connection, stamp, raw in reader.messages():
+            topics.setdefault(connection.topic, []).append((stamp, bytes(raw)))
     return topics
 
 
@@ -279,7 +289,7 @@ def test_run_video_midas_is_relative(tmp_path: Path, capsys) -> None:
     writer.release()
     out = tmp_path / "video_bag"
     code, stdout, _ = run_cli("run", str(video), "--out", str(out), "--every", "2",
-                              "--max-frames", "2", *FAST, capsys=capsys)  # default MiDaS depth
+                              "--max-frames", "2", *FAST, "--depth", "dpt_hybrid_midas", capsys=capsys)
     assert code == 0
     assert "RELATIVE INVERSE" in stdout and "0 point clouds" in stdout
     topics = read_bag(out)
@@ -288,6 +298,23 @@ def test_run_video_midas_is_relative(tmp_path: Path, capsys) -> None:
     assert [stamp for stamp, _ in topics["/camera/image"]] == [0, 400_000_000]  # frames 0 and 2
     for index in range(2):
         check_frame_messages(topics, index, expect_cloud=False)
+
+
+def test_run_bag_with_an_unparseable_topic_equals_the_clean_bag(tmp_path: Path, capsys) -> None:
+    """The issue's case: a topic whose schema rosbags cannot parse beside the images; with --topic
+    the outputs equal those of the same bag without it (untrained weights are seeded)."""
+    stamps = [1_700_000_000 * NS + i * 40_000_000 for i in range(2)]
+    outputs = {}
+    for name, broken in (("clean", False), ("with_broken_topic", True)):
+        write_bag(tmp_path / name, stamps, StoragePlugin.MCAP, broken_topic=broken)
+        out = tmp_path / f"{name}.mcap"
+        code, stdout, stderr = run_cli("run", str(tmp_path / name), "--out", str(out), "--topic",
+                                       "/cam/image_raw", *FAST, capsys=capsys)
+        assert code == 0, stderr
+        assert ("skipped topics with unparseable definitions: /weird" in stdout) == broken
+        outputs[name] = {topic: [raw for _, raw in messages] for topic, messages in read_raw(out).items()}
+    assert outputs["clean"] == outputs["with_broken_topic"]
+    assert sorted(outputs["clean"]) == sorted(TOPICS)
 
 
 @pytest.mark.parametrize("storage, out_format", [(StoragePlugin.MCAP, "sqlite3"),
@@ -341,7 +368,9 @@ def test_unreadable_inputs_give_one_line_errors(tmp_path: Path, capsys) -> None:
     assert code == 2 and "exists already" in stderr
 
 
-def test_sigint_leaves_a_valid_bag(tmp_path: Path) -> None:
+@pytest.mark.parametrize("signum, status", [(signal.SIGINT, 130), (signal.SIGTERM, 143)],
+                         ids=["sigint", "sigterm"])
+def test_signal_leaves_a_valid_bag(tmp_path: Path, signum: int, status: int) -> None:
     folder = tmp_path / "many"
     folder.mkdir()
     for i in range(40):
@@ -361,11 +390,15 @@ def test_sigint_leaves_a_valid_bag(tmp_path: Path) -> None:
         assert process.poll() is None, b"".join(stderr_chunks).decode()
         assert time.monotonic() < deadline, "no progress within 60 s"
         time.sleep(0.05)
-    process.send_signal(signal.SIGINT)  # Ctrl-C: stop after the frame in progress
-    stdout, _ = process.communicate(timeout=60)
-    reader.join(timeout=5)
-    assert process.returncode == 130, b"".join(stderr_chunks).decode()
+    process.send_signal(signum)  # stop after the frame in progress
+    stdout, rest = process.communicate(timeout=60)  # communicate reads stderr too: keep what it got
+    reader.join(timeout=60)
+    stderr = (b"".join(stderr_chunks) + (rest or b"")).decode()
+    assert process.returncode == status, stderr
     assert b"interrupted" in stdout
+    closing = [line for line in stderr.splitlines() if line.startswith("dense-perception run:")]
+    assert len(closing) == 1 and f"stopped by {signal.Signals(signum).name}" in closing[0], stderr
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial")]
     topics = read_bag(out)
     written = len(topics["/camera/image"])
     assert 1 <= written < 40
@@ -392,3 +425,23 @@ def test_second_ctrl_c_outside_a_write_stops_at_once() -> None:
     interrupts.handle(signal.SIGINT, None)
     with pytest.raises(KeyboardInterrupt):
         interrupts.handle(signal.SIGINT, None)
+
+
+def test_frame_budget_reaches_both_networks_and_the_summary(tmp_path: Path, capsys) -> None:
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(3):
+        cv2.imwrite(str(folder / f"frame{i}.png"), gradient_image(24, 32, i)[..., ::-1])
+    out = tmp_path / "out"
+    code, stdout, _ = run_cli("run", str(folder), "--out", str(out), "--format", "files",
+                              "--frame-budget-ms", "1", *FAST, capsys=capsys)
+    assert code == 0
+    line = next(line for line in stdout.splitlines() if line.startswith("frame budget: "))
+    # 1 ms cannot be held on a CPU: both governors measured their frames and say so
+    assert line.startswith("frame budget: depth 1 ms (frame time (measured) ") and "; seg 1 ms (" in line
+    assert line.count("budget held") == 2
+    notes = json.loads((out / "run.json").read_text())
+    assert notes["dense_perception.frame_budget"] == line.removeprefix("frame budget: ")
+    code, _, err = run_cli("run", str(folder), "--out", str(tmp_path / "o2"), "--format", "files",
+                           "--frame-budget-ms", "nan", *FAST, capsys=capsys)
+    assert code != 0 and "frame budget must be a finite number of milliseconds" in err

@@ -17,6 +17,7 @@ from dense_perception.pipeline.cloud import (
     cloud_fields,
     intrinsics_matrix,
     pack_rgb,
+    pointcloud2_layout,
     scale_intrinsics,
     unpack_rgb,
 )
@@ -103,8 +104,34 @@ def test_intrinsics_scale_with_the_image():
     info = SimpleNamespace(k=K_full.reshape(-1).tolist(), width=640, height=480)
     camera = CameraModel.from_camera_info(info).for_image(320, 240)
     assert np.array_equal(camera.K, K_half) and (camera.width, camera.height) == (320, 240)
-    unknown_size = SimpleNamespace(k=info.k, width=0, height=0)
-    assert np.array_equal(CameraModel.from_camera_info(unknown_size).for_image(320, 240).K, K_full)
+
+
+
+@pytest.mark.parametrize("k, width, height, reason", [
+    ([500.0, 0, 319.5, 0, 400.0, 239.5, 0, 0, 1], 0, 480, "no image size"),
+    ([500.0, 0, 319.5, 0, 400.0, 239.5, 0, 0, 1], 640, 0, "no image size"),
+    ([1e-300, 0, 319.5, 0, 400.0, 239.5, 0, 0, 1], 640, 480, "fx = 1e-300 gives a 180 degree"),
+    ([500.0, 0, 319.5, 0, 1e9, 239.5, 0, 0, 1], 640, 480, "fy = 1e\+09"),
+    ([1500.0, 0, 959.5, 0, 1500.0, 539.5, 0, 0, 1], 640, 480, "cx = 959.5 lies outside"),
+    ([500.0, 0, 319.5, 0, 400.0, -200.0, 0, 0, 1], 640, 480, "cy = -200 lies outside"),
+    ([np.nan, 0, 319.5, 0, 400.0, 239.5, 0, 0, 1], 640, 480, "non-finite"),
+])
+def test_camera_info_that_cannot_describe_the_image_is_rejected(k, width, height, reason):
+    with pytest.raises(ValueError, match=reason):
+        CameraModel.from_camera_info(SimpleNamespace(k=k, width=width, height=height))
+
+
+def test_no_point_is_ever_non_finite_whatever_the_depth():
+    depth = np.array([[1e38, -1.0, np.inf], [np.nan, 3e38, 2.0]], np.float32)
+    K = intrinsics_matrix([1e-3, 0, 0.5, 0, 1e-3, 0.5, 0, 0, 1])  # the builder itself takes any K
+    for organized in (False, True):
+        cloud = build_cloud(depth, K, organized=organized, max_depth=np.inf)
+        points = cloud.reshape(-1)
+        finite = np.isfinite(points["x"]) & np.isfinite(points["y"]) & np.isfinite(points["z"])
+        if organized:
+            assert np.isnan(points["z"][~finite]).all()  # invalid points are NaN, never inf
+        else:
+            assert finite.all()
 
 
 def test_uncalibrated_camera_info_is_rejected():
@@ -146,3 +173,98 @@ def test_vga_cloud_takes_a_few_milliseconds(organized):
           f"median {1e3 * float(np.median(timings)):.1f} ms")
     assert cloud.size == (480 * 640 if organized else np.isfinite(depth_m).sum())
     assert best_ms < 50.0  # a few ms on one core; generous for a loaded CI machine
+
+
+# ---- boundaries, layouts and messages ------------------------------------------------------------
+def test_zero_depth_is_invalid_and_the_range_bounds_are_inclusive():
+    depth_m = np.array([[0.0, 0.75, 5.0, 5.5]], np.float32)
+    assert build_cloud(depth_m, K)["z"].tolist() == [0.75, 5.0, 5.5]
+    assert build_cloud(depth_m, K, min_depth=0.75, max_depth=5.0)["z"].tolist() == [0.75, 5.0]
+
+
+def test_organized_cloud_keeps_colour_and_labels_at_their_pixels():
+    depth_m = np.array([[1.0, np.nan, 2.0], [3.0, 4.0, 0.0]], np.float32)
+    rgb = np.arange(18, dtype=np.uint8).reshape(2, 3, 3)
+    labels = np.array([[1, 2, 3], [4, 5, 6]], np.uint8)
+    organized = build_cloud(depth_m, K, rgb=rgb, labels=labels, organized=True)
+    assert np.array_equal(unpack_rgb(organized["rgb"]), rgb)
+    assert np.array_equal(organized["label"], labels)
+
+
+def test_unpack_rgb_keeps_the_layout_of_its_input():
+    rgb = np.random.default_rng(2).integers(0, 256, (2, 3, 3), dtype=np.uint8)
+    unpacked = unpack_rgb(pack_rgb(rgb))
+    assert unpacked.dtype == np.uint8 and unpacked.shape == (2, 3, 3) and np.array_equal(unpacked, rgb)
+
+
+def test_pointcloud2_layout_of_an_organised_cloud():
+    depth_m = np.array([[1.0, np.nan, 2.0], [3.0, 4.0, 5.0]], np.float32)
+    cloud = build_cloud(depth_m, K, organized=True)
+    layout = pointcloud2_layout(cloud)
+    assert {k: layout[k] for k in ("height", "width", "is_bigendian", "point_step", "row_step", "is_dense")} == {
+        "height": 2, "width": 3, "is_bigendian": False, "point_step": 20, "row_step": 60, "is_dense": False}
+    assert layout["data"].dtype == np.uint8 and layout["data"].tobytes() == cloud.tobytes()
+    assert len(layout["data"]) == 6 * 20
+    # the point of row 1, column 2 sits at byte 20 * (3 + 2); its z is little-endian float32 at offset 8
+    assert np.frombuffer(layout["data"][100 + 8:100 + 12].tobytes(), "<f4")[0] == 5.0
+
+
+def test_pointcloud2_layout_of_a_dense_cloud_and_of_an_explicit_shape():
+    cloud = build_cloud(np.array([[1.0, np.nan], [2.0, 3.0]], np.float32), K)
+    layout = pointcloud2_layout(cloud)
+    assert (layout["height"], layout["width"], layout["row_step"], layout["is_dense"]) == (1, 3, 60, True)
+    assert layout["data"].tobytes() == cloud.tobytes()
+    reshaped = pointcloud2_layout(build_cloud(np.ones((2, 3), np.float32), K), organized_shape=(3, 2))
+    assert (reshaped["height"], reshaped["width"], reshaped["row_step"], reshaped["is_dense"]) == (3, 2, 40, False)
+    with pytest.raises(ValueError) as error:
+        pointcloud2_layout(cloud, organized_shape=(2, 2))
+    assert str(error.value) == "organized shape (2, 2) does not hold 3 points"
+    with pytest.raises(ValueError, match="is not CLOUD_DTYPE"):
+        pointcloud2_layout(np.zeros(3, np.float32))
+
+
+def test_camera_model_for_its_own_size_keeps_k_and_size():
+    camera = CameraModel(K, width=5, height=4)
+    same = camera.for_image(5, 4)
+    assert (same.width, same.height) == (5, 4) and np.array_equal(same.K, K)
+    assert (same.fx, same.fy, same.cx, same.cy) == (100.0, 200.0, 1.5, 0.5)
+
+
+def test_intrinsics_matrix_is_float_and_needs_both_focal_lengths():
+    K_int = intrinsics_matrix([1, 0, 2, 0, 1, 3, 0, 0, 1])
+    assert K_int.dtype == np.float64 and K_int.shape == (3, 3) and K_int[1, 2] == 3.0
+    assert intrinsics_matrix([0.5, 0, 0, 0, 0.5, 0, 0, 0, 1])[0, 0] == 0.5, "a small focal length is valid"
+    for fx, fy in ((0.0, 1.0), (1.0, 0.0), (-1.0, 1.0)):
+        with pytest.raises(ValueError) as error:
+            intrinsics_matrix([fx, 0, 0, 0, fy, 5.0, 0, 0, 1])
+        assert str(error.value) == (f"camera matrix has no focal length (fx={fx}, fy={fy}): "
+                                    "is the camera calibrated?")
+    with pytest.raises(ValueError) as error:
+        intrinsics_matrix([1.0] * 8)
+    assert str(error.value) == "camera matrix needs 9 values, got 8"
+    with pytest.raises(ValueError) as error:
+        intrinsics_matrix([1.0] * 8 + [np.inf])
+    assert str(error.value) == "camera matrix has non-finite values"
+
+
+def test_scale_intrinsics_scales_skew_and_refuses_empty_sizes():
+    K_skew = np.array([[100, 4, 10], [0, 80, 20], [0, 0, 1]])  # integers: the result must still be float
+    scaled = scale_intrinsics(K_skew, (40, 30), (20, 60))
+    expected = [[50.0, 2.0, 10.5 * 0.5 - 0.5], [0.0, 160.0, 20.5 * 2 - 0.5], [0.0, 0.0, 1.0]]
+    assert scaled.dtype == np.float64 and np.array_equal(scaled, expected)
+    assert scale_intrinsics(K_skew, (40, 30), (1, 1))[0, 0] == 2.5, "a 1x1 target is a valid size"
+    for sizes in (((0, 30), (20, 60)), ((40, 0), (20, 60)), ((40, 30), (0, 60)), ((40, 30), (20, 0))):
+        with pytest.raises(ValueError) as error:
+            scale_intrinsics(K_skew, *sizes)
+        assert str(error.value) == f"cannot scale intrinsics from {sizes[0]} to {sizes[1]}"
+
+
+def test_input_checks_at_their_boundaries():
+    assert build_cloud(np.ones((1, 1), np.float32), K).size == 1, "a 1x1 depth image is fine"
+    with pytest.raises(ValueError, match=r"non-empty \[H, W\] array, got shape \[0, 4\]"):
+        build_cloud(np.ones((0, 4), np.float32), K)
+    with pytest.raises(ValueError) as error:
+        build_cloud(np.ones((2, 2), np.float32), np.eye(2))
+    assert str(error.value) == "K must be 3x3, got shape [2, 2]"
+    with pytest.raises(ValueError, match=r"min_depth \(2.0\) must be below max_depth \(2.0\)"):
+        build_cloud(np.ones((2, 2), np.float32), K, min_depth=2.0, max_depth=2.0)

@@ -301,20 +301,35 @@ def test_label_info_message_maps_ids_to_names(monkeypatch):
 # -- depth ----------------------------------------------------------------------------------------
 
 
-def test_depth_outputs_with_and_without_camera_info(ros_context, harness):
+def test_default_depth_is_metres_on_depth_image(ros_context, harness):
     depth = DepthNode(context=ros_context, parameter_overrides=overrides(input_size=[64, 64]))
-    graph = harness([depth], {"depth/image": Image, "depth/camera_info": CameraInfo,
+    assert depth.estimator.network == "dpt_hybrid_nyu" and not depth.relative
+    assert depth.depth_pub.topic_name == "/depth/image"
+    graph = harness([depth], {"depth/image": Image})
+    graph.image_pub.publish(bgr8_image(1))
+    metres = image_array(graph.next("depth/image", 1, timeout_s=60.0))
+    expected = depth.estimator.predict(RGB)
+    assert expected.kind == "metric" and (metres > 0).all()
+    np.testing.assert_allclose(metres, expected.depth, rtol=1e-5)
+
+
+def test_relative_depth_is_never_published_as_metres(ros_context, harness):
+    depth = DepthNode(context=ros_context, parameter_overrides=overrides(
+        input_size=[64, 64], network="dpt_hybrid_midas"))
+    graph = harness([depth], {"depth/relative_inverse": Image, "depth/camera_info": CameraInfo,
                               "depth/colored": Image})
+    assert depth.count_publishers("/depth/image") == 0, "relative depth must not go to depth/image"
+    assert "not on depth/image" in depth.output_line()
     graph.image_pub.publish(bgr8_image(1))  # no camera_info yet: depth is still published
-    first = graph.next("depth/image", 1, timeout_s=60.0)
+    first = graph.next("depth/relative_inverse", 1, timeout_s=60.0)
     assert_header(first, 1)
-    assert "no CameraInfo received" in depth.warnings.last_message["camera_info"]
+    assert "no usable CameraInfo received" in depth.warnings.last_message["camera_info"]
     assert not graph.received["depth/camera_info"]
 
     graph.info_pub.publish(camera_info(2))
     assert graph.spin_until(lambda: depth._camera_info_for(header(2)) is not None)
     graph.image_pub.publish(bgr8_image(2))
-    depth_msg = graph.next("depth/image", 2, timeout_s=60.0)
+    depth_msg = graph.next("depth/relative_inverse", 2, timeout_s=60.0)
     info_msg = graph.next("depth/camera_info", 1)
     colored_msg = graph.next("depth/colored", 2)
     for msg in (depth_msg, info_msg, colored_msg):
@@ -353,7 +368,7 @@ def test_depth_outputs_with_and_without_camera_info(ros_context, harness):
 
 def test_perception_passes_depth_and_labels_to_the_cloud_in_memory(ros_context, harness):
     perception = Perception(context=ros_context, parameter_overrides=overrides(
-        input_size=[64, 64], depth_scale=1.0, depth_shift=0.5, sync_timeout=10.0))
+        input_size=[64, 64], sync_timeout=10.0))  # the default depth network gives metres
     assert list(perception.cloud.subscriptions) == []  # no topic round trip for the cloud
     graph = harness(perception.nodes, {"points": PointCloud2, "seg/labels": Image,
                                        "depth/image": Image})
@@ -369,7 +384,7 @@ def test_perception_passes_depth_and_labels_to_the_cloud_in_memory(ros_context, 
     assert set(np.unique(points["label"])) <= set(np.unique(labels))
     assert perception.cloud.stats.incomplete == 0
     assert perception.seg.get_parameter("isr_ratio").value == 1  # each node its own parameters
-    assert perception.depth.get_parameter("depth_scale").value == 1.0
+    assert perception.depth.get_parameter("network").value == "dpt_hybrid_nyu"
 
 
 def test_perception_options():
@@ -400,7 +415,7 @@ def test_nodes_start_from_the_packaged_config(ros_context):
             assert node.get_parameter("output_reliability").value == "reliable"
         assert seg.get_parameter("isr_encoder").type_ == Parameter.Type.INTEGER_ARRAY
         assert seg.set_parameters([Parameter("isr_encoder", value=[16, 8, 2, 1])])[0].successful
-        assert depth.get_parameter("network").value == "dpt_hybrid_midas"
+        assert depth.get_parameter("network").value == "dpt_hybrid_nyu"
     finally:
         seg.destroy_node()
         depth.destroy_node()
@@ -419,19 +434,47 @@ def test_perception_main_runs_the_chosen_nodes_and_exits_cleanly(ros_context):
         assert_exits_cleanly(process, signal.SIGINT)
 
 
-def test_failed_background_isr_build_reverts_the_parameters(ros_context, monkeypatch):
+def test_failed_background_isr_build_reverts_the_parameters(ros_context):
     """A fixed-shape backend whose engine build for a new ISR setting failed keeps serving the old
-    setting; the node reverts its parameters to it and says why."""
-    from dense_perception.engines.switching import ISRStatus
-
+    setting; the node puts its parameters back to it and says why."""
     seg = make_seg(ros_context)
     serving = seg.segmenter.isr
     wanted = ISRSetting.from_ratio(2)
-    monkeypatch.setattr(seg.segmenter, "isr_status",
-                        lambda: ISRStatus(serving, None, f"ISR {wanted}: builder ran out of memory"))
-    seg._switch_isr(wanted, 64, 64)
+    assert seg.set_parameters([Parameter("isr_ratio", value=2)])[0].successful
+    assert seg.segmenter.isr_control.state.requested == wanted
+    seg.segmenter.isr_control.building(wanted)
+    seg.segmenter.isr_control.failed(wanted, "builder ran out of memory")  # what the engine reports
     assert list(seg.get_parameter("isr_encoder").value) == list(serving.encoder)
     assert list(seg.get_parameter("isr_decoder").value) == list(serving.decoder)
-    assert "builder ran out of memory" in seg.warnings.last_message["isr"]
+    state = seg.segmenter.isr_control.state
+    assert state.requested == state.served == serving and "builder ran out of memory" in state.error
     assert seg.segmenter.isr == serving
     seg.destroy_node()
+
+
+def test_isr_that_stops_fitting_falls_back_and_the_parameters_follow(ros_context, harness):
+    """An ISR setting accepted at one image size serves the nearest fitting setting at a size it does
+    not fit, and the parameters and /diagnostics say so."""
+    seg = SegNode(context=ros_context, parameter_overrides=overrides(diagnostics_period=0.2,
+                                                                     publish_colored=False))
+    graph = harness([seg], {"seg/labels": Image, "/diagnostics": DiagnosticArray})
+    square = np.zeros((64, 64, 3), np.uint8)  # -> a 512x512 network input (ADE20K's resize)
+    graph.image_pub.publish(bgr8_image(1, square))
+    graph.next("seg/labels", 1, timeout_s=60.0)
+    accepted = graph.set_parameter("seg", "isr_ratio", "8")  # [64,32,16,8]-[8,16,32] fits 512x512
+    assert accepted.successful, accepted.reason
+    wide = np.zeros((16, 1024, 3), np.uint8)  # -> 32x2048: stage-1 map 8x512, stage 4 1x64
+    graph.image_pub.publish(bgr8_image(2, wide))
+    graph.next("seg/labels", 2, timeout_s=60.0)
+    state = seg.segmenter.isr_control.state
+    nearest = ISRSetting((8, 4, 2, 1), (1, 2, 4))  # each pool cut to its feature map
+    assert state.fallback and "does not fit a 32x2048 input" in state.fallback
+    assert state.fallback_setting == nearest and state.served == nearest
+    assert list(seg.get_parameter("isr_encoder").value) == list(nearest.encoder)
+    assert list(seg.get_parameter("isr_decoder").value) == list(nearest.decoder)
+
+    def served_on_diagnostics():
+        values = [dict((kv.key, kv.value) for kv in status.values)
+                  for msg in graph.received["/diagnostics"] for status in msg.status]
+        return [v for v in values if v.get("isr served") == str(nearest)]
+    assert graph.spin_until(served_on_diagnostics)

@@ -1,12 +1,19 @@
-"""DPT against golden outputs of the official code (shared/reference/dpt), plus structural checks."""
+"""DPT against golden outputs of the official code (compact cases in test/golden/dpt always, the full
+cases of ../shared/reference/dpt where that folder exists), plus structural checks."""
 from __future__ import annotations
+
+import functools
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
-from conftest import assert_close_rel, load_case, reference_cases
+from golden_cases import (
+    COMPACT_ROOT, Forwards, GoldenCase, assert_matches, capture_arrays, case_params, check_input,
+    check_state_dict, load_case, mismatches, read_compact, sources,
+)
 from dense_perception.networks import CheckpointError, available_networks, build_network, load_weights, network_spec
 from dense_perception.networks.common import fill_reference_weights
 from dense_perception.networks.cost import count_cost
@@ -15,7 +22,7 @@ from dense_perception.networks.dpt import DPT
 from dense_perception.networks.resnet import StdConv2dSame, pad_same, same_padding, standardise_weight
 from dense_perception.networks.vit import resize_pos_embed
 
-CASES = reference_cases("dpt")
+CASES = case_params("dpt")
 #: float32 noise on the layer arrays, from the cases' own notes ("float32 CPU noise vs float64 ...
 #: <=4e-5 relative to max|ref| on layer1..4"). On this AVX2-only CPU the hybrid's layer3/layer4 land at
 #: 1.96e-5 / 2.1e-5 (JSON bound 2e-5), and merely switching oneDNN off or ATen to its scalar kernels
@@ -23,6 +30,11 @@ CASES = reference_cases("dpt")
 #: arrays by 2e-3..1e-2 (notes), so 4e-5 still catches them; pre_relu and output keep the JSON bound.
 FLOAT32_NOISE_LAYERS = 4e-5
 DPT_NAMES = ("dpt_hybrid_kitti", "dpt_hybrid_midas", "dpt_hybrid_nyu", "dpt_large_midas")
+
+
+def layer_noise_floor(array: str, rel: float) -> float:
+    """A case's bound, widened to :data:`FLOAT32_NOISE_LAYERS` on the layer arrays."""
+    return max(rel, FLOAT32_NOISE_LAYERS) if array.startswith("layer") else rel
 
 
 @pytest.fixture(scope="module")
@@ -33,50 +45,82 @@ def hybrid() -> DPT:
     return net
 
 
-def _capture(net: nn.Module, hooks: dict[str, str], inputs: dict[str, str], x: torch.Tensor
-             ) -> dict[str, np.ndarray]:
-    """Run ``net(x)``; return ``output`` plus the named module outputs (``hooks``) and first inputs."""
-    got: dict[str, torch.Tensor] = {}
-    handles = [
-        net.get_submodule(path).register_forward_hook(
-            lambda _m, _i, out, a=array: got.__setitem__(a, out.detach().clone()))
-        for array, path in hooks.items()
-    ] + [
-        net.get_submodule(path).register_forward_pre_hook(
-            lambda _m, args, a=array: got.__setitem__(a, args[0].detach().clone()))
-        for array, path in inputs.items()
-    ]
-    try:
-        with torch.no_grad():
-            got["output"] = net(x)
-    finally:
-        for handle in handles:
-            handle.remove()
-    return {k: v.numpy() for k, v in got.items()}
-
-
-@pytest.mark.parametrize("case", CASES)
-def test_matches_official_output(case: str) -> None:
-    meta, ref = load_case("dpt", case)
-    net = build_network(meta["settings"]["network"])
-
-    ours = [[k, list(v.shape)] for k, v in sorted(net.state_dict().items())]
-    assert ours == [[k, shape] for k, shape, _ in meta["keys"]], "state_dict keys/shapes differ from official"
-
+def network_for(case: GoldenCase) -> DPT:
+    """The case's network with the reference weights."""
+    net = build_network(case.settings["network"])
     load_weights(net, fill_reference_weights(net))
-    hooks, inputs = meta.get("compare_hooks", {}), meta.get("compare_inputs", {})
-    got = _capture(net, hooks, inputs, torch.from_numpy(ref["input"]))
-    tolerance = meta.get("tolerance", {})
-    compared = [a for a in ref if a != "input"]
-    assert set(compared) <= set(got), f"reference arrays without a hook: {set(compared) - set(got)}"
-    for array in compared:
-        ours_array = got[array]
-        if array in inputs and ours_array.shape[1] > ref[array].shape[1]:
-            ours_array = ours_array[:, : ref[array].shape[1]]  # leading channels only
-        rel = tolerance.get(array, 1e-4)
-        if array.startswith("layer"):
-            rel = max(rel, FLOAT32_NOISE_LAYERS)
-        assert_close_rel(ours_array, ref[array], rel, f"{case} {array}")
+    return net
+
+
+@pytest.fixture(scope="module")
+def forwards() -> Forwards:
+    return Forwards(network_for)
+
+
+@pytest.mark.golden
+@pytest.mark.parametrize("case_id", CASES)
+def test_matches_official_output(case_id: str, forwards: Forwards) -> None:
+    """``output`` (metres for the metric heads: the official invert step), ``pre_relu`` (the final
+    conv before the ReLU: under the weight rule the output itself is constant) and the inputs of
+    ``scratch.layer1..4_rn``."""
+    case = load_case("dpt", case_id)
+    check_input(case)
+    keys, ours = forwards(case)
+    check_state_dict(case, keys)
+    assert_matches(case, ours, tolerance=layer_noise_floor)
+
+
+# --- the compact cases still catch eps-level porting mistakes --------------------------------------
+
+
+def _stdconv_eps(net: nn.Module, monkeypatch: pytest.MonkeyPatch) -> None:
+    for module in net.modules():
+        if isinstance(module, StdConv2dSame):
+            monkeypatch.setattr(module, "eps", 1e-8)
+
+
+def _tanh_gelu(net: nn.Module, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(F, "gelu", functools.partial(F.gelu, approximate="tanh"))
+    for module in net.modules():
+        if isinstance(module, nn.GELU):
+            monkeypatch.setattr(module, "approximate", "tanh")
+
+
+def _flip_align_corners(net: nn.Module, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every bilinear resize with the other ``align_corners`` (decoder: False; position embedding: True)."""
+    interpolate = F.interpolate
+
+    def flipped(*args, **kwargs):
+        if kwargs.get("mode") == "bilinear":
+            kwargs["align_corners"] = not kwargs.get("align_corners", False)
+        return interpolate(*args, **kwargs)
+    monkeypatch.setattr(F, "interpolate", flipped)
+
+
+def _pos_embed_align_corners(net: nn.Module, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Only the position-embedding resize with ``align_corners=True`` (the decoder's are True already)."""
+    interpolate = F.interpolate
+    monkeypatch.setattr(F, "interpolate",
+                        lambda *args, **kwargs: interpolate(*args, **{**kwargs, "align_corners": True}))
+
+
+MISTAKES = {
+    "stdconv_eps_1e-8": ("dpt_hybrid_midas_384x384", _stdconv_eps),
+    "gelu_tanh": ("dpt_hybrid_midas_384x384", _tanh_gelu),
+    "decoder_align_corners_false": ("dpt_hybrid_midas_384x384", _flip_align_corners),
+    "pos_embed_align_corners_true": ("dpt_hybrid_nyu_480x640", _pos_embed_align_corners),
+}
+
+
+@pytest.mark.golden
+@pytest.mark.parametrize("mistake", sorted(MISTAKES))
+def test_compact_case_catches_porting_mistakes(mistake: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    case_name, inject = MISTAKES[mistake]
+    case = read_compact(COMPACT_ROOT / "dpt" / case_name)
+    net = network_for(case)
+    inject(net, monkeypatch)
+    ours = capture_arrays(net, check_input(case), sources(case))
+    assert mismatches(case, ours, tolerance=layer_noise_floor), f"{mistake} passed {case.id}"
 
 
 # --- registry, keys, parameters ------------------------------------------------------------------

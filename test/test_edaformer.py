@@ -33,7 +33,7 @@ def test_registry_lists_all_six_edaformer_networks() -> None:
         build_network("edaformer_x")
 
 
-@pytest.mark.parametrize("name", sorted(PARAMS))
+@pytest.mark.parametrize("name", [pytest.param(n, marks=pytest.mark.slow) if "_b_" in n else n for n in sorted(PARAMS)])
 def test_parameter_and_entry_counts(name: str) -> None:
     net = build_network(name)
     assert sum(p.numel() for p in net.parameters()) == PARAMS[name]
@@ -42,6 +42,7 @@ def test_parameter_and_entry_counts(name: str) -> None:
     assert not net.training, "build_network returns eval mode"
 
 
+@pytest.mark.slow
 def test_layernorm_eps_and_activations_are_the_official_ones() -> None:
     net = build_network("edaformer_b_ade20k")
     for name, mod in net.named_modules():
@@ -62,7 +63,8 @@ def test_layernorm_eps_and_activations_are_the_official_ones() -> None:
     assert [getattr(t.backbone, f"block{i}")[0].mlp.fc1.out_features for i in range(1, 5)] == [121, 243, 486, 972]
 
 
-@pytest.mark.parametrize("size", [(512, 512), (100, 150), (77, 203), (33, 65), (64, 64)])
+@pytest.mark.parametrize("size", [pytest.param((512, 512), marks=pytest.mark.slow), (100, 150), (77, 203),
+                                  (33, 65), (64, 64)])
 def test_output_stride_is_8_for_any_size(tiny: nn.Module, size: tuple[int, int]) -> None:
     h, w = size
     with torch.no_grad():
@@ -177,6 +179,7 @@ def test_ffn_on_the_map_is_the_ffn_on_tokens(relu: bool) -> None:
     assert torch.allclose(on_map, on_tokens, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_attention_uses_the_fused_kernel_not_the_score_matrix(tiny: nn.Module) -> None:
     """A non-unit last-dim stride makes SDPA fall back to the math path (1 GB/head at 1024x2048)."""
     from torch.profiler import ProfilerActivity, profile
@@ -186,3 +189,71 @@ def test_attention_uses_the_fused_kernel_not_the_score_matrix(tiny: nn.Module) -
     names = {e.key for e in prof.key_averages()}
     assert "aten::_scaled_dot_product_attention_math" not in names
     assert "aten::_scaled_dot_product_flash_attention_for_cpu" in names
+
+
+def _naive_attention(attn: EmbeddingFreeAttention, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """EFA written out: average-pool the token map by ``attn.pool`` (floor mode), 1x1 conv, for the
+    decoder LayerNorm (eps 1e-5) + exact GELU; keys = values; softmax(q k^T / sqrt(d)) v per head."""
+    b, n, c = x.shape
+    d = c // attn.heads
+    kv = x.transpose(1, 2).reshape(b, c, h, w)
+    if attn.pool > 1:
+        kv = nn.AvgPool2d(attn.pool, attn.pool)(kv)
+    kv = attn.sr(kv).flatten(2).transpose(1, 2)
+    if attn.norm is not None:
+        kv = nn.functional.gelu(nn.functional.layer_norm(kv, (c,), attn.norm.weight, attn.norm.bias, 1e-5))
+    q = x.reshape(b, n, attn.heads, d).transpose(1, 2)
+    k = kv.reshape(b, -1, attn.heads, d).transpose(1, 2)
+    weights = (q @ k.transpose(-1, -2) * d ** -0.5).softmax(-1)
+    return attn.proj((weights @ k).transpose(1, 2).reshape(b, n, c))
+
+
+@pytest.mark.parametrize("decoder, heads, pool", [(True, 2, 2), (True, 4, 1), (False, 4, 1), (False, 1, 4)])
+def test_attention_matches_the_written_out_formula(decoder: bool, heads: int, pool: int) -> None:
+    torch.manual_seed(1)
+    attn = EmbeddingFreeAttention(dim=16, heads=heads, pool=pool, decoder=decoder).eval()
+    if decoder:  # a LayerNorm that is not the identity
+        nn.init.normal_(attn.norm.weight, 1.0, 0.2)
+        nn.init.normal_(attn.norm.bias, 0.0, 0.2)
+    assert (attn.heads, attn.pool, attn.norm is not None) == (heads, pool, decoder)
+    assert attn.norm is None or attn.norm.eps == 1e-5
+    h, w = 9, 6
+    x = torch.randn(2, h * w, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(attn(x, h, w), _naive_attention(attn, x, h, w), rtol=1e-5, atol=1e-6)
+
+
+def test_set_isr_reaches_every_attention_of_each_level(tiny: nn.Module) -> None:
+    setting = ISRSetting((16, 8, 2, 3), (5, 6, 7))
+    try:
+        assert tiny.set_isr(setting) is setting
+        encoder = [[blk.attn.pool for blk in getattr(tiny.backbone, f"block{i}")] for i in range(1, 5)]
+        assert encoder == [[16] * 2, [8] * 2, [2] * 10, [3] * 2]
+        head = tiny.decode_head
+        decoder = [[getattr(head, name).attn.pool for name in names]
+                   for names in (("attn4", "attn44", "attn444"), ("attn3", "attn33"), ("attn2",))]
+        assert decoder == [[5] * 3, [6] * 2, [7]]
+        assert tiny.isr == setting
+        # ratio and explicit values combine: the ratio fills what is not given
+        assert tiny.set_isr(2, decoder=[1, 1, 1]) == ISRSetting((16, 8, 4, 2), (1, 1, 1))
+        assert tiny.set_isr(3, encoder=[8, 4, 2, 1]) == ISRSetting((8, 4, 2, 1), (3, 6, 12))
+        assert tiny.backbone.block4[1].attn.pool == 1 and tiny.decode_head.attn2.attn.pool == 12
+    finally:
+        tiny.set_isr()
+    assert tiny.isr.is_training
+
+
+def test_forward_checks_the_isr_against_height_and_width(tiny: nn.Module) -> None:
+    """A 64x32 input has a 2x1 stage-4 map: a stage-4 pool of 2 fits the height, not the width."""
+    tiny.set_isr(encoder=[8, 4, 2, 2])
+    try:
+        with pytest.raises(ValueError, match=r"64x32 input \(it needs at least 33x33\): encoder stage 4 has a 2x1 feature map"):
+            tiny(torch.zeros(1, 3, 64, 32))
+        with pytest.raises(ValueError, match=r"32x64 input \(it needs at least 33x33\): encoder stage 4 has a 1x2 feature map"):
+            tiny(torch.zeros(1, 3, 32, 64))
+        tiny.check_isr(64, 64)  # the current setting fits 64x64
+        with pytest.raises(ValueError, match="64x32 input"):
+            tiny.check_isr(64, 32)
+        tiny.check_isr(64, 32, ISRSetting())  # an explicit setting is checked instead of the current one
+    finally:
+        tiny.set_isr()

@@ -1,59 +1,101 @@
-"""EDAFormer against golden outputs of the official code (shared/reference/edaformer)."""
+"""EDAFormer against golden outputs of the official code: the compact cases shipped in test/golden/edaformer
+(always) and the full cases of ../shared/reference/edaformer (where that folder exists)."""
 from __future__ import annotations
 
-import pytest
-import torch
-import torch.nn.functional as F
+import functools
 
-from conftest import assert_close_rel, load_case, reference_cases
+import pytest
+import torch.nn.functional as F
+from torch import nn
+
+from golden_cases import (
+    COMPACT_ROOT, Forwards, GoldenCase, assert_matches, capture_arrays, case_params, check_input,
+    check_state_dict, load_case, mismatches, read_compact, sources,
+)
 from dense_perception.engines.onednn import onednn_linear_available
 from dense_perception.engines.torch_engine import TorchEngine
 from dense_perception.networks import ISRSetting, build_network, load_weights
 from dense_perception.networks.common import fill_reference_weights
+from dense_perception.networks.edaformer import EDAFormer
 
-CASES = reference_cases("edaformer")
+pytestmark = pytest.mark.golden
+CASES = case_params("edaformer")
+#: Linear layers the CPU torch engine runs on oneDNN (every encoder and decoder token layer of T; B's
+#: wider stage-3/4 layers stay on MKL).
+ONEDNN_LINEARS = {"t": 66, "b": 93}
+#: The compact case the deliberate mistakes are run against (EDAFormer-T: cheap).
+MISTAKE_CASE = "edaformer_t_ade20k_512x512_base_enc1111_dec111"
 
 
-@pytest.mark.parametrize("case", CASES)
-def test_matches_official_output(case: str) -> None:
-    meta, ref = load_case("edaformer", case)
-    settings = meta["settings"]
-    net = build_network(settings["network"])
+def isr_of(case: GoldenCase) -> ISRSetting:
+    return ISRSetting(tuple(case.settings["isr"]["encoder"]), tuple(case.settings["isr"]["decoder"]))
 
-    ours = [[k, list(v.shape)] for k, v in sorted(net.state_dict().items())]
-    assert ours == [[k, shape] for k, shape, _ in meta["keys"]], "state_dict keys/shapes differ from official"
 
+def network_for(case: GoldenCase) -> EDAFormer:
+    """The case's network with the reference weights and ISR setting."""
+    net = build_network(case.settings["network"])
     load_weights(net, fill_reference_weights(net))
-    net.set_isr(encoder=settings["isr"]["encoder"], decoder=settings["isr"]["decoder"])
-    assert list(net.isr.encoder) == settings["isr"]["encoder"]
-    assert list(net.isr.decoder) == settings["isr"]["decoder"]
-
-    x = torch.from_numpy(ref["input"])
-    with torch.no_grad():
-        logits = net(x)
-        stages = net.forward_features(x)
-    tolerance = meta.get("tolerance", {})
-    assert_close_rel(logits.numpy(), ref["output"], tolerance.get("output", 1e-4), f"{case} output")
-    for i, stage in enumerate(stages, start=1):
-        name = f"backbone_stage{i}"
-        if name in ref:
-            assert_close_rel(stage.numpy(), ref[name], tolerance.get(name, 1e-5), f"{case} {name}")
-    if "pred" in ref:
-        full = F.interpolate(logits, size=x.shape[2:], mode="bilinear", align_corners=False)
-        agree = (full.argmax(1).numpy() == ref["pred"]).mean()
-        assert agree == 1.0, f"{case}: argmax agrees on {agree:.6f} of pixels"
+    net.set_isr(isr_of(case))
+    assert net.isr == isr_of(case)
+    return net
 
 
-@pytest.mark.parametrize("case", CASES)
-def test_torch_engine_matches_official_output(case: str) -> None:
+@pytest.fixture(scope="module")
+def forwards() -> Forwards:
+    return Forwards(network_for)
+
+
+@pytest.mark.parametrize("case_id", CASES)
+def test_matches_official_output(case_id: str, forwards: Forwards) -> None:
+    case = load_case("edaformer", case_id)
+    check_input(case)
+    keys, ours = forwards(case)
+    check_state_dict(case, keys)
+    assert_matches(case, ours)
+
+
+@pytest.mark.parametrize("case_id", CASES)
+def test_torch_engine_matches_official_output(case_id: str) -> None:
     """The CPU torch engine as shipped (oneDNN linear layers, tuned malloc) keeps the case's tolerance."""
-    meta, ref = load_case("edaformer", case)
-    settings = meta["settings"]
-    net = build_network(settings["network"])
-    load_weights(net, fill_reference_weights(net))
+    case = load_case("edaformer", case_id)
+    net = network_for(case)
     engine = TorchEngine(net, "cpu")
-    engine.set_isr(ISRSetting(tuple(settings["isr"]["encoder"]), tuple(settings["isr"]["decoder"])))
-    assert engine.describe()["onednn_linears"] == (66 if onednn_linear_available() else 0)
-    logits = engine.infer(torch.from_numpy(ref["input"]))
-    assert_close_rel(logits.numpy(), ref["output"], meta.get("tolerance", {}).get("output", 1e-4),
-                     f"{case} output (torch engine)")
+    engine.set_isr(isr_of(case))
+    assert engine.describe()["onednn_linears"] == (ONEDNN_LINEARS[net.variant] if onednn_linear_available() else 0)
+    logits = engine.infer(check_input(case))
+    assert_matches(case, {"output": logits.numpy()}, only=["output"])
+
+
+# ---- the compact case still catches eps-level porting mistakes -------------------------------------
+
+
+def _encoder_layernorm_eps(net: nn.Module, monkeypatch: pytest.MonkeyPatch) -> None:
+    for module in net.backbone.modules():
+        if isinstance(module, nn.LayerNorm) and module.eps == 1e-6:
+            monkeypatch.setattr(module, "eps", 1e-5)
+
+
+def _tanh_gelu(net: nn.Module, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(F, "gelu", functools.partial(F.gelu, approximate="tanh"))
+
+
+def _stage1_pool_plus_one(net: nn.Module, monkeypatch: pytest.MonkeyPatch) -> None:
+    for block in net.backbone.block1:
+        monkeypatch.setattr(block.attn, "pool", block.attn.pool + 1)
+
+
+def _align_corners(net: nn.Module, monkeypatch: pytest.MonkeyPatch) -> None:
+    interpolate = F.interpolate
+    monkeypatch.setattr(F, "interpolate",
+                        lambda *args, **kwargs: interpolate(*args, **{**kwargs, "align_corners": True}))
+
+
+@pytest.mark.parametrize("mistake", [_encoder_layernorm_eps, _tanh_gelu, _stage1_pool_plus_one, _align_corners],
+                         ids=["layernorm_eps_1e-5", "gelu_tanh", "stage1_pool_9", "align_corners_true"])
+def test_compact_case_catches_porting_mistakes(mistake, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each mistake moves the logits by 1.5x (LayerNorm eps) to 1e5x (align_corners) the compact bound."""
+    case = read_compact(COMPACT_ROOT / "edaformer" / MISTAKE_CASE)
+    net = network_for(case)
+    mistake(net, monkeypatch)
+    ours = capture_arrays(net, check_input(case), sources(case))
+    assert mismatches(case, ours), f"{mistake.__name__} passed the compact case"

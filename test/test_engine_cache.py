@@ -124,16 +124,48 @@ def test_atomic_write_replaces_whole_file(tmp_path: Path) -> None:
     assert target.read_bytes() == b"new content" and [p.name for p in tmp_path.iterdir()] == ["file.bin"]
 
 
-def test_folder_is_private(tmp_path: Path, caplog) -> None:
+def test_folder_is_private_and_an_existing_folder_keeps_its_mode(tmp_path: Path, caplog) -> None:
     fresh = EngineCache(tmp_path / "a" / "engines").directory
     assert stat.S_IMODE(fresh.stat().st_mode) == 0o700
+    own = tmp_path / "own"
+    own.mkdir()
+    own.chmod(0o755)  # readable by others, writable by the user only: usable, and left as it is
+    assert EngineCache(own).directory == own
+    assert stat.S_IMODE(own.stat().st_mode) == 0o755
+
+
+def test_folder_writable_by_others_means_no_cache_with_one_warning(tmp_path: Path, caplog) -> None:
     shared = tmp_path / "shared"
     shared.mkdir()
-    shared.chmod(0o755)
+    shared.chmod(0o777)
     with caplog.at_level(logging.WARNING, logger=cache_module.__name__):
-        EngineCache(shared)
-    assert "accessible to group/others" in caplog.text
-    assert stat.S_IMODE(shared.stat().st_mode) == 0o700
+        first = EngineCache(shared)
+        second = EngineCache(shared)
+    assert first.directory == second.directory != shared  # a private folder of this process
+    assert stat.S_IMODE(first.directory.stat().st_mode) == 0o700
+    warnings = [r for r in caplog.records if "not usable" in r.getMessage()]
+    assert len(warnings) == 1 and "writable by group and others" in warnings[0].getMessage()
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o777  # never changed
+    assert first.read(KEY) is None and first.write(KEY, PAYLOAD) and first.read(KEY) == PAYLOAD
+
+
+def test_foreign_files_and_symlinks_are_refused(cache: EngineCache, caplog, tmp_path: Path) -> None:
+    cache.write(KEY, PAYLOAD)
+    path = cache.path_for(KEY)
+    path.chmod(0o666)  # writable by others: someone may have changed it
+    with caplog.at_level(logging.WARNING, logger=cache_module.__name__):
+        assert cache.read(KEY) is None
+    assert "writable by group and others" in caplog.text and not path.exists()
+    elsewhere = tmp_path / "planted.engine"
+    EngineCache(tmp_path / "other").write(KEY, PAYLOAD)
+    (tmp_path / "other" / path.name).rename(elsewhere)
+    path.symlink_to(elsewhere)  # a valid entry, but reached through a link
+    assert cache.read(KEY) is None and "symbolic link" in caplog.text
+    assert elsewhere.exists()  # the link goes, never its target
+    if os.geteuid() == 0:  # a file of another user (root can make one)
+        cache.write(KEY, PAYLOAD)
+        os.chown(path, 12345, -1)
+        assert cache.read(KEY) is None and "owned by uid 12345" in caplog.text
 
 
 def test_entries_and_clear(cache: EngineCache) -> None:
@@ -150,5 +182,8 @@ def test_entries_and_clear(cache: EngineCache) -> None:
     removed = cache.clear(keep=lambda e: (e.key or {}).get("network") != "edaformer_t_ade20k")
     assert {p.name for p in removed} == {file_name(KEY), ".leftover.engine.123.tmp"}
     assert cache.read(second) == b"x"
+    mode = stat.S_IMODE(cache.directory.stat().st_mode)
     cache.clear()
-    assert list(cache.directory.iterdir()) == []
+    # only what the cache made goes: a file of another format stays, and no mode changes
+    assert [p.name for p in cache.directory.iterdir()] == ["broken-0000.engine"]
+    assert stat.S_IMODE(cache.directory.stat().st_mode) == mode

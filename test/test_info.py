@@ -26,7 +26,8 @@ def _total_gmacs(output: str) -> float:
 
 
 @pytest.mark.parametrize("variant, setting", sorted(PAPER))
-def test_info_agrees_with_the_paper_within_2_percent(variant: str, setting: str, capsys) -> None:
+def test_info_agrees_with_the_paper_within_1_percent(variant: str, setting: str, capsys) -> None:
+    """Within 1 %, or equal at the paper's printed precision (0.1 G) where that rounding is coarser."""
     enc, dec = setting.strip("[]").split("]-[")
     ade, city = PAPER[(variant, setting)]
     for dataset, size, paper in (("ade20k", ("512", "512"), ade), ("cityscapes", ("1024", "2048"), city)):
@@ -36,7 +37,8 @@ def test_info_agrees_with_the_paper_within_2_percent(variant: str, setting: str,
         assert code == 0
         assert f"ISR {setting}" in out
         ours = _total_gmacs(out)
-        assert abs(ours - paper) / paper < 0.02, f"{variant} {dataset} {setting}: {ours} G vs paper {paper} G"
+        assert abs(ours - paper) / paper < 0.01 or round(ours, 1) == paper, (
+            f"{variant} {dataset} {setting}: {ours} G vs paper {paper} G")
 
 
 def test_info_reports_parts_params_and_convention(capsys) -> None:

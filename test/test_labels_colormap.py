@@ -1,6 +1,8 @@
 """Class names/palettes (mmseg's, for EDAFormer's datasets) and the colourisation helpers."""
 from __future__ import annotations
 
+import warnings
+
 import cv2
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ from dense_perception.pipeline.colormap import (
     colorize_labels,
     overlay,
     robust_range,
+    valid_depth_mask,
 )
 from dense_perception.pipeline.labels import (
     DATASETS,
@@ -209,3 +212,165 @@ def test_overlay() -> None:
         overlay(image, colored[:1])
     with pytest.raises(ValueError):
         overlay(image, colored, alpha=1.5)
+
+
+# ---------------------------------------------------------------- boundaries, defaults and messages
+
+
+def test_label_set_normalises_names_to_a_tuple_of_strings() -> None:
+    labels = LabelSet("x", [1, "b"], [[0, 0, 0], [1, 2, 3]])
+    assert labels.names == ("1", "b") and labels.num_classes == 2
+    single = LabelSet("one", ("only",), [[7, 8, 9]])  # one class is a valid set
+    assert single.palette.tolist() == [[7, 8, 9]]
+
+
+def test_label_sets_differ_when_names_or_palette_differ() -> None:
+    base = LabelSet("x", ("a", "b"), [[0, 0, 0], [1, 2, 3]])
+    assert base == LabelSet("x", ("a", "b"), np.array([[0, 0, 0], [1, 2, 3]]))
+    assert base != LabelSet("x", ("a", "c"), [[0, 0, 0], [1, 2, 3]])
+    assert base != LabelSet("x", ("a", "b"), [[0, 0, 0], [1, 2, 4]])
+    assert base != LabelSet("y", ("a", "b"), [[0, 0, 0], [1, 2, 3]])
+    assert hash(base) == hash(LabelSet("x", ["a", "b"], [[0, 0, 0], [1, 2, 3]]))
+    assert hash(base) != hash(label_set("cityscapes")), "the hash depends on the contents"
+    assert len({base, label_set("ade20k"), label_set("ade20k")}) == 2
+
+
+@pytest.mark.parametrize("palette", [
+    [[0.0, 128.0, 255.0]],  # integral floats (e.g. from JSON)
+    np.array([[0, 128, 255]], np.int64),
+])
+def test_palettes_of_integral_numbers_in_0_255_are_accepted(palette) -> None:
+    assert LabelSet("x", ("a",), palette).palette.tolist() == [[0, 128, 255]]
+
+
+@pytest.mark.parametrize("palette, described", [
+    ([[0, 0, 256]], "shape (1, 3)"), ([[-1, 0, 0]], "shape (1, 3)"), ([[np.nan, 0, 0]], "shape (1, 3)"),
+    ([[0.5, 0, 0]], "shape (1, 3)"), ([[0, 0, 0, 0]], "shape (1, 4)"), (np.zeros((0, 3)), "shape (0, 3)"),
+    ([["a", "b", "c"]], "shape (1, 3)"), ([[0, 0, 0], [1, 2]], "a ragged nested sequence"),
+])
+def test_invalid_palettes_are_refused(palette, described: str) -> None:
+    with pytest.raises(ValueError) as error:
+        LabelSet("x", ("a",), palette)
+    assert str(error.value) == f"palette must be [K, 3] integers in 0..255, got {described}"
+
+
+def test_generic_palette_steps_hue_by_the_golden_ratio_and_cycles_brightness() -> None:
+    palette = label_set_for_classes(30).palette
+    hsv = cv2.cvtColor(palette[np.newaxis], cv2.COLOR_RGB2HSV)[0].astype(int)
+    # value (the largest channel) cycles 255, 200, 150 every three classes
+    assert hsv[:, 2].tolist() == [[255, 200, 150][(i // 3) % 3] for i in range(30)]
+    # hue (OpenCV: degrees / 2) of class i: the fractional part of i * 0.618..., times 180
+    expected_hue = np.round(np.modf(np.arange(30) * (np.sqrt(5) - 1) / 2)[0] * 180) % 180
+    hue_error = np.abs(hsv[:, 0] - expected_hue)
+    assert np.minimum(hue_error, 180 - hue_error).max() <= 2  # rounding through 8-bit RGB
+    assert label_set_for_classes(1).palette.shape == (1, 3)
+    with pytest.raises(ValueError) as error:
+        label_set_for_classes(0)
+    assert str(error.value) == "num_classes must be >= 1, got 0"
+
+
+def test_custom_and_meta_label_sets_keep_their_dataset() -> None:
+    assert label_set_for_classes(3).dataset == "custom"
+    fallback = label_set("cityscapes")
+    palette = [[i, i, i] for i in range(19)]
+    merged = label_set_from_checkpoint_meta({"CLASSES": ["too", "few"], "PALETTE": palette}, fallback)
+    assert merged.dataset == "cityscapes" and merged.names == fallback.names
+    assert merged.palette.tolist() == palette
+
+
+def test_valid_depth_defaults_to_metric() -> None:
+    depth = np.array([np.nan, -1.0, 0.0, 2.0, np.inf])
+    assert valid_depth_mask(depth).tolist() == [False, False, False, True, False]
+    assert valid_depth_mask(depth, inverse=True).tolist() == [False, True, True, True, False]
+
+
+def test_robust_range_of_inverse_depth_keeps_zero_and_negative_values() -> None:
+    inverse = np.linspace(-1.0, 1.0, 101)
+    low, high = robust_range(inverse, inverse=True)
+    assert (low, high) == pytest.approx((-0.96, 0.96))
+    assert robust_range(inverse)[0] > 0, "metric depth: only the positive values count"
+
+
+def test_one_fixed_bound_keeps_the_other_automatic() -> None:
+    depth = RAMP + 1.0
+    auto_low, auto_high = robust_range(depth)
+    both = colorize_depth(depth, vmin=5.0, vmax=auto_high)
+    assert np.array_equal(colorize_depth(depth, vmin=5.0), both)
+    assert np.array_equal(colorize_depth(depth, vmax=200.0), colorize_depth(depth, vmin=auto_low, vmax=200.0))
+    assert not np.array_equal(both, colorize_depth(depth))
+
+
+def test_automatic_range_of_inverse_depth_uses_inverse_validity() -> None:
+    inverse = np.tile(np.linspace(-1.0, 1.0, 101), (2, 1))
+    low, high = robust_range(inverse, inverse=True)
+    expected = colorize_depth(inverse, vmin=low, vmax=high, inverse=True)
+    assert np.array_equal(colorize_depth(inverse, inverse=True), expected)
+
+
+def test_an_empty_range_gives_the_low_colour_to_every_valid_pixel_quietly() -> None:
+    depth = np.array([[5.0, 7.0], [3.0, np.nan]])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        flat = colorize_depth(depth, vmin=5.0, vmax=5.0)
+    low = _lut_rgb("turbo")[0]
+    assert all(np.array_equal(flat[pixel], low) for pixel in ((0, 0), (0, 1), (1, 0)))
+    assert not flat[1, 1].any()
+
+
+def test_colour_errors_name_the_choices() -> None:
+    with pytest.raises(ValueError) as error:
+        colorize_depth(RAMP, colormap="jet")
+    assert str(error.value) == "unknown colormap 'jet'; choose from turbo, inferno, viridis, magma"
+    with pytest.raises(ValueError) as error:
+        colorize_depth(np.zeros((2, 2, 2)))
+    assert str(error.value) == "depth must be HxW, got shape (2, 2, 2)"
+
+
+def test_stable_range_bounds_defaults_and_reset() -> None:
+    jump = StableRange(alpha=1.0)  # alpha 1: follows each frame
+    jump.update(RAMP + 1.0)
+    assert jump.update(RAMP * 0.1 + 1.0) == robust_range(RAMP * 0.1 + 1.0)
+    for alpha in (1.5, -0.1):
+        with pytest.raises(ValueError) as error:
+            StableRange(alpha=alpha)
+        assert str(error.value) == f"alpha must be in (0, 1], got {alpha}"
+    metric = StableRange()  # metric depth by default: zero and negative values are not depth
+    with_invalid = np.concatenate([RAMP + 1.0, np.zeros_like(RAMP), -RAMP], axis=1)
+    assert metric.update(with_invalid) == robust_range(RAMP + 1.0)
+    inverse = StableRange(inverse=True)
+    assert inverse.update(with_invalid) == robust_range(with_invalid, inverse=True)
+    assert StableRange(vmax=7.0).update(RAMP + 1.0) == (robust_range(RAMP + 1.0)[0], 7.0)
+    slow = StableRange(alpha=0.5)
+    slow.update(RAMP + 1.0)
+    slow.reset()
+    assert slow.update(RAMP * 0.1 + 1.0) == robust_range(RAMP * 0.1 + 1.0), "after reset: set outright"
+
+
+def test_colorize_labels_checks_and_uses_the_whole_palette() -> None:
+    palette = np.array([[10 * i, 0, 0] for i in range(5)], np.uint8)  # 5 classes, not 3
+    labels = np.array([[4, 3, 5]], np.uint8)
+    assert colorize_labels(labels, palette).tolist() == [[[40, 0, 0], [30, 0, 0], [0, 0, 0]]]
+    with pytest.raises(TypeError) as error:
+        colorize_labels(labels.astype(np.float32), palette)
+    assert str(error.value) == "labels must be an integer array (uint8/uint16), got float32"
+    with pytest.raises(ValueError) as error:
+        colorize_labels(labels[0], palette)
+    assert str(error.value) == "labels must be HxW, got shape (3,)"
+    with pytest.raises(ValueError) as error:
+        colorize_labels(labels, np.zeros((5, 4), np.uint8))
+    assert str(error.value) == "palette must be [K, 3], got shape (5, 4)"
+
+
+def test_overlay_refuses_what_is_not_an_rgb8_image() -> None:
+    image = np.full((2, 3, 3), 100, dtype=np.uint8)
+    for name, bad in (("colored", np.zeros((2, 3, 3), np.float32)), ("colored", np.zeros((2, 3, 4), np.uint8))):
+        with pytest.raises(ValueError) as error:
+            overlay(image, bad)
+        assert str(error.value) == f"{name} must be HxWx3 uint8, got shape {bad.shape} dtype {bad.dtype}"
+    with pytest.raises(ValueError) as error:
+        overlay(image[..., 0], image)
+    assert str(error.value).startswith("image_rgb must be HxWx3 uint8")
+    with pytest.raises(ValueError) as error:
+        overlay(image, image, alpha=-0.5)
+    assert str(error.value) == "alpha must be in [0, 1], got -0.5"
+    np.testing.assert_array_equal(overlay(image, np.full_like(image, 200), 0.25), np.full_like(image, 125))

@@ -13,6 +13,7 @@ import pytest
 import yaml
 
 from dense_perception.ros.cloud_node import CLOUD_PARAMETERS
+from dense_perception.ros.config_file import render_config
 from dense_perception.ros.depth_node import DEPTH_LISTS, DEPTH_PARAMETERS
 from dense_perception.ros.inference_node import COMMON_PARAMETERS
 from dense_perception.ros.perception import parse_options
@@ -90,6 +91,19 @@ def test_arguments_choose_nodes_overrides_and_rviz(launch_module):
         launch_module.node_plans(dict(args, depth="maybe"), "/s")
 
 
+def test_rviz_without_rviz2_fails_before_anything_starts(launch_module):
+    args = defaults(launch_module, rviz="true", namespace="robot1")
+    with pytest.raises(ValueError, match="rviz2 is not installed.*nothing was started"):
+        launch_module.node_plans(args, str(REPO), has_package=lambda name: name != "rviz2")
+    plans = launch_module.node_plans(args, str(REPO), has_package=lambda name: True)
+    assert plans[-1]["executable"] == "rviz2" and plans[-1]["namespace"] == "robot1"
+
+
+def test_config_is_generated_from_the_parameter_tables():
+    assert CONFIG.read_text() == render_config(), (
+        "config/perception.yaml is stale: python -m dense_perception.ros.config_file > config/perception.yaml")
+
+
 def test_config_sets_every_declared_parameter_with_a_valid_value():
     text = CONFIG.read_text()
     sections = yaml.safe_load(text)
@@ -113,10 +127,11 @@ def test_rviz_config_shows_our_topics():
     rviz = yaml.safe_load(RVIZ.read_text())
     displays = rviz["Visualization Manager"]["Displays"]
     topics = {(d["Class"], d["Topic"]["Value"]) for d in displays if "Topic" in d}
-    assert ("rviz_default_plugins/Image", "/depth/colored") in topics
-    assert ("rviz_default_plugins/Image", "/seg/colored") in topics
+    # relative names: RViz runs in the nodes' namespace and finds them there
+    assert ("rviz_default_plugins/Image", "depth/colored") in topics
+    assert ("rviz_default_plugins/Image", "seg/colored") in topics
     clouds = [d for d in displays if d["Class"] == "rviz_default_plugins/PointCloud2"]
-    assert {d["Topic"]["Value"] for d in clouds} == {"/points"}
+    assert {d["Topic"]["Value"] for d in clouds} == {"points"}
     assert {d["Color Transformer"] for d in clouds} == {"RGB8", "Intensity"}
     assert [d["Channel Name"] for d in clouds if d["Color Transformer"] == "Intensity"] == ["label"]
 

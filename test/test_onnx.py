@@ -9,11 +9,12 @@ import onnx
 import pytest
 import torch
 
-from conftest import assert_close_rel
+from golden_cases import assert_close_rel
 from dense_perception.cli import main as cli_main
 from dense_perception.engines.base import Engine, EngineError
+from dense_perception.engines.cache import MANIFEST_SUFFIX
 from dense_perception.engines.export import (
-    INPUT_NAME, METADATA_PREFIX, MIN_OPSET, export_onnx, graph_file_name, read_graph_info,
+    INPUT_NAME, METADATA_PREFIX, MIN_OPSET, export_onnx, graph_file_name, graph_info, read_graph_info,
 )
 from dense_perception.engines.nchwc_padding import nchwc_layout_used
 from dense_perception.engines.onnx_engine import OnnxRuntimeEngine, onnx_engine_for_network
@@ -54,8 +55,9 @@ def torch_output(net: torch.nn.Module, x: torch.Tensor, setting: ISRSetting | No
             net.set_isr(previous)
 
 
-def cached_file(folder: Path, setting: ISRSetting) -> Path:
-    return folder / f"{EDA}_{H}x{W}_{setting.slug}_fp32.onnx"
+def cached_file(folder: Path, setting: ISRSetting, net: torch.nn.Module) -> Path:
+    """Where the cache keeps ``net``'s graph for ``setting`` (named by its weights and whole key)."""
+    return folder / graph_file_name(graph_info(net, H, W, isr=setting))
 
 
 @pytest.fixture(scope="module")
@@ -63,17 +65,17 @@ def cache(eda, tmp_path_factory) -> Path:
     """A factory cache folder after serving the training setting and switching to RATIO2, then CUSTOM."""
     folder = tmp_path_factory.mktemp("onnx_cache")
     engine = onnx_engine_for_network(eda, H, W, folder, providers=["CPUExecutionProvider"])
-    assert engine.path == cached_file(folder, TRAINING)
+    assert engine.path == cached_file(folder, TRAINING, eda)
     for setting in (RATIO2, CUSTOM):
         engine.set_isr(setting)
-        assert engine.isr == setting and engine.path == cached_file(folder, setting)
+        assert engine.isr == setting and engine.path == cached_file(folder, setting, eda)
     assert eda.isr == TRAINING  # exporting other settings leaves the network alone
     return folder
 
 
 @pytest.mark.parametrize("setting", [TRAINING, RATIO2, CUSTOM], ids=str)
 def test_graph_matches_torch_and_parses_in_tensorrt(eda, image, cache, setting):
-    path = cached_file(cache, setting)
+    path = cached_file(cache, setting, eda)
     model = onnx.load(path)
     assert max(op.version for op in model.opset_import if op.domain in ("", "ai.onnx")) >= MIN_OPSET
     assert unsupported_ops(model) == []
@@ -101,8 +103,8 @@ def test_graph_matches_torch_and_parses_in_tensorrt(eda, image, cache, setting):
     assert path.read_bytes() == exported
 
 
-def test_file_engine_serves_its_own_setting_only(cache):
-    engine = OnnxRuntimeEngine(cached_file(cache, TRAINING), threads=1)
+def test_file_engine_serves_its_own_setting_only(eda, cache):
+    engine = OnnxRuntimeEngine(cached_file(cache, TRAINING, eda), threads=1)
     assert isinstance(engine, Engine)
     described = engine.describe()
     assert described["backend"] == "onnxruntime" and described["network"] == EDA
@@ -120,11 +122,12 @@ def test_file_engine_serves_its_own_setting_only(cache):
 
 def test_factory_reuses_its_cache_and_switches_isr(eda, image, cache):
     stamps = {p.name: p.stat().st_mtime_ns for p in cache.iterdir()}
-    # one file per setting, named as graph_file_name says, and no temporary files left behind
-    assert sorted(stamps) == sorted(graph_file_name(read_graph_info(cached_file(cache, s)))
-                                    for s in (TRAINING, RATIO2, CUSTOM))
+    # one file per setting, named as graph_file_name says, each with its manifest, and no
+    # temporary files left behind
+    graphs = [graph_file_name(read_graph_info(cached_file(cache, s, eda))) for s in (TRAINING, RATIO2, CUSTOM)]
+    assert sorted(stamps) == sorted(graphs + [name + MANIFEST_SUFFIX for name in graphs])
     engine = onnx_engine_for_network(eda, H, W, cache)
-    assert engine.path == cached_file(cache, TRAINING)
+    assert engine.path == cached_file(cache, TRAINING, eda)
     engine.set_isr(RATIO2)
     assert_close_rel(engine.infer(image).numpy(), torch_output(eda, image, RATIO2), 1e-4, "after set_isr")
     with pytest.raises(ValueError, match="does not fit"):
@@ -151,7 +154,7 @@ def test_corrupt_foreign_and_stale_files(eda, image, tmp_path):
         OnnxRuntimeEngine(foreign)
 
     # the factory exports over a corrupt cache entry
-    cached = tmp_path / f"{EDA}_{H}x{W}_{TRAINING.slug}_fp32.onnx"
+    cached = cached_file(tmp_path, TRAINING, eda)
     cached.write_bytes(garbage.read_bytes())
     engine = onnx_engine_for_network(eda, H, W, tmp_path)
     assert engine.path == cached

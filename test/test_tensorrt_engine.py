@@ -1,11 +1,10 @@
-"""The TensorRT backend against a fake ``tensorrt`` module with the same interface, the background ISR
-switch (fake engines, then real ONNX Runtime sessions), and -- where TensorRT exists -- the real thing."""
+"""The TensorRT backend against a fake ``tensorrt`` module and a stand-in CUDA device (``fake_tensorrt.py``),
+the background ISR switch (fake engines, then real ONNX Runtime sessions), and -- where TensorRT and a
+GPU exist (``pytest -m tensorrt``) -- the real thing."""
 from __future__ import annotations
 
-import ctypes
-import enum
+import ast
 import gc
-import json
 import logging
 import threading
 import time
@@ -15,10 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import onnx
 import pytest
 import torch
-from onnx import TensorProto, helper
+from onnx import TensorProto
 
 from dense_perception.api import Segmenter
 from dense_perception.cli import main as cli_main
@@ -27,206 +25,18 @@ from dense_perception.engines.base import Engine, EngineError
 from dense_perception.engines.cache import EngineCache, TimingCacheKey
 from dense_perception.engines.switching import SwitchingEngine, switching_engine_for_network
 from dense_perception.engines.tensorrt_engine import (
-    GpuInfo, TensorRTBuilder, TensorRTEngine, TensorRTFactory, TensorRTRuntime, tensorrt_available,
+    TensorRTBuilder, TensorRTEngine, TensorRTFactory, TensorRTRuntime, tensorrt_available,
 )
 from dense_perception.networks import ISRSetting, build_network
 from dense_perception.networks.common import fill_reference_weights
+from fake_tensorrt import FakeCuda, FakeTensorRT, FakeTensorRTMisuse, tiny_onnx
+from gpu_support import FP16_BOUND, tensorrt_marks, with_marks
 
 EDA = "edaformer_t_ade20k"
 H = W = 64
 TRAINING = ISRSetting()
 RATIO2 = ISRSetting.from_ratio(2)
-GPU = GpuInfo("Fake GPU", "8.7")
-NO_TENSORRT = "TensorRT is not installed (NVIDIA's index only)"
-
-
-# ---- a fake `tensorrt` module ------------------------------------------------------------------
-class FakeTensorRT:
-    """Obeys the TensorRT 10 Python API the backend uses and records what it was asked.
-
-    Its "engine" reads the input through the address given to ``set_tensor_address`` and writes the input's
-    mean into every element of the output through the output's address, so a run proves the buffers are
-    the torch tensors themselves.
-    """
-
-    MAGIC = b"FAKETRT1"
-    NetworkDefinitionCreationFlag = enum.IntEnum("NetworkDefinitionCreationFlag", [("STRONGLY_TYPED", 0)])
-    MemoryPoolType = enum.Enum("MemoryPoolType", ["WORKSPACE"])
-    BuilderFlag = enum.Enum("BuilderFlag", ["FP16", "TF32"])
-    TensorIOMode = enum.Enum("TensorIOMode", ["INPUT", "OUTPUT"])
-    DataType = enum.Enum("DataType", ["FLOAT", "HALF"])
-
-    class Logger:
-        WARNING = 2
-
-        def __init__(self, severity: int = 2) -> None:
-            self.severity = severity
-
-    class IProgressMonitor:
-        def __init__(self) -> None:
-            pass
-
-    def __init__(self, version: str = "10.3.0", build_seconds: float = 0.0) -> None:
-        self.__version__ = version
-        self.build_seconds = build_seconds
-        self.builds: list[dict[str, Any]] = []  # one record per build_serialized_network call
-        fake = self
-        self.Builder = lambda logger: _FakeBuilder(fake)
-        self.OnnxParser = lambda network, logger: _FakeParser(network)
-        self.Runtime = lambda logger: _FakeRuntime(fake)
-
-
-class _FakeNetwork:
-    def __init__(self, flags: int) -> None:
-        self.flags, self.io, self.fp16_tensors = flags, None, False
-
-
-class _FakeParser:
-    def __init__(self, network: _FakeNetwork) -> None:
-        self.network, self.errors = network, []
-
-    def parse(self, model: bytes) -> bool:
-        try:
-            proto = onnx.load_from_string(model)
-        except Exception as exc:  # noqa: BLE001 - the real parser reports anything as an error
-            self.errors.append(f"ModelImporter: cannot parse ({type(exc).__name__})")
-            return False
-
-        def describe(value: Any) -> list:
-            dims = [d.dim_value for d in value.type.tensor_type.shape.dim]
-            return [value.name, dims, "FLOAT" if value.type.tensor_type.elem_type == TensorProto.FLOAT else "HALF"]
-
-        self.network.io = {"input": describe(proto.graph.input[0]), "output": describe(proto.graph.output[0])}
-        self.network.fp16_tensors = any(t.data_type == TensorProto.FLOAT16 for t in proto.graph.initializer)
-        return True
-
-    @property
-    def num_errors(self) -> int:
-        return len(self.errors)
-
-    def get_error(self, index: int) -> str:
-        return self.errors[index]
-
-
-class _FakeTimingCache:
-    def __init__(self, blob: bytes) -> None:
-        self.blob = bytes(blob)
-
-    def serialize(self) -> bytes:
-        return self.blob + b"+"  # grows with every build that used it
-
-
-class _FakeConfig:
-    def __init__(self) -> None:
-        self.pools: dict[Any, int] = {}
-        self.flags: set[str] = {"TF32"}  # TensorRT's default
-        self.timing: _FakeTimingCache | None = None
-        self.progress_monitor: Any = None
-
-    def set_memory_pool_limit(self, pool: Any, size: int) -> None:
-        self.pools[pool.name] = size
-
-    def set_flag(self, flag: Any) -> None:
-        self.flags.add(flag.name)
-
-    def clear_flag(self, flag: Any) -> None:
-        self.flags.discard(flag.name)
-
-    def create_timing_cache(self, blob: bytes) -> _FakeTimingCache:
-        return _FakeTimingCache(blob)
-
-    def set_timing_cache(self, cache: _FakeTimingCache, ignore_mismatch: bool) -> bool:
-        self.timing = cache
-        return True
-
-    def get_timing_cache(self) -> _FakeTimingCache:
-        return self.timing
-
-
-class _FakeBuilder:
-    def __init__(self, fake: FakeTensorRT) -> None:
-        self.fake = fake
-
-    def create_network(self, flags: int) -> _FakeNetwork:
-        return _FakeNetwork(flags)
-
-    def create_builder_config(self) -> _FakeConfig:
-        return _FakeConfig()
-
-    def build_serialized_network(self, network: _FakeNetwork, config: _FakeConfig) -> bytes | None:
-        monitor = config.progress_monitor
-        if monitor is not None:
-            monitor.phase_start("Building engine", None, 2)
-        time.sleep(self.fake.build_seconds)
-        if monitor is not None:
-            monitor.step_complete("Building engine", 0)
-            monitor.phase_finish("Building engine")
-        record = {"strongly_typed": bool(network.flags & (1 << 0)), "flags": sorted(config.flags),
-                  "workspace": config.pools.get("WORKSPACE"), "timing_in": config.timing.blob.decode(),
-                  "fp16_tensors": network.fp16_tensors, "io": network.io}
-        self.fake.builds.append(record)
-        return FakeTensorRT.MAGIC + json.dumps(record).encode()
-
-
-class _FakeRuntime:
-    def __init__(self, fake: FakeTensorRT) -> None:
-        self.fake = fake
-
-    def deserialize_cuda_engine(self, data: bytes) -> "_FakeCudaEngine | None":
-        if not data.startswith(FakeTensorRT.MAGIC):
-            return None
-        return _FakeCudaEngine(json.loads(data[len(FakeTensorRT.MAGIC):])["io"])
-
-
-class _FakeCudaEngine:
-    def __init__(self, io: dict[str, list]) -> None:
-        self.tensors = [io["input"], io["output"]]
-        self.num_io_tensors = 2
-
-    def get_tensor_name(self, index: int) -> str:
-        return self.tensors[index][0]
-
-    def _find(self, name: str) -> list:
-        return next(t for t in self.tensors if t[0] == name)
-
-    def get_tensor_shape(self, name: str) -> list[int]:
-        return self._find(name)[1]
-
-    def get_tensor_dtype(self, name: str) -> Any:
-        return FakeTensorRT.DataType[self._find(name)[2]]
-
-    def get_tensor_mode(self, name: str) -> Any:
-        return FakeTensorRT.TensorIOMode.INPUT if name == self.tensors[0][0] else FakeTensorRT.TensorIOMode.OUTPUT
-
-    def create_execution_context(self) -> "_FakeContext":
-        return _FakeContext(self)
-
-
-class _FakeContext:
-    def __init__(self, engine: _FakeCudaEngine) -> None:
-        self.engine, self.addresses = engine, {}
-
-    def set_tensor_address(self, name: str, address: int) -> bool:
-        self.addresses[name] = address
-        return True
-
-    def execute_async_v3(self, stream: int) -> bool:
-        (inp, in_shape, _), (out, out_shape, _) = self.engine.tensors
-        source = np.ctypeslib.as_array((ctypes.c_float * int(np.prod(in_shape))).from_address(self.addresses[inp]))
-        target = np.ctypeslib.as_array((ctypes.c_float * int(np.prod(out_shape))).from_address(self.addresses[out]))
-        target[:] = source.mean()
-        return True
-
-
-def tiny_onnx(elem_type: int = TensorProto.FLOAT) -> bytes:
-    """``image [1,3,4,4] -> logits [1,3,4,4]``; an fp16 initializer when ``elem_type`` is FLOAT16."""
-    scale = helper.make_tensor("scale", elem_type, [1], [1.0])
-    nodes = [helper.make_node("Cast", ["image"], ["x"], to=elem_type),
-             helper.make_node("Mul", ["x", "scale"], ["y"]),
-             helper.make_node("Cast", ["y"], ["logits"], to=TensorProto.FLOAT)]
-    graph = helper.make_graph(nodes, "tiny", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 4, 4])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 3, 4, 4])], [scale])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+ENGINES = Path(trt_module.__file__).parent
 
 
 # ---- fixtures ------------------------------------------------------------------------------------
@@ -261,9 +71,13 @@ def torch_output(net: torch.nn.Module, x: torch.Tensor, setting: ISRSetting) -> 
 def fake_factory(net: torch.nn.Module, folder: Path, graphs: Path, fake: FakeTensorRT, precision: str = "fp32",
                  tick: float = 30.0) -> TensorRTFactory:
     cache = EngineCache(folder)
-    return TensorRTFactory(net, H, W, folder, precision, "cpu", builder=TensorRTBuilder(cache=cache, trt=fake,
-                           tick_seconds=tick), runtime=TensorRTRuntime("cpu", trt=fake), gpu=GPU,
-                           graphs_folder=graphs)
+    return TensorRTFactory(net, H, W, folder, precision, fake.cuda, builder=TensorRTBuilder(cache=cache, trt=fake,
+                           tick_seconds=tick), runtime=TensorRTRuntime(fake.cuda, trt=fake), graphs_folder=graphs)
+
+
+def assert_filled_with_mean(out: torch.Tensor, x: torch.Tensor) -> None:
+    """The fake engine's answer: the input's mean everywhere (only once its stream ran the work)."""
+    assert torch.allclose(out, x.mean().expand_as(out)), "the output was read before the engine's work ran"
 
 
 # ---- TensorRT pieces with the fake -------------------------------------------------------------
@@ -276,13 +90,14 @@ def test_builds_once_then_reads_the_cache_and_runs_on_the_tensors(eda, graphs, i
     assert build["strongly_typed"] and "FP16" not in build["flags"] and "TF32" not in build["flags"]
     assert build["workspace"] == trt_module.DEFAULT_WORKSPACE and build["io"]["input"][1] == [1, 3, H, W]
     out = engine.infer(image)
-    assert out.shape == (1, 150, H // 8, W // 8) and torch.allclose(out, image.mean().expand_as(out))
+    assert out.shape == (1, 150, H // 8, W // 8)
+    assert_filled_with_mean(out, image)
     # a new process: same key -> the engine comes from disk
     again = fake_factory(eda, tmp_path, graphs, fake)(TRAINING)
     assert len(fake.builds) == 1 and again.path == engine.path and again.path.exists()
     # the timing cache was saved and is handed to the next build
-    key = TimingCacheKey("tensorrt", "10.3.0", GPU.name, GPU.compute_capability)
-    assert EngineCache(tmp_path).read(key) == b"+"
+    key = TimingCacheKey("tensorrt", "10.3.0", "Fake GPU", "8.7")
+    assert EngineCache(tmp_path).read(key) == fake.timing_header() + b"+"
     assert EngineCache(tmp_path).remove(again.key)
     fake_factory(eda, tmp_path, graphs, fake)(TRAINING)
     assert len(fake.builds) == 2 and fake.builds[1]["timing_in"] == "+"
@@ -309,7 +124,7 @@ def test_engine_tensorrt_refuses_is_rebuilt(eda, graphs, tmp_path, caplog) -> No
 def test_fp16_is_a_strongly_typed_build_of_the_fp16_graph(eda, graphs, tmp_path) -> None:
     fake = FakeTensorRT()
     builder = TensorRTBuilder(trt=fake)
-    builder.build(tiny_onnx(TensorProto.FLOAT16), "fp16", "tiny fp16", GPU)
+    builder.build(tiny_onnx(TensorProto.FLOAT16), "fp16", "tiny fp16", fake.cuda)
     record = fake.builds[-1]
     assert record["strongly_typed"] and record["fp16_tensors"] and "FP16" not in record["flags"]
     assert record["io"]["input"][2] == "FLOAT"  # float32 input and output around the fp16 graph
@@ -321,7 +136,7 @@ def test_fp16_is_a_strongly_typed_build_of_the_fp16_graph(eda, graphs, tmp_path)
 def test_build_progress_lines(caplog) -> None:
     fake = FakeTensorRT(build_seconds=0.35)
     with caplog.at_level(logging.INFO, logger=trt_module.__name__):
-        TensorRTBuilder(trt=fake, tick_seconds=0.1).build(tiny_onnx(), "fp32", "tiny 4x4", GPU)
+        TensorRTBuilder(trt=fake, tick_seconds=0.1).build(tiny_onnx(), "fp32", "tiny 4x4", fake.cuda)
     lines = [r.getMessage() for r in caplog.records]
     assert lines[0].startswith("building TensorRT engine tiny 4x4; this can take several minutes")
     assert any("Building engine (2 steps)" in line for line in lines)
@@ -330,15 +145,186 @@ def test_build_progress_lines(caplog) -> None:
 
 
 def test_parser_and_missing_library_errors(monkeypatch) -> None:
+    fake = FakeTensorRT()
     with pytest.raises(EngineError, match="ONNX parser refused.*cannot parse"):
-        TensorRTBuilder(trt=FakeTensorRT()).build(b"not onnx", "fp32", "junk", GPU)
+        TensorRTBuilder(trt=fake).build(b"not onnx", "fp32", "junk", fake.cuda)
+    with pytest.raises(EngineError, match="ONNX parser refused.*No importer registered for op: FusedMatMul"):
+        TensorRTBuilder(trt=fake).build(tiny_onnx(op="FusedMatMul", domain="com.microsoft"), "fp32", "ort", fake.cuda)
+    with pytest.raises(EngineError, match="ONNX parser refused.*No importer registered for op: DFT"):
+        TensorRTBuilder(trt=fake).build(tiny_onnx(op="DFT"), "fp32", "dft", fake.cuda)
     with pytest.raises(EngineError, match="could not deserialize"):
-        TensorRTRuntime("cpu", trt=FakeTensorRT()).load(b"junk")
+        TensorRTRuntime(fake.cuda, trt=fake).load(b"junk")
     if not tensorrt_available():
         with pytest.raises(EngineError, match="TensorRT is not installed"):
             TensorRTBuilder()
         with pytest.raises(EngineError, match="TensorRT is not installed"):
             Segmenter(EDA, backend="tensorrt")
+
+
+def test_a_cpu_device_is_refused(eda, graphs, tmp_path) -> None:
+    """Production code takes CUDA devices only; the tests' CPU stand-in is a device object of its own."""
+    fake = FakeTensorRT()
+    with pytest.raises(EngineError, match="needs a CUDA device, got cpu"):
+        TensorRTRuntime("cpu", trt=fake)
+    with pytest.raises(EngineError, match="needs a CUDA device, got cpu"):
+        TensorRTFactory(eda, H, W, tmp_path, "fp32", "cpu", builder=TensorRTBuilder(trt=fake),
+                        runtime=TensorRTRuntime(fake.cuda, trt=fake), graphs_folder=graphs)
+
+
+def test_an_engine_for_another_gpu_is_built_loaded_run_and_released_there(eda, graphs, image, tmp_path) -> None:
+    fake = FakeTensorRT(FakeCuda(index=1))
+    assert fake.cuda.current == 0  # the calling thread's current device is GPU 0 throughout
+    engine = fake_factory(eda, tmp_path, graphs, fake)(TRAINING)
+    assert_filled_with_mean(engine.infer(image), image)
+    reloaded = fake_factory(eda, tmp_path, graphs, fake)(TRAINING)  # from the cache
+    assert_filled_with_mean(reloaded.infer(image), image)
+    del engine, reloaded
+    gc.collect()
+    assert fake.builds[0]["device"] == 1
+    for what in ("build", "deserialize", "context", "execute", "release"):
+        assert fake.devices(what) == {1}, f"{what} ran with devices {fake.devices(what)} current"
+    assert fake.cuda.current == 0 and fake.violations == []
+
+
+def test_frames_run_on_the_engines_stream_synchronised_once_each(eda, graphs, tmp_path) -> None:
+    fake = FakeTensorRT()
+    engine = fake_factory(eda, tmp_path, graphs, fake)(TRAINING)
+    frames = [torch.randn(1, 3, H, W, generator=torch.Generator().manual_seed(i)) for i in range(5)]
+    for frame in frames:
+        assert_filled_with_mean(engine.infer(frame), frame)  # ready without the caller synchronising
+    (stream,) = fake.cuda.streams.values()  # one stream, the engine's own (not the default stream 0)
+    assert stream.cuda_stream != 0 and stream.synchronizations == len(frames) and not stream.pending
+    assert fake.cuda.default_stream.synchronizations == 0
+
+
+def test_addresses_are_aligned_and_refusals_raise(eda, graphs, tmp_path) -> None:
+    fake = FakeTensorRT()
+    engine = fake_factory(eda, tmp_path, graphs, fake)(TRAINING)
+    storage = torch.randn(1 + 3 * H * W)
+    view = storage[1:].view(1, 3, H, W)  # contiguous, 4 bytes off its allocation: not aligned
+    assert view.data_ptr() % fake.cuda.alignment
+    assert_filled_with_mean(engine.infer(view), view)
+    fake.refuse_addresses = True
+    with pytest.raises(EngineError, match="TensorRT refused address 0x[0-9a-f]+ for tensor 'image'"):
+        engine.infer(view)
+
+
+def test_a_timing_cache_tensorrt_refuses_is_replaced(tmp_path, caplog) -> None:
+    fake = FakeTensorRT()
+    cache = EngineCache(tmp_path)
+    key = TimingCacheKey("tensorrt", "10.3.0", "Fake GPU", "8.7")
+    cache.write(key, b"TC 10.2.0 Fake GPU|+++")  # made by another TensorRT: set_timing_cache says False
+    with caplog.at_level(logging.WARNING):
+        TensorRTBuilder(cache=cache, trt=fake).build(tiny_onnx(), "fp32", "tiny", fake.cuda)
+    assert "refused the stored timing cache" in caplog.text
+    assert fake.builds[-1]["timing_in"] == ""  # built with a fresh cache, not with none
+    assert cache.read(key) == fake.timing_header() + b"+"
+
+
+def test_release_synchronises_first(eda, graphs, image, tmp_path) -> None:
+    fake = FakeTensorRT()
+    engine = fake_factory(eda, tmp_path, graphs, fake)(TRAINING)
+    execution = engine.execution
+    # an enqueue still pending when the engine is released (as a frame would leave it without the
+    # per-frame synchronisation): close() waits for the stream, then lets the context go
+    out = torch.zeros(execution.output.shape)
+    context = execution._context
+    assert context.set_tensor_address("image", image.data_ptr()) and context.set_tensor_address("logits", out.data_ptr())
+    execution._stream.wait_stream(fake.cuda.current_stream())
+    assert context.execute_async_v3(execution._stream.cuda_stream)
+    del context
+    engine.close()
+    gc.collect()
+    assert fake.violations == [] and fake.devices("release") == {0}
+    assert_filled_with_mean(out, image)
+    with pytest.raises(EngineError, match="released"):
+        engine.infer(image)
+    # a frame in flight in another thread finishes before close() releases
+    fake.kernel_seconds = 0.3
+    busy = fake_factory(eda, tmp_path, graphs, fake)(TRAINING)
+    results: list[torch.Tensor] = []
+    worker = threading.Thread(target=lambda: results.append(busy.infer(image)))
+    worker.start()
+    time.sleep(0.1)
+    busy.close()
+    worker.join()
+    assert_filled_with_mean(results[0], image)
+    assert fake.violations == []
+
+
+def test_evicted_engines_are_released_with_nothing_pending(eda, graphs, image, tmp_path) -> None:
+    fake = FakeTensorRT()
+    switching = SwitchingEngine(fake_factory(eda, tmp_path, graphs, fake), TRAINING, keep=1)
+    for setting in (RATIO2, TRAINING, RATIO2):
+        switching.request_isr(setting).result(timeout=120)
+        assert_filled_with_mean(switching.infer(image), image)
+    switching.close()
+    gc.collect()
+    releases = [device for what, device in fake.events if what == "release"]
+    assert len(releases) == 3 and fake.violations == []  # three engines evicted, keep=1
+
+
+def test_the_fake_refuses_what_tensorrt_refuses() -> None:
+    fake = FakeTensorRT()
+    flag = fake.NetworkDefinitionCreationFlag.STRONGLY_TYPED
+    builder = fake.Builder(None)
+    weak = builder.create_network(0)
+    assert fake.OnnxParser(weak, None).parse(tiny_onnx(TensorProto.FLOAT16))
+    config = builder.create_builder_config()
+    assert config.set_timing_cache(config.create_timing_cache(b""), False)
+    assert builder.build_serialized_network(weak, config) is None  # weakly typed: we rely on strong typing
+    strong = builder.create_network(1 << int(flag))
+    assert fake.OnnxParser(strong, None).parse(tiny_onnx(TensorProto.FLOAT16))
+    config.set_flag(fake.BuilderFlag.FP16)
+    assert builder.build_serialized_network(strong, config) is None  # precision flags on a strong network
+    assert not config.set_timing_cache(config.create_timing_cache(b"TC 9.0 Other GPU|"), False)
+    assert not fake.OnnxParser(strong, None).parse(tiny_onnx(op="DFT"))
+    config.clear_flag(fake.BuilderFlag.FP16)
+    engine = fake.Runtime(None).deserialize_cuda_engine(builder.build_serialized_network(strong, config))
+    context = engine.create_execution_context()
+    stream = fake.cuda.new_stream()
+    stream.wait_stream(fake.cuda.current_stream())
+    x, out = torch.ones(1, 3, 4, 4), torch.zeros(1, 3, 4, 4)
+    assert not context.set_tensor_address("no such tensor", x.data_ptr())
+    assert not context.set_tensor_address("image", x.data_ptr() + 4)  # misaligned
+    assert context.set_tensor_address("image", x.data_ptr())
+    assert not context.execute_async_v3(stream.cuda_stream)  # the output's address is not set
+    assert context.set_tensor_address("logits", out.data_ptr())
+    with pytest.raises(FakeTensorRTMisuse, match="legacy default stream"):
+        context.execute_async_v3(0)
+    fake.cuda.current = 2  # another device current than the context's (0)
+    with pytest.raises(FakeTensorRTMisuse, match="device 2 current; the context is on 0"):
+        context.execute_async_v3(stream.cuda_stream)
+    fake.cuda.current = 0
+    assert context.execute_async_v3(stream.cuda_stream)
+    with pytest.raises(FakeTensorRTMisuse, match="did not wait"):
+        context.execute_async_v3(stream.cuda_stream)  # no wait for the producing stream since the last one
+    assert (out == 0).all()  # nothing ran yet: the work runs when the stream is synchronised
+    del context
+    gc.collect()
+    assert fake.violations == ["execution context destroyed with 1 enqueue(s) pending"]
+    stream.synchronize()
+    assert (out == 0).all()  # the dead context's work never touches its buffers
+
+
+def test_hot_swap_machinery_imports_one_way() -> None:
+    """No two modules of the engines package import each other (switching -> tensorrt_engine only)."""
+    imports = {path.stem: _relative_imports(path) for path in ENGINES.glob("*.py")}
+    assert "tensorrt_engine" in imports["switching"]
+    pairs = sorted((a, b) for a, targets in imports.items() for b in targets if a in imports.get(b, ()) and a < b)
+    assert pairs == [], f"modules importing each other: {pairs}"
+
+
+def _relative_imports(path: Path) -> set[str]:
+    """Sibling modules ``path`` imports anywhere (top level or inside functions)."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.level == 1:
+            if node.module:
+                found.add(node.module.split(".")[0])
+            else:
+                found.update(alias.name for alias in node.names)
+    return found
 
 
 @pytest.mark.skipif(tensorrt_available(), reason="checks the message shown where TensorRT is missing")
@@ -354,7 +340,8 @@ def test_cli_engines(tmp_path, capsys) -> None:
     out = capsys.readouterr().out
     assert "timing cache  tensorrt 10.3.0  Fake GPU" in out and "junk-0.engine  UNUSABLE" in out
     assert cli_main(["engines", "--dir", str(folder), "clear"]) == 0
-    assert "removed 2 file(s)" in capsys.readouterr().out
+    assert "removed 1 file(s)" in capsys.readouterr().out  # the cache's own entry only
+    assert [p.name for p in folder.iterdir()] == ["junk-0.engine"]  # not the cache's: left alone
 
 
 # ---- the background switch with fake engines ---------------------------------------------------
@@ -522,8 +509,8 @@ def test_segmenter_on_onnxruntime_switches_without_blocking(eda, graphs, tmp_pat
     while seg.isr != RATIO2 and time.monotonic() < deadline:
         seg.predict(rgb)  # keeps serving meanwhile
         time.sleep(0.05)
-    status = seg.isr_status()
-    assert status.serving == RATIO2 and status.pending is None and status.error is None
+    state = seg.isr_control.state
+    assert state.served == state.requested == RATIO2 and state.pending is None and state.error is None
     logits, prepared = seg.logits(rgb)
     torch.testing.assert_close(logits, torch_output(eda, prepared.tensor, RATIO2), rtol=1e-4, atol=1e-4)
     # a failing background build: reported by isr_status, the old engine keeps serving
@@ -536,26 +523,27 @@ def test_segmenter_on_onnxruntime_switches_without_blocking(eda, graphs, tmp_pat
     unbuilt = ISRSetting((8, 4, 2, 1), (2, 2, 2))
     assert seg.set_isr(unbuilt) == unbuilt
     deadline = time.monotonic() + 30
-    while seg.isr_status().error is None and time.monotonic() < deadline:
+    while seg.isr_control.state.error is None and time.monotonic() < deadline:
         time.sleep(0.02)
-    status = seg.isr_status()
-    assert status.serving == RATIO2 and status.pending is None
-    assert status.error == f"ISR {unbuilt}: simulated export failure"
+    state = seg.isr_control.state
+    assert state.served == RATIO2 and state.pending is None
+    assert state.error == f"ISR {unbuilt}: simulated export failure"
+    assert state.requested == RATIO2  # the failed request gives way to what serves
     assert seg.predict(rgb).isr == RATIO2
 
 
-# ---- real TensorRT ---------------------------------------------------------------------------------
-@pytest.mark.tensorrt
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="TensorRT needs a CUDA GPU")
-@pytest.mark.skipif(not tensorrt_available(), reason=NO_TENSORRT)
-def test_real_tensorrt_engine_matches_torch(eda, graphs, image, tmp_path) -> None:
-    from dense_perception.engines.tensorrt_engine import tensorrt_engine_for_network
+# ---- real TensorRT (pytest -m tensorrt) -----------------------------------------------------------
+def gpu_copy(net: torch.nn.Module, device: str = "cuda") -> torch.nn.Module:
+    copy = build_network(EDA)
+    copy.load_state_dict(net.state_dict())
+    return copy.to(device).eval()
 
-    gpu_net = build_network(EDA)
-    gpu_net.load_state_dict(eda.state_dict())
-    gpu_net = gpu_net.cuda().eval()
-    engine = tensorrt_engine_for_network(gpu_net, H, W, tmp_path, "fp32", "cuda", initial=TRAINING,
-                                         graphs_folder=graphs)
+
+@with_marks(tensorrt_marks())
+def test_real_tensorrt_engine_matches_torch(eda, graphs, image, tmp_path) -> None:
+    gpu_net = gpu_copy(eda)
+    engine = switching_engine_for_network("tensorrt", gpu_net, H, W, tmp_path, "fp32", "cuda", initial=TRAINING,
+                                          graphs_folder=graphs)
     x = image.cuda()
     out = engine.infer(x)
     assert out.is_cuda and out.dtype == torch.float32
@@ -564,6 +552,72 @@ def test_real_tensorrt_engine_matches_torch(eda, graphs, image, tmp_path) -> Non
     torch.testing.assert_close(out, reference, rtol=1e-3, atol=1e-3)
     assert engine.request_isr(RATIO2).result(timeout=600) == RATIO2
     torch.testing.assert_close(engine.infer(x), torch_output(gpu_net, x, RATIO2), rtol=1e-3, atol=1e-3)
-    again = tensorrt_engine_for_network(gpu_net, H, W, tmp_path, "fp32", "cuda", initial=TRAINING,
-                                        graphs_folder=graphs)
+    again = switching_engine_for_network("tensorrt", gpu_net, H, W, tmp_path, "fp32", "cuda", initial=TRAINING,
+                                         graphs_folder=graphs)
     torch.testing.assert_close(again.infer(x), reference, rtol=1e-3, atol=1e-3)  # loaded from the cache
+
+
+@with_marks(tensorrt_marks())
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_real_tensorrt_agrees_with_onnxruntime(eda, graphs, image, tmp_path, precision) -> None:
+    """The engine TensorRT builds from our exported ONNX graph against ONNX Runtime (CPU) on that graph."""
+    from conftest import assert_close_rel
+    from dense_perception.engines.onnx_engine import OnnxRuntimeEngine
+
+    if precision == "fp16":
+        pytest.importorskip("onnxconverter_common", reason="the fp16 graph needs onnxconverter-common")
+    factory = TensorRTFactory(eda, H, W, tmp_path, precision, "cuda", graphs_folder=graphs)
+    engine = factory(TRAINING)
+    fp32_graph = TensorRTFactory(eda, H, W, tmp_path, "fp32", "cuda", graphs_folder=graphs).graphs(TRAINING)
+    reference = OnnxRuntimeEngine(fp32_graph, providers=["CPUExecutionProvider"]).infer(image)
+    out = engine.infer(image.cuda()).cpu()
+    bound = 1e-4 if precision == "fp32" else FP16_BOUND
+    assert_close_rel(out.numpy(), reference.numpy(), bound, f"TensorRT {precision} vs ONNX Runtime fp32")
+
+
+@with_marks(tensorrt_marks(gpus=2))
+def test_real_tensorrt_engine_on_the_second_gpu(eda, graphs, image, tmp_path) -> None:
+    torch.cuda.set_device(0)
+    engine = TensorRTFactory(eda, H, W, tmp_path, "fp32", "cuda:1", graphs_folder=graphs)(TRAINING)
+    before = torch.cuda.memory_allocated(0)
+    out = engine.infer(image.to("cuda:1"))
+    assert out.device == torch.device("cuda", 1) and torch.cuda.current_device() == 0
+    assert torch.cuda.memory_allocated(0) == before  # nothing of the frame landed on GPU 0
+    with torch.no_grad():
+        reference = gpu_copy(eda, "cuda:1")(image.to("cuda:1"))
+    torch.testing.assert_close(out, reference, rtol=1e-3, atol=1e-3)
+
+
+@with_marks(tensorrt_marks())
+def test_real_tensorrt_switches_isr_in_the_background_while_streaming(eda, graphs, tmp_path) -> None:
+    """Frames keep coming while the engine for another ISR setting is built; each output is one setting's,
+    and the stream swaps once, from the old setting to the new one."""
+    gpu_net = gpu_copy(eda)
+    switching = switching_engine_for_network("tensorrt", gpu_net, H, W, tmp_path, "fp32", "cuda",
+                                             initial=TRAINING, graphs_folder=graphs)
+    generator = torch.Generator().manual_seed(3)
+    frames = [torch.randn(1, 3, H, W, generator=generator).cuda() for _ in range(4)]
+    expected = {setting: [torch_output(gpu_net, frame, setting) for frame in frames] for setting in (TRAINING, RATIO2)}
+    served: list[ISRSetting | None] = []
+    stop = threading.Event()
+
+    def stream() -> None:
+        index = 0
+        while not stop.is_set():
+            out = switching.infer(frames[index % len(frames)])
+            matches = [setting for setting, outputs in expected.items()
+                       if torch.allclose(out, outputs[index % len(frames)], rtol=1e-3, atol=1e-3)]
+            served.append(matches[0] if len(matches) == 1 else None)
+            index += 1
+
+    feeder = threading.Thread(target=stream)
+    feeder.start()
+    try:
+        assert switching.request_isr(RATIO2).result(timeout=600) == RATIO2
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        feeder.join(timeout=60)
+    assert None not in served, "a frame matched neither setting"
+    swap = served.index(RATIO2)
+    assert swap >= 1 and served == [TRAINING] * swap + [RATIO2] * (len(served) - swap)

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from dense_perception.engines.base import Engine, EngineError
+from dense_perception.engines.ieee_fp32 import ieee_fp32
 from dense_perception.engines.torch_engine import TorchEngine
 from dense_perception.networks import ISRSetting, build_network
 
@@ -33,3 +34,27 @@ def test_reduced_precision_needs_cuda_and_depth_has_no_isr() -> None:
     assert depth.isr is None
     with pytest.raises(ValueError, match="no inference spatial reduction"):
         depth.set_isr(ISRSetting())
+
+
+def _tf32_settings() -> tuple[str, str]:
+    return torch.backends.cudnn.conv.fp32_precision, torch.backends.cuda.matmul.fp32_precision
+
+
+def test_fp32_on_cuda_is_ieee_float32_for_the_forward_only(monkeypatch) -> None:
+    """PyTorch lets cuDNN convolutions use TF32 by default; an fp32 CUDA forward turns that off and puts
+    the caller's settings back, also when forwards overlap in threads."""
+    before = _tf32_settings()
+    assert before[0] == "tf32"  # PyTorch's default for convolutions
+    seen = []
+    with ieee_fp32():
+        with ieee_fp32():  # a second engine's forward overlapping the first
+            seen.append(_tf32_settings())
+        seen.append(_tf32_settings())
+    assert seen == [("ieee", "ieee")] * 2 and _tf32_settings() == before
+    engine = TorchEngine(build_network("edaformer_t_ade20k"), "cpu")
+    with engine._precision():
+        assert _tf32_settings() == before  # the CPU has no TF32: nothing to switch
+    monkeypatch.setattr(engine, "device", torch.device("cuda"))
+    with engine._precision():
+        assert _tf32_settings() == ("ieee", "ieee")
+    assert _tf32_settings() == before

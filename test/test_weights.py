@@ -30,9 +30,10 @@ class _RangeHandler(http.server.SimpleHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802 (http.server naming)
         server: _Server = self.server  # type: ignore[assignment]
-        if self.path.startswith("/moved/"):  # like GitHub's release links, which redirect to a CDN
+        if self.path.startswith(("/moved/", "/away/")):  # like GitHub's release links, which redirect to a CDN
             self.send_response(302)
-            self.send_header("Location", self.path[len("/moved"):])
+            self.send_header("Location", self.path[len("/moved"):] if self.path.startswith("/moved/")
+                             else "http://198.51.100.7" + self.path[len("/away"):])
             self.send_header("Content-Length", "0")
             self.end_headers()
             return
@@ -109,6 +110,13 @@ def files(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     return {T_ADE: _generated(root / "t.pth", T_ADE), B_ADE: _generated(root / "b.pth", B_ADE)}
 
 
+def _partial(folder: Path, entry: W.WeightsEntry) -> Path:
+    """Where a download of ``entry`` into ``folder`` keeps its partial file (created private)."""
+    partial = folder / ".downloads"
+    partial.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return partial / (entry.file_name + ".part")
+
+
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -165,7 +173,7 @@ def test_download_checks_hash_and_renames(server: _Server, files: dict[str, Path
 def test_download_resumes_a_partial_file(server: _Server, files: dict[str, Path], tmp_path: Path) -> None:
     catalogue, entry = _serve(server, files[T_ADE])
     data = files[T_ADE].read_bytes()
-    (tmp_path / (entry.file_name + ".part")).write_bytes(data[:1_000_000])
+    _partial(tmp_path, entry).write_bytes(data[:1_000_000])
     path = W.download(T_ADE, tmp_path, base_url=server.url + "/moved", progress=False, catalogue=catalogue)
     assert server.range_starts == [1_000_000]  # the Range header survived the redirect
     assert path.read_bytes() == data
@@ -174,7 +182,7 @@ def test_download_resumes_a_partial_file(server: _Server, files: dict[str, Path]
 def test_download_accepts_a_complete_part(server: _Server, files: dict[str, Path], tmp_path: Path) -> None:
     catalogue, entry = _serve(server, files[T_ADE])
     data = files[T_ADE].read_bytes()
-    (tmp_path / (entry.file_name + ".part")).write_bytes(data)
+    _partial(tmp_path, entry).write_bytes(data)
     path = W.download(T_ADE, tmp_path, progress=False, catalogue=catalogue)  # the server answers 416
     assert server.range_starts == [len(data)] and path.read_bytes() == data
 
@@ -183,16 +191,16 @@ def test_download_restarts_when_the_server_ignores_range(server: _Server, files:
                                                          tmp_path: Path) -> None:
     catalogue, entry = _serve(server, files[T_ADE])
     server.ignore_range = True
-    (tmp_path / (entry.file_name + ".part")).write_bytes(b"garbage" * 1000)
+    _partial(tmp_path, entry).write_bytes(b"garbage" * 1000)
     path = W.download(T_ADE, tmp_path, progress=False, catalogue=catalogue)
     assert _sha(path) == _sha(files[T_ADE])
 
 
 def test_hash_mismatch_deletes_the_download(server: _Server, files: dict[str, Path], tmp_path: Path) -> None:
     catalogue, entry = _serve(server, files[T_ADE], prefix="deadbeef")
-    with pytest.raises(W.DownloadError, match=r"does not start with the published deadbeef"):
+    with pytest.raises(W.DownloadError, match=r"does not start with the catalogue's deadbeef"):
         W.download(T_ADE, tmp_path / "models", progress=False, catalogue=catalogue)
-    assert list((tmp_path / "models").iterdir()) == []
+    assert [p.name for p in (tmp_path / "models").rglob("*")] == [".downloads"]
 
 
 def test_truncated_transfer_keeps_the_part_and_resumes(server: _Server, files: dict[str, Path],
@@ -202,7 +210,7 @@ def test_truncated_transfer_keeps_the_part_and_resumes(server: _Server, files: d
     size = files[T_ADE].stat().st_size
     with pytest.raises(W.DownloadError, match=rf"truncated after {size // 2} of {size} bytes.*run the download again"):
         W.download(T_ADE, tmp_path, progress=False, catalogue=catalogue)
-    part = tmp_path / (entry.file_name + ".part")
+    part = _partial(tmp_path, entry)
     assert part.stat().st_size == size // 2 and not (tmp_path / entry.file_name).exists()
     server.truncate.clear()
     path = W.download(T_ADE, tmp_path, progress=False, catalogue=catalogue)
@@ -213,7 +221,53 @@ def test_http_error_names_url_and_status(server: _Server, tmp_path: Path) -> Non
     with pytest.raises(W.DownloadError) as info:
         W.download("dpt_hybrid_midas", tmp_path / "models", base_url=server.url, progress=False)
     assert f"{server.url}/dpt_hybrid-midas-501f0c75.pt: HTTP 404" in str(info.value)
-    assert list((tmp_path / "models").iterdir()) == []
+    assert [p.name for p in (tmp_path / "models").rglob("*")] == [".downloads"]
+
+
+def test_downloads_are_https_only(server: _Server, files: dict[str, Path], tmp_path: Path) -> None:
+    catalogue, entry = _serve(server, files[T_ADE])
+    for url in ("http://example.com/mirror", "ftp://example.com", "file:///etc"):
+        with pytest.raises(W.DownloadError, match="refused: checkpoints are downloaded over https only"):
+            W.download(T_ADE, tmp_path, base_url=url, progress=False, catalogue=catalogue)
+    # a redirect to plain http elsewhere is refused too (loopback http stays usable for mirrors)
+    with pytest.raises(W.DownloadError, match=r"http://198\.51\.100\.7/.*refused"):
+        W.download(T_ADE, tmp_path, base_url=server.url + "/away", progress=False, catalogue=catalogue)
+    assert not (tmp_path / entry.file_name).exists()
+
+
+def test_planted_part_symlinks_are_never_followed(server: _Server, files: dict[str, Path], tmp_path: Path) -> None:
+    catalogue, entry = _serve(server, files[T_ADE])
+    server.ignore_range = True  # the case that truncated a planted link's target
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious")
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / (entry.file_name + ".part")).symlink_to(victim)  # where earlier versions kept it
+    _partial(models, entry).symlink_to(victim)  # and in the private folder itself
+    path = W.download(T_ADE, models, progress=False, catalogue=catalogue)
+    assert victim.read_text() == "precious" and _sha(path) == _sha(files[T_ADE])
+    assert not path.is_symlink()
+
+
+def test_partial_folder_open_to_others_is_refused(server: _Server, files: dict[str, Path], tmp_path: Path) -> None:
+    catalogue, entry = _serve(server, files[T_ADE])
+    _partial(tmp_path, entry).parent.chmod(0o777)
+    with pytest.raises(W.DownloadError, match=r"\.downloads: refusing to download into it: it is writable by group and others"):
+        W.download(T_ADE, tmp_path, progress=False, catalogue=catalogue)
+
+
+def test_a_present_file_is_verified_before_it_is_returned(server: _Server, files: dict[str, Path],
+                                                          tmp_path: Path) -> None:
+    catalogue, entry = _serve(server, files[T_ADE])
+    present = tmp_path / entry.file_name
+    data = bytearray(files[T_ADE].read_bytes())
+    data[len(data) // 2] ^= 0x01  # one flipped bit
+    present.write_bytes(bytes(data))
+    with pytest.raises(W.DownloadError, match=r"present but fails verification: .*remove it to download it again"):
+        W.download(T_ADE, tmp_path, progress=False, catalogue=catalogue)
+    present.unlink()
+    path = W.download(T_ADE, tmp_path, progress=False, catalogue=catalogue)
+    assert W.download(T_ADE, tmp_path, progress=False, catalogue=catalogue) == path  # pinned: accepted
 
 
 def test_edaformer_needs_a_manual_download(tmp_path: Path) -> None:

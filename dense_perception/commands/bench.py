@@ -14,8 +14,8 @@ import torch
 
 import numpy as np
 
-from ..benchmark import (BACKENDS, END_TO_END_BACKENDS, FIXED_BATCH_ONE, Case, Measurement, deviation, measure,
-                         measure_isr, paired_ratio)
+from ..benchmark import (BACKENDS, END_TO_END_BACKENDS, FIXED_BATCH_ONE, MIXED_PRECISION_BACKENDS, Case,
+                         Measurement, deviation, measure, measure_isr, paired_ratio)
 from ..networks import ISRSetting, available_networks, network_spec
 
 DEFAULT_NETWORKS = ("dpt_hybrid_midas", "edaformer_t_ade20k")
@@ -33,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None,
                         help="network input size (default: 384 384 for DPT, 512 512 for EDAFormer)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--precisions", nargs="+", default=["fp32"], choices=("fp32", "fp16", "bf16"),
+                        help="precisions of the torch, torch-compile and transformers backends (fp16/bf16 under "
+                             "autocast, CUDA); the other backends run fp32")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--runs", type=int, default=10,
                         help="timed runs per case in all, spread over the rounds (after warm-up)")
@@ -60,10 +63,12 @@ def _cases(args: argparse.Namespace) -> list[Case]:
                 continue
             if args.end_to_end and (spec.family != "dpt" or backend not in END_TO_END_BACKENDS):
                 continue
-            for isr in settings:
-                cases.append(Case(name, backend, height, width, isr, args.batch, args.device, args.threads,
-                                  tuple(args.end_to_end) if args.end_to_end else None,
-                                  fixed_input=bool(args.end_to_end and args.size)))
+            precisions = args.precisions if backend in MIXED_PRECISION_BACKENDS else ["fp32"]
+            for precision in precisions:
+                for isr in settings:
+                    cases.append(Case(name, backend, height, width, isr, args.batch, args.device, args.threads,
+                                      tuple(args.end_to_end) if args.end_to_end else None,
+                                      fixed_input=bool(args.end_to_end and args.size), precision=precision))
     return cases
 
 
@@ -101,7 +106,7 @@ def table(results: list[Measurement]) -> str:
     for m in results:
         key = (m.case.network, m.case.height, m.case.width)
         reference = "transformers" if m.case.end_to_end else "eager"
-        if m.case.backend == reference and key not in baseline and not m.error:
+        if m.case.backend == reference and m.case.precision == "fp32" and key not in baseline and not m.error:
             baseline[key] = m.fps
         if not m.error:
             first_isr.setdefault(m.case.isr_group, m)
@@ -118,13 +123,13 @@ def table(results: list[Measurement]) -> str:
                              size if c.fixed_input else "official keep-aspect")
             size = f"{c.end_to_end[0]}x{c.end_to_end[1]} image, input {network_input}"
         if m.error:
-            lines.append(f"| {c.network} | {size} | {c.backend} | {c.isr or '–'} "
+            lines.append(f"| {c.network} | {size} | {c.label} | {c.isr or '–'} "
                          f"| failed: {m.error} ||||||||||")
             continue
         gain, cut = _isr_columns(m, first_isr)
         dev = "–" if math.isnan(m.deviation) else (
             f"{m.deviation:.1%} labels" if network_spec(c.network).task == "segmentation" else f"{m.deviation:.2%}")
-        lines.append(f"| {c.network} | {size} | {c.backend} | {c.isr or '–'} | {_fmt(m.p50)} "
+        lines.append(f"| {c.network} | {size} | {c.label} | {c.isr or '–'} | {_fmt(m.p50)} "
                      f"| {_fmt(m.p90)} | {_fmt(m.fps, '.2f')} | {_fmt(m.throughput, '.2f')} | {_fmt(m.peak_mib, '.0f')} "
                      f"| {_fmt(m.gmacs, '.2f')} | {_fmt(ratio, '.2f')} | {dev} | {gain} | {cut} |")
     return "\n".join(lines)
@@ -162,7 +167,7 @@ def plot(results: list[Measurement], path: Path) -> bool:
     except ImportError:
         return False
     ok = [m for m in results if not m.error]
-    labels = [f"{m.case.network}\n{m.case.backend} {m.case.isr or ''}" for m in ok]
+    labels = [f"{m.case.network}\n{m.case.label} {m.case.isr or ''}" for m in ok]
     fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(ok)), 4.5))
     ax.bar(range(len(ok)), [m.fps for m in ok], color="tab:blue")
     ax.set_xticks(range(len(ok)), labels, rotation=60, ha="right", fontsize=7)
@@ -194,7 +199,7 @@ def main(args: argparse.Namespace) -> int:
     interleaved: dict[int, list[float]] = {}
     for round_ in range(1, rounds + 1):
         for i, case in enumerate(cases):
-            print(f"[round {round_}/{rounds}, {i + 1}/{len(cases)}] {case.network} {case.backend} "
+            print(f"[round {round_}/{rounds}, {i + 1}/{len(cases)}] {case.network} {case.label} "
                   f"{case.isr or ''} ...", flush=True)
             measured = measure(case, args.warmup, runs, workdir=workdir)
             if measured.error:
@@ -202,7 +207,7 @@ def main(args: argparse.Namespace) -> int:
             results[i] = results[i].merge(measured)
         for indices in groups:  # each round, so a slow spell of the machine hits only part of the turns
             c = cases[indices[0]]
-            print(f"[round {round_}/{rounds}, ISR interleaved] {c.network} {c.backend}: {len(indices)} settings "
+            print(f"[round {round_}/{rounds}, ISR interleaved] {c.network} {c.label}: {len(indices)} settings "
                   f"in turn, {runs} turns ...", flush=True)
             timings = measure_isr([cases[i] for i in indices], args.warmup, runs, workdir)
             if isinstance(timings, str):

@@ -19,12 +19,14 @@ untrained weights, and every output says UNTRAINED.
 from __future__ import annotations
 
 import argparse
-from collections.abc import Sequence
+import signal
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
 import numpy as np
 
+from ..defaults import DEFAULT_DEPTH_NETWORK, DEFAULT_SEG_NETWORK
 from ..io.sources import DEFAULT_FRAME_ID, open_source, sample_image
 from ..io.writers import BagWriter, FrameOutputs, write_png, write_ply
 from ..runner import FrameProcessor, describe_depth, load_models, run_frames, stamp_untrained
@@ -55,7 +57,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"new output folder (default: ./{DEFAULT_OUT}, numbered if it exists)")
     parser.add_argument("--image", default=None, metavar="FILE",
                         help="use this image instead of the bundled sample")
-    add_model_arguments(parser, depth_default="dpt_hybrid_nyu", seg_default="edaformer_t_ade20k")
+    add_model_arguments(parser, depth_default=DEFAULT_DEPTH_NETWORK, seg_default=DEFAULT_SEG_NETWORK)
 
 
 def _caption(image: np.ndarray, text: str, color: tuple[int, int, int] = (40, 40, 40)) -> np.ndarray:
@@ -122,6 +124,12 @@ class DemoWriter:
                  tb: TracebackType | None) -> None:
         self.bag.__exit__(exc_type, exc, tb)
 
+    def annotate(self, notes: Mapping[str, str]) -> None:
+        self.bag.annotate(notes)
+
+    def counts(self) -> dict[str, int]:
+        return self.bag.counts()
+
     def write(self, outputs: FrameOutputs) -> None:
         write_png(self.path / "depth.png", outputs.depth_colored)
         write_png(self.path / "labels_overlay.png", outputs.seg_colored)
@@ -181,5 +189,5 @@ def _run_demo(args: argparse.Namespace, folder: Path, image: Path) -> int:
     (folder / "README.txt").write_text("\n".join(lines) + "\n", encoding="utf-8")
     print("\n".join(lines))
     if summary.interrupted:
-        return 130
+        return 128 + int(getattr(signal, summary.signal or "SIGINT"))
     return 0 if summary.written else 1

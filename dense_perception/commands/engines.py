@@ -1,8 +1,10 @@
-"""``dense-perception engines build|list|clear``: the engine cache under ``models/engines/`` by hand.
+"""``dense-perception engines build|list|clear``: the engine cache (``--dir``, default
+:func:`~dense_perception.engines.cache.default_engine_dir`) by hand.
 
 ``build`` makes the engines (TensorRT) or graphs (ONNX Runtime) for one network, input size and precision,
 for one ISR setting and/or a list (``--isr-prebuild "1;2;[16,8,2,1]-[2,4,8]"``), so a robot starts without
-building. ``list`` shows each file with what it was made for; ``clear`` removes them (one network's, or all).
+building. ``list`` shows each file with what it was made for; ``clear`` removes them (one network's, or all):
+only what the cache created (entries of its format, graphs with its manifest), never changing a folder's mode.
 """
 from __future__ import annotations
 
@@ -13,10 +15,11 @@ from pathlib import Path
 from typing import Any
 
 from ..engines.base import BACKEND_PRECISIONS, EngineError
-from ..engines.cache import DEFAULT_DIR, EngineCache
+from ..engines.cache import (CACHE_ENV, EngineCache, default_engine_dir, manifest_path, remove_artefact,
+                             untrusted_reason)
 from ..engines.export import read_graph_info
-from ..networks import ISRSetting, available_networks
-from ..networks.isr import isr_problem
+from ..networks import ISRScheme, ISRSetting, available_networks, network_spec
+from ..networks.isr import EDAFORMER_ISR
 from .info import add_isr_arguments, isr_from_args
 
 log = logging.getLogger(__name__)
@@ -24,8 +27,8 @@ BACKENDS = ("tensorrt", "onnxruntime")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dir", type=Path, default=DEFAULT_DIR, metavar="DIR",
-                        help=f"engine cache folder (default {DEFAULT_DIR})")
+    parser.add_argument("--dir", type=Path, default=None, metavar="DIR",
+                        help=f"engine cache folder (default ${CACHE_ENV}, else {default_engine_dir()})")
     sub = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     build = sub.add_parser("build", help="build engines (or ONNX graphs) into the cache")
     build.add_argument("network", choices=available_networks(), metavar="NAME",
@@ -46,17 +49,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="only this network's files (default: all)")
 
 
-def parse_isr_list(text: str) -> list[ISRSetting]:
-    """``"1;2;[16,8,2,1]-[2,4,8]"`` -> settings (empty items skipped)."""
-    return [ISRSetting.parse(item) for item in text.split(";") if item.strip()]
+def parse_isr_list(text: str, scheme: ISRScheme = EDAFORMER_ISR) -> list[ISRSetting | None]:
+    """``"1;2;[16,8,2,1]-[2,4,8]"`` -> settings of ``scheme`` (empty items skipped)."""
+    return [scheme.parse(item) for item in text.split(";") if item.strip()]
 
 
 def _settings(args: argparse.Namespace, net: Any) -> list[ISRSetting | None]:
-    if not hasattr(net, "set_isr"):
+    scheme = network_spec(args.network).isr
+    if scheme is None:
+        if hasattr(net, "set_isr"):  # refuses anything but ratio 1, with the reason
+            net.set_isr(isr_from_args(args, None))
+        if args.isr_prebuild:
+            raise ValueError(f"--isr-prebuild: {args.network} has no ISR")
         return [None]
     settings: list[ISRSetting | None] = []
-    for setting in [isr_from_args(args)] + parse_isr_list(args.isr_prebuild):
-        problem = isr_problem(setting, *args.size)
+    for setting in [isr_from_args(args, scheme)] + parse_isr_list(args.isr_prebuild, scheme):
+        problem = scheme.problem(setting, *args.size)
         if problem:
             raise ValueError(problem)
         if setting not in settings:
@@ -119,21 +127,30 @@ def _rows(folder: Path) -> list[str]:
 
 
 def _clear(folder: Path, network: str | None) -> int:
+    """Remove what the cache created (entries, and graphs with a manifest), never another file,
+    never a folder's mode."""
     cache = EngineCache(folder)
     removed = cache.clear(keep=lambda e: network is not None and (e.key or {}).get("network") != network)
+    left = []
     for path in sorted(folder.glob("*.onnx")):
+        if untrusted_reason(manifest_path(path)) is not None or untrusted_reason(path) is not None:
+            left.append(path)  # not made by the cache (no manifest of the user's): not ours to delete
+            continue
         try:
             mine = network is None or read_graph_info(path).network == network
         except EngineError:
             mine = network is None
         if mine:
-            path.unlink()
+            remove_artefact(path)
             removed.append(path)
-    print(f"removed {len(removed)} file(s) from {folder}")
+    print(f"removed {len(removed)} file(s) from {folder}"
+          + (f"; left {len(left)} .onnx file(s) the cache did not create" if left else ""))
     return 0
 
 
 def main(args: argparse.Namespace) -> int:
+    if args.dir is None:
+        args.dir = default_engine_dir()
     try:
         if args.action == "build":
             return _build(args)

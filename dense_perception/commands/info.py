@@ -30,8 +30,16 @@ def add_isr_arguments(parser: argparse.ArgumentParser) -> None:
                        help="EDAFormer: effective decoder pools c4,c3,c2, paper notation, e.g. 2,4,8")
 
 
-def isr_from_args(args: argparse.Namespace, scheme: ISRScheme = EDAFORMER_ISR) -> ISRSetting | None:
-    """The setting the ISR options ask for, validated by the network's ``scheme`` (default EDAFormer's)."""
+def isr_from_args(args: argparse.Namespace, scheme: ISRScheme | None = EDAFORMER_ISR) -> ISRSetting | int | None:
+    """The setting the ISR options ask for, validated by the network's ``scheme`` (default EDAFormer's).
+
+    A network without ISR (``scheme`` None) gets what was asked as it is -- the ratio, or the explicit
+    ratios as a setting -- and its ``set_isr`` refuses anything but ratio 1 with the reason ("ISR does
+    not apply to ...")."""
+    if scheme is None:
+        if args.isr_encoder or args.isr_decoder:
+            return ISRSetting(args.isr_encoder or (), args.isr_decoder or ())
+        return args.isr
     return scheme.make(args.isr, args.isr_encoder, args.isr_decoder)
 
 
@@ -59,6 +67,8 @@ def main(args: argparse.Namespace) -> int:
         setting = net.set_isr(isr_from_args(args, spec.isr))
         net.check_isr(height, width)
         lines.append(spec.isr.describe(setting) + " (paper notation)")
+    elif spec.task == "segmentation":
+        net.set_isr(isr_from_args(args, None))  # ValueError unless ratio 1: ISR does not apply
     cost = count_cost(net, height, width)
     lines += [f"  {'part':<14}{'parameters':>13}{'multiply-adds':>16}"]
     lines += [_row(part, cost.params.get(part, 0), cost.macs.get(part, 0)) for part in cost.macs]

@@ -1,4 +1,4 @@
-"""The on-disk engine cache: built engines (and TensorRT timing caches) under ``models/engines/``.
+"""The on-disk engine cache: built engines (and TensorRT timing caches) in a folder of the user's.
 
 One entry per :class:`CacheKey` -- network, weights digest, input size, batch, ISR setting, precision,
 backend library and version, GPU name and compute capability, package version. The file name is a
@@ -13,13 +13,18 @@ Entry format (little-endian)::
 differs from the one asked for (a renamed or foreign file), a truncated or over-long payload or a checksum
 mismatch are logged with the reason, the entry is removed, and ``None`` tells the caller to rebuild.
 :meth:`EngineCache.write` is atomic (temporary file in the same folder, ``fsync``, ``os.replace``): a crash
-mid-write leaves at most a hidden ``.*.tmp`` file, never a half entry. The folder is private to the user
-(``0o700``); an existing folder open to group or others is warned about and tightened.
+mid-write leaves at most a hidden ``.*.tmp`` file, never a half entry. A new folder is made private to the user
+(``0o700``); the mode of an existing folder is never changed, and a folder or file that is someone
+else's or writable by others is not trusted (:func:`untrusted_reason`, as ssh judges key files).
+ONNX graphs (:mod:`.export`) get a manifest (size, SHA-256) written after them and checked before
+use (:func:`write_manifest`, :func:`manifest_problem`); ``engines clear`` removes only artefacts with
+a manifest and entries of this format.
 
 :func:`dense_perception.atomic.atomic_write_bytes` (the package's one atomic-write helper) writes the entries.
 """
 from __future__ import annotations
 
+import atexit
 import contextlib
 import dataclasses
 import hashlib
@@ -27,19 +32,32 @@ import json
 import logging
 import os
 import re
-import stat
+import shutil
 import struct
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator, Union
 
 from .. import __version__
-from ..atomic import atomic_write_bytes
+from ..atomic import atomic_write_bytes, untrusted_reason
 
 log = logging.getLogger(__name__)
 
-#: Where engines live unless told otherwise (relative to the working directory, like ``models/``).
-DEFAULT_DIR = Path("models") / "engines"
+#: Environment variable naming the engine cache folder (overrides the default below).
+CACHE_ENV = "DENSE_PERCEPTION_CACHE"
+
+
+def default_engine_dir() -> Path:
+    """Where ONNX graphs and TensorRT engines are cached unless told otherwise: an absolute folder of
+    the user's, never the working directory -- ``$DENSE_PERCEPTION_CACHE``, else
+    ``$XDG_CACHE_HOME/dense_perception/engines``, else ``~/.cache/dense_perception/engines``."""
+    explicit = os.environ.get(CACHE_ENV)
+    if explicit:
+        return Path(explicit).expanduser().absolute()
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base).absolute() / "dense_perception" / "engines"
+
 MAGIC = b"DPENGINE"
 FORMAT_VERSION = 1
 #: magic, format version, key length, payload length, sha256 of the payload
@@ -115,19 +133,97 @@ def file_name(key: AnyKey) -> str:
     return f"{key.label}-{hashlib.sha256(key_json(key)).hexdigest()[:16]}{SUFFIX}"
 
 
-def ensure_private_dir(path: str | os.PathLike) -> Path:
-    """Create ``path`` with mode 0o700; warn about and tighten an existing folder open to others."""
-    folder = Path(path)
-    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-    mode = stat.S_IMODE(folder.stat().st_mode)
-    if mode & 0o077:
-        log.warning("%s is accessible to group/others (mode %o); engine files are executable code for the GPU "
-                    "and are restricted to the user: setting mode 700", folder, mode)
-        try:
-            folder.chmod(0o700)
-        except OSError as exc:
-            log.warning("cannot change the mode of %s (%s); fix it by hand", folder, exc)
-    return folder
+#: Suffix of the manifest written after each artefact the cache creates (graphs; entries carry theirs).
+MANIFEST_SUFFIX = ".manifest.json"
+#: Folders that could not be used as caches in this process -> the private folder used instead.
+#: A process-lifetime resource (like a logger): one warning and one fallback per folder.
+_FALLBACKS: dict[Path, Path] = {}
+
+
+def ensure_private_dir(path: str | os.PathLike | None) -> Path:
+    """The cache folder ``path`` (None: :func:`default_engine_dir`), created private (0o700) when
+    missing. The mode of an existing folder is never changed.
+
+    A folder that cannot be created or written, or that is not to be trusted (:func:`untrusted_reason`:
+    someone else's, or writable by others), is not used: the run goes on without caching, in a
+    private temporary folder removed when the process ends, with one warning per folder.
+    """
+    folder = (Path(path) if path is not None else default_engine_dir()).absolute()
+    if folder in _FALLBACKS:
+        return _FALLBACKS[folder]
+    try:
+        folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+        problem = untrusted_reason(folder, folder=True)
+        if problem is None and not os.access(folder, os.W_OK | os.X_OK):
+            problem = "not writable"
+    except OSError as exc:
+        problem = exc.strerror or str(exc)
+    if problem is None:
+        return folder
+    fallback = Path(tempfile.mkdtemp(prefix="dense_perception-nocache-"))
+    atexit.register(shutil.rmtree, fallback, True)
+    _FALLBACKS[folder] = fallback
+    log.warning("engine cache %s is not usable (%s): running without a cache (graphs and engines are "
+                "built in %s and removed at exit); set $%s to a folder of your own", folder, problem,
+                fallback, CACHE_ENV)
+    return fallback
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """What the cache wrote beside an artefact it created: its size and SHA-256."""
+
+    size: int
+    sha256: str
+    kind: str
+    version: str = __version__
+
+
+def manifest_path(artefact: Path) -> Path:
+    return artefact.with_name(artefact.name + MANIFEST_SUFFIX)
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def write_manifest(artefact: Path, kind: str) -> Path:
+    """Write ``artefact``'s manifest (after the artefact itself, atomically); returns its path."""
+    manifest = Manifest(artefact.stat().st_size, file_sha256(artefact), kind)
+    return atomic_write_bytes(manifest_path(artefact), json.dumps(dataclasses.asdict(manifest)).encode())
+
+
+def manifest_problem(artefact: Path) -> str | None:
+    """Why ``artefact`` must not be used (None when it may): untrusted file or manifest, no manifest
+    (not made by the cache), or a size or checksum that differs from the manifest."""
+    problem = untrusted_reason(artefact)
+    if problem is not None:
+        return f"the file is {problem}"
+    sidecar = manifest_path(artefact)
+    problem = untrusted_reason(sidecar)
+    if problem is not None:
+        return "no manifest (not made by this cache)" if problem == "missing" else f"its manifest is {problem}"
+    try:
+        manifest = Manifest(**json.loads(sidecar.read_text("utf-8")))
+    except (OSError, ValueError, TypeError) as exc:
+        return f"unreadable manifest ({exc})"
+    size = artefact.stat().st_size
+    if size != manifest.size:
+        return f"size {size} differs from the manifest's {manifest.size}"
+    if file_sha256(artefact) != manifest.sha256:
+        return "checksum mismatch with its manifest (corrupt)"
+    return None
+
+
+def remove_artefact(artefact: Path) -> None:
+    """Delete an artefact and its manifest (missing ones are fine)."""
+    for path in (manifest_path(artefact), artefact):
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
 
 
 @dataclass(frozen=True)
@@ -138,6 +234,10 @@ class EntryHeader:
     payload_length: int
     checksum: bytes
     payload_offset: int
+
+
+#: Header problems of files that are not this cache's entries at all (``clear`` leaves them).
+_FOREIGN_PROBLEMS = ("truncated header", "not an engine cache entry")
 
 
 class EntryError(ValueError):
@@ -193,7 +293,7 @@ class CacheEntry:
 class EngineCache:
     """Entries in one private folder (see the module docstring). Holds no state besides the folder."""
 
-    def __init__(self, directory: str | os.PathLike = DEFAULT_DIR) -> None:
+    def __init__(self, directory: str | os.PathLike | None = None) -> None:
         self.directory = ensure_private_dir(directory)
 
     def path_for(self, key: AnyKey) -> Path:
@@ -202,10 +302,13 @@ class EngineCache:
     def read(self, key: AnyKey) -> bytes | None:
         """The payload stored for ``key``, or None (missing; or untrustworthy: logged and removed)."""
         path = self.path_for(key)
-        if not path.exists():
+        if not path.exists() and not path.is_symlink():
             log.debug("%s: not cached yet", path)
             return None
         try:
+            problem = untrusted_reason(path)
+            if problem is not None:
+                raise EntryError(f"refused: the file is {problem}")
             header = read_header(path)
             differences = _differences(header.key, key.fields())
             if differences:
@@ -249,17 +352,22 @@ class EngineCache:
         return found
 
     def clear(self, keep: Callable[[CacheEntry], bool] = lambda entry: False) -> list[Path]:
-        """Remove entries (those for which ``keep`` is false) and leftover temporary files; the removed paths."""
+        """Remove what this cache created -- entries of its format (those for which ``keep`` is
+        false) and its leftover temporary files -- never a file of someone else's or of another
+        format; returns the removed paths. No folder's mode is changed."""
         removed = []
         for entry in self.entries():
-            if not keep(entry):
-                with contextlib.suppress(FileNotFoundError):
-                    entry.path.unlink()
-                removed.append(entry.path)
-        for tmp in self.directory.glob(".*.tmp"):
+            foreign = entry.key is None and (entry.problem or "").startswith(_FOREIGN_PROBLEMS)
+            if keep(entry) or foreign or untrusted_reason(entry.path) is not None:
+                continue
             with contextlib.suppress(FileNotFoundError):
-                tmp.unlink()
-            removed.append(tmp)
+                entry.path.unlink()
+            removed.append(entry.path)
+        for tmp in self.directory.glob(".*.tmp"):
+            if untrusted_reason(tmp) is None:
+                with contextlib.suppress(FileNotFoundError):
+                    tmp.unlink()
+                removed.append(tmp)
         return removed
 
     def _discard(self, path: Path, reason: str) -> None:

@@ -25,7 +25,8 @@ How a graph is made:
    CPU half kernels are incomplete). The fp16 graph feeds ONNX Runtime's CUDA provider and TensorRT's
    strongly typed fp16 builds (:mod:`.tensorrt_engine`), which take each tensor's type from the graph.
 5. ``onnx.checker.check_model``, then an atomic write (temporary file in the target folder +
-   ``os.replace``), so a reader never sees a half-written file.
+   ``os.replace``), so a reader never sees a half-written file. In the cache (:class:`GraphCache`)
+   a manifest with the file's size and SHA-256 follows, checked before the graph is used again.
 """
 from __future__ import annotations
 
@@ -33,9 +34,11 @@ import copy
 import dataclasses
 import hashlib
 import io
+import json
 import logging
 import os
 import tempfile
+import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,9 +180,14 @@ def graph_info(net: nn.Module, height: int, width: int, precision: str = "fp32",
 
 
 def graph_file_name(info: GraphInfo) -> str:
-    """``<network>_<H>x<W>_<isr slug or noisr>_<precision>.onnx`` (batch > 1 adds ``_b<B>``)."""
+    """``<network>_<H>x<W>_<isr slug or noisr>_<precision>[_b<B>]-<w8>-<k8>.onnx``: a readable label,
+    8 hex of the weights digest and 8 hex of the SHA-256 of everything else the graph depends on
+    (:meth:`GraphInfo.cache_key`: opset, package version, int8 calibration, ...), so two checkpoints
+    or two calibrations never share (and evict) one file."""
     batch = f"_b{info.batch}" if info.batch != 1 else ""
-    return f"{info.network}_{info.height}x{info.width}_{info.isr_slug}_{info.precision}{batch}.onnx"
+    key = json.dumps(info.cache_key(), sort_keys=True, separators=(",", ":")).encode()
+    return (f"{info.network}_{info.height}x{info.width}_{info.isr_slug}_{info.precision}{batch}"
+            f"-{info.weights_digest[:8]}-{hashlib.sha256(key).hexdigest()[:8]}.onnx")
 
 
 def _check_arguments(height: int, width: int, precision: str, opset: int, batch: int) -> None:
@@ -307,12 +315,15 @@ def read_graph_info(model: onnx.ModelProto | str | os.PathLike) -> GraphInfo:
 
 @dataclass(frozen=True)
 class GraphCache:
-    """Graphs of one network at one size and precision in a folder, exported on demand.
+    """Graphs of one network at one size and precision in a cache folder, exported on demand.
 
-    ``cache(setting)`` returns ``<folder>/<graph_file_name>``, reusing the file when its metadata matches
-    (network, size, ISR, precision, opset, package version and the digest of the network's current
-    weights) and exporting over it when it is missing, stale, corrupt or foreign. The network is never
-    modified (another ISR is exported from a copy).
+    ``cache(setting)`` returns ``<folder>/<graph_file_name>``: the file is reused only when it is the
+    user's own and not writable by others, its manifest (written by the cache after the graph: size
+    and SHA-256, :func:`~.cache.write_manifest`) matches, and its metadata matches what is wanted
+    (network, size, ISR, precision, opset, package version, weights digest); otherwise it is exported
+    again, with the reason logged. :meth:`rebuild` re-exports unconditionally (after a failed load).
+    The folder goes through :func:`~.cache.ensure_private_dir`: one that cannot be used means no
+    caching (a private temporary folder), never a failure. The network is never modified.
     """
 
     net: nn.Module
@@ -327,22 +338,62 @@ class GraphCache:
     def __post_init__(self) -> None:
         _check_arguments(self.height, self.width, self.precision, self.opset, 1)
 
-    def __call__(self, isr: ISRSetting | None = None) -> Path:
+    def _wanted(self, isr: ISRSetting | None) -> tuple[GraphInfo, Path]:
+        from .cache import ensure_private_dir
+
         wanted = graph_info(self.net, self.height, self.width, self.precision, self.opset, 1, isr,
                             calibration=self.calibration)
-        path = Path(self.folder) / graph_file_name(wanted)
+        return wanted, ensure_private_dir(self.folder) / graph_file_name(wanted)
+
+    def __call__(self, isr: ISRSetting | None = None) -> Path:
+        wanted, path = self._wanted(isr)
         problem = _cache_problem(path, wanted)
         if problem is None:
             log.debug("reusing %s", path)
             return path
-        log.info("exporting %s: %s", path, problem)
-        return write_graph(self.net, wanted, path, self.calibration)
+        if problem == "not exported yet":
+            log.info("exporting %s", path)
+        else:
+            log.warning("engine cache: %s: %s; exporting it again", path, problem)
+        return self._export(wanted, path)
+
+    def rebuild(self, isr: ISRSetting | None = None) -> Path:
+        """Export the graph for ``isr`` again, whatever is cached (its load failed)."""
+        wanted, path = self._wanted(isr)
+        return self._export(wanted, path)
+
+    def _export(self, wanted: GraphInfo, path: Path) -> Path:
+        from .cache import remove_artefact, write_manifest
+
+        remove_artefact(path)
+        write_graph(self.net, wanted, path, self.calibration)
+        write_manifest(path, "onnx graph")
+        return path
+
+
+#: ``torch.onnx.export`` keeps module-level state: exports from several threads (the background ISR
+#: builds of several engines) take turns under this lock.
+EXPORT_LOCK = threading.Lock()
+
+
+def private_export_copy(net: nn.Module) -> nn.Module:
+    """A CPU copy of an ISR network for a background exporter, so that ``set_isr`` on the caller's network
+    cannot change it mid-trace; networks without ISR never change and are shared."""
+    if not hasattr(net, "set_isr"):
+        return net
+    return copy.deepcopy(net).cpu().eval()
 
 
 def _cache_problem(path: Path, wanted: GraphInfo) -> str | None:
-    """Why the file at ``path`` cannot serve as ``wanted`` (missing, unreadable, other setting), or None."""
-    if not path.exists():
+    """Why the file at ``path`` cannot serve as ``wanted`` (missing, untrusted, no or another
+    manifest, unreadable, other setting), or None."""
+    from .cache import manifest_problem
+
+    if not path.exists() and not path.is_symlink():
         return "not exported yet"
+    problem = manifest_problem(path)
+    if problem is not None:
+        return f"refusing the file: {problem}"
     try:
         found = read_graph_info(path)
     except EngineError as exc:

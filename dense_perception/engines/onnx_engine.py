@@ -13,6 +13,7 @@ until the new one is ready; the swap is one attribute assignment.
 """
 from __future__ import annotations
 
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,8 @@ from ..networks.isr import ISRSetting
 from .base import EngineError
 from .export import INPUT_NAME, MIN_OPSET, GraphCache, GraphInfo, network_isr, read_graph_info
 from .nchwc_padding import nchwc_layout_used, pad_depthwise_widths
+
+log = logging.getLogger(__name__)
 
 #: Execution providers in order of preference.
 PROVIDER_PREFERENCE = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
@@ -220,4 +223,16 @@ def onnx_engine_for_network(net: nn.Module, height: int, width: int, cache_dir: 
     """
     cache = GraphCache(net, int(height), int(width), Path(cache_dir), precision, opset,
                        tuple(calibration) if calibration else None)
-    return OnnxRuntimeEngine(cache(network_isr(net)), providers, threads, exporter=cache)
+    return load_cached(cache, network_isr(net),
+                       lambda path: OnnxRuntimeEngine(path, providers, threads, exporter=cache))
+
+
+def load_cached(cache: GraphCache, isr: ISRSetting | None, load: Callable[[Path], Any]) -> Any:
+    """``load(cache(isr))``; when the cached graph fails to load, it is exported again once (logged)
+    and loaded again -- a second failure propagates."""
+    path = cache(isr)
+    try:
+        return load(path)
+    except EngineError as exc:
+        log.warning("engine cache: %s failed to load (%s); exporting it again", path, exc)
+    return load(cache.rebuild(isr))

@@ -17,10 +17,12 @@ Rules:
 * At most ``keep`` engines (serving one included) are held; older ones are released after a swap, so
   memory stays bounded however often the setting changes (the disk cache keeps them cheap to reload).
 * ``prebuild(settings)`` builds settings in the background after any pending request, without swapping.
+
+The dependency runs one way: this module reaches the backends through their factories (imported where
+a factory is made); the backends never import this module.
 """
 from __future__ import annotations
 
-import copy
 import logging
 import os
 import threading
@@ -42,8 +44,6 @@ log = logging.getLogger(__name__)
 EngineFactory = Callable[[ISRSetting | None], Engine]
 #: Failed settings remembered so that a repeated request does not rebuild in a loop.
 MAX_REMEMBERED_FAILURES = 16
-#: torch.onnx.export keeps module-level state; exports from several switching engines take turns.
-EXPORT_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -319,21 +319,13 @@ def _failed(error: BaseException) -> Future:
     return future
 
 
-def private_export_copy(net: nn.Module) -> nn.Module:
-    """A CPU copy of an ISR network for a background exporter, so that ``set_isr`` on the caller's network
-    cannot change it mid-trace; networks without ISR never change and are shared."""
-    if not hasattr(net, "set_isr"):
-        return net
-    return copy.deepcopy(net).cpu().eval()
-
-
 def onnxruntime_factory(net: nn.Module, height: int, width: int, folder: str | os.PathLike,
                         precision: str = "fp32", providers: Sequence[str] | None = None,
                         threads: int | None = None,
                         calibration: Sequence[str | os.PathLike] | None = None) -> EngineFactory:
     """``make(setting)`` for ONNX Runtime: the cached (or newly exported) graph for the setting, in a
     session. ``calibration``: int8 calibration images (None = the bundled sample)."""
-    from .export import GraphCache
+    from .export import EXPORT_LOCK, GraphCache, private_export_copy
     from .onnx_engine import OnnxRuntimeEngine
 
     check_precision("onnxruntime", precision)
@@ -359,8 +351,8 @@ def switching_engine_for_network(backend: str, net: nn.Module, height: int, widt
     """A :class:`SwitchingEngine` of ``backend`` (``onnxruntime`` or ``tensorrt``) for one input size.
 
     ``initial`` None = the network's current setting. ``options`` go to the backend's factory
-    (``providers``/``threads``/``calibration`` for ONNX Runtime; ``builder``, ``runtime``, ``gpu``, ``workspace_bytes`` for
-    TensorRT).
+    (``providers``/``threads``/``calibration`` for ONNX Runtime; ``builder``, ``runtime``, ``workspace_bytes``,
+    ``tick_seconds``, ``graphs_folder`` for TensorRT).
     """
     from .export import network_isr
 

@@ -1,22 +1,32 @@
 """The TensorRT engine (TensorRT 10.x, as on JetPack 6, and 11.x): the only module that imports ``tensorrt``.
 
-Three small pieces, each replaceable by a fake with the same interface (the tests do):
+Three small pieces, each replaceable by a fake with the same interface (the tests do), all working on one
+:class:`~.cuda_device.CudaDevice`: every TensorRT call that touches the GPU (build, deserialize, context
+creation, enqueue, release) runs with that device entered (``torch.cuda.device(index)``), so an engine for
+``cuda:1`` is built, loaded and run on GPU 1 whatever the caller's current device is.
 
 * :class:`TensorRTBuilder` -- exported ONNX bytes -> serialized engine. Always a *strongly typed* network
   (``NetworkDefinitionCreationFlag.STRONGLY_TYPED``; the default and only mode in 11.x): precision comes
   from the graph, so fp16 is built from the fp16 ONNX of :func:`~.export.export_onnx` (LayerNorm, softmax,
   reductions kept in fp32 there) and the deprecated ``BuilderFlag.FP16`` is never used; fp32 engines also
-  clear TF32. Workspace limit (``MemoryPoolType.WORKSPACE``), a timing cache persisted in the engine cache,
-  and progress on the ``logging`` logger: a start line, an elapsed-time line every ``tick_seconds`` from a
-  ticker thread, the top-level builder phases (``IProgressMonitor``, where the library has it), and the
-  final size and time.
+  clear TF32. Workspace limit (``MemoryPoolType.WORKSPACE``), a timing cache persisted in the engine cache
+  (one TensorRT refuses -- ``set_timing_cache`` returns False for another version or device -- is dropped
+  with a warning and the build starts from an empty one), and progress on the ``logging`` logger: a start
+  line, an elapsed-time line every ``tick_seconds`` from a ticker thread, the top-level builder phases
+  (``IProgressMonitor``, where the library has it), and the final size and time.
 * :class:`TensorRTRuntime` -- serialized engine -> :class:`TensorRTExecution`, which runs with named
-  tensors: the pre-processed torch CUDA tensor's ``data_ptr()`` is the input address, the output is a torch
-  tensor allocated on the same device, ``execute_async_v3`` runs on torch's current CUDA stream; no host
-  round trip, no synchronisation (post-processing on the same stream is ordered after it).
+  tensors: the pre-processed torch CUDA tensor's ``data_ptr()`` is the input address (TensorRT wants
+  256-byte aligned addresses: an input view that is not is copied first), the output is a torch tensor
+  allocated on the same device, and every address TensorRT refuses raises. ``execute_async_v3`` runs on a
+  CUDA stream the execution owns (never the legacy default stream, on which TensorRT adds
+  synchronisations of its own): that stream first waits for the caller's current stream, where the input
+  was produced, and is synchronised once per frame before ``run`` returns, so the output is ready for any
+  stream and no enqueue is ever pending when the execution context is released (release synchronises
+  too). One frame at a time per execution (the context holds the addresses).
 * :class:`TensorRTFactory` -- ``make(setting)`` for :class:`~.switching.SwitchingEngine`: engine cache
   (:mod:`.cache`) first, else export ONNX, build and store; a cached engine TensorRT refuses to
-  deserialize is removed and rebuilt.
+  deserialize is removed and rebuilt. The dependency runs one way: :mod:`.switching` uses this factory,
+  this module never imports :mod:`.switching`.
 """
 from __future__ import annotations
 
@@ -35,7 +45,8 @@ from torch import nn
 from ..networks.isr import ISRSetting
 from .base import EngineError, check_precision
 from .cache import CacheKey, EngineCache, TimingCacheKey
-from .export import INPUT_NAME, MIN_OPSET, GraphCache, graph_info
+from .cuda_device import Device, as_device
+from .export import EXPORT_LOCK, INPUT_NAME, MIN_OPSET, GraphCache, graph_info, private_export_copy
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +55,8 @@ LIBRARY = "tensorrt"
 DEFAULT_WORKSPACE = 1 << 30
 #: Seconds between "still building" lines.
 DEFAULT_TICK = 30.0
+#: Alignment TensorRT requires of every I/O tensor address (``IExecutionContext::setTensorAddress``).
+TENSOR_ALIGNMENT = 256
 MISSING = ("the tensorrt backend needs NVIDIA TensorRT and a CUDA GPU; TensorRT is not installed "
            "(it comes from NVIDIA's package index -- pip install tensorrt --extra-index-url "
            "https://pypi.nvidia.com -- or with JetPack on Jetson)")
@@ -66,34 +79,20 @@ def tensorrt_available() -> bool:
     return True
 
 
-@dataclass(frozen=True)
-class GpuInfo:
-    """The GPU an engine is built for (engines are specific to the model and compute capability)."""
-
-    name: str
-    compute_capability: str  # "8.7"
-
-    @classmethod
-    def of(cls, device: str | torch.device) -> "GpuInfo":
-        device = torch.device(device)
-        if device.type != "cuda" or not torch.cuda.is_available():
-            raise EngineError(f"the tensorrt backend needs a CUDA device, got {device}")
-        major, minor = torch.cuda.get_device_capability(device)
-        return cls(torch.cuda.get_device_name(device), f"{major}.{minor}")
-
-
 class Builder(Protocol):
     """What :class:`TensorRTFactory` needs from a builder."""
 
     version: str
 
-    def build(self, onnx_model: bytes, precision: str, label: str, gpu: GpuInfo) -> bytes: ...
+    def build(self, onnx_model: bytes, precision: str, label: str, device: Device) -> bytes: ...
 
 
 class Execution(Protocol):
     """One deserialized engine, ready to run."""
 
     def run(self, batch: torch.Tensor) -> torch.Tensor: ...
+
+    def close(self) -> None: ...
 
 
 class Runtime(Protocol):
@@ -179,10 +178,22 @@ class TensorRTBuilder:
     def version(self) -> str:
         return str(self.trt.__version__)
 
-    def build(self, onnx_model: bytes, precision: str, label: str, gpu: GpuInfo) -> bytes:
-        """Parse, configure and build; EngineError with the parser's or builder's reason on failure."""
-        trt = self.trt
+    def build(self, onnx_model: bytes, precision: str, label: str, device: Device) -> bytes:
+        """Parse, configure and build on ``device``; EngineError with the parser's or builder's reason on
+        failure."""
         check_precision("tensorrt", precision)
+        gpu = device.gpu()
+        timing_key = TimingCacheKey(LIBRARY, self.version, gpu.name, gpu.compute_capability)
+        with device.scope():
+            engine, timing = self._build(onnx_model, precision, label, timing_key)
+        if self.cache is not None and timing is not None:
+            self.cache.write(timing_key, timing)
+        return engine
+
+    def _build(self, onnx_model: bytes, precision: str, label: str,
+               timing_key: TimingCacheKey) -> tuple[bytes, bytes | None]:
+        """The serialized engine and the timing cache to keep (None when TensorRT gives none back)."""
+        trt = self.trt
         builder = trt.Builder(self.logger)
         network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
         parser = trt.OnnxParser(network, self.logger)
@@ -193,9 +204,7 @@ class TensorRTBuilder:
         config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, self.workspace_bytes)
         if precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
             config.clear_flag(trt.BuilderFlag.TF32)  # fp32 means fp32 (TF32 matmuls drift ~1e-3)
-        timing_key = TimingCacheKey(LIBRARY, self.version, gpu.name, gpu.compute_capability)
-        timing = config.create_timing_cache((self.cache.read(timing_key) if self.cache else None) or b"")
-        config.set_timing_cache(timing, False)
+        self._attach_timing_cache(config, timing_key)
         monitor = _progress_monitor(trt, label)
         if monitor is not None:
             config.progress_monitor = monitor
@@ -204,10 +213,23 @@ class TensorRTBuilder:
         if serialized is None:
             raise EngineError(f"TensorRT could not build {label} (see TensorRT's messages above)")
         engine = bytes(serialized)
-        if self.cache is not None:
-            self.cache.write(timing_key, bytes(config.get_timing_cache().serialize()))
         log.info("built TensorRT engine %s: %.1f MB in %.1f s", label, len(engine) / 1e6, progress.elapsed)
-        return engine
+        timing = config.get_timing_cache()
+        return engine, None if timing is None else bytes(timing.serialize())
+
+    def _attach_timing_cache(self, config: Any, key: TimingCacheKey) -> None:
+        """The stored timing cache for ``key``, or an empty one where there is none or TensorRT refuses it
+        (``set_timing_cache`` is False for a cache of another TensorRT version or device)."""
+        stored = self.cache.read(key) if self.cache is not None else None
+        if stored:
+            timing = config.create_timing_cache(stored)
+            if timing is not None and config.set_timing_cache(timing, False):
+                return
+            log.warning("TensorRT refused the stored timing cache for %s %s (%s, sm %s); building with an "
+                        "empty one", key.library, key.library_version, key.gpu_name, key.compute_capability)
+        timing = config.create_timing_cache(b"")
+        if timing is None or not config.set_timing_cache(timing, False):
+            raise EngineError("TensorRT refused an empty timing cache (see TensorRT's messages above)")
 
 
 # ---- runtime -------------------------------------------------------------------------------------
@@ -231,14 +253,14 @@ class _Tensor:
 
 
 class TensorRTExecution:
-    """A deserialized engine and its execution context: one input, one output, fixed shapes."""
+    """A deserialized engine and its execution context on one device: one input, one output, fixed shapes
+    (see the module docstring for streams, addresses and release)."""
 
-    def __init__(self, trt: ModuleType, runtime: Any, engine: Any, device: torch.device) -> None:
+    def __init__(self, trt: ModuleType, runtime: Any, engine: Any, device: Device) -> None:
+        self._context: Any = None  # set last: close() and __del__ look at it
         self._runtime, self._engine = runtime, engine  # the runtime must outlive the engine
         self.device = device
-        self._context = engine.create_execution_context()
-        if self._context is None:
-            raise EngineError("TensorRT could not create an execution context (out of GPU memory?)")
+        self._lock = threading.Lock()
         tensors = [self._describe(engine, engine.get_tensor_name(i)) for i in range(engine.num_io_tensors)]
         inputs = [t for t, mode in tensors if mode == trt.TensorIOMode.INPUT]
         outputs = [t for t, mode in tensors if mode != trt.TensorIOMode.INPUT]
@@ -246,45 +268,77 @@ class TensorRTExecution:
             raise EngineError(f"engine has inputs {[t.name for t in inputs]} and outputs {[t.name for t in outputs]}; "
                               f"expected one input {INPUT_NAME!r} and one output")
         (self.input,), (self.output,) = inputs, outputs
+        with device.scope():
+            self._stream = device.new_stream()
+            context = engine.create_execution_context()
+        if context is None:
+            raise EngineError("TensorRT could not create an execution context (out of GPU memory?)")
+        self._context = context
 
     @staticmethod
     def _describe(engine: Any, name: str) -> tuple[_Tensor, Any]:
         shape = tuple(int(d) for d in engine.get_tensor_shape(name))
         return _Tensor(name, shape, _torch_dtype(engine.get_tensor_dtype(name))), engine.get_tensor_mode(name)
 
-    def _stream(self) -> int:
-        if self.device.type == "cuda":
-            return torch.cuda.current_stream(self.device).cuda_stream
-        return 0  # fakes on CPU
-
     def run(self, batch: torch.Tensor) -> torch.Tensor:
-        """The output for ``batch`` (already on the engine's device, normally): enqueued, not synchronised."""
+        """The output for ``batch``, ready when this returns (one stream synchronisation per frame)."""
         if tuple(batch.shape) != self.input.shape:
             raise EngineError(f"batch shape {list(batch.shape)} differs from the engine's fixed input shape "
                               f"{list(self.input.shape)}; build an engine for this size")
-        batch = batch.to(self.device, self.input.dtype, non_blocking=True).contiguous()
-        out = torch.empty(self.output.shape, dtype=self.output.dtype, device=self.device)
-        self._context.set_tensor_address(self.input.name, batch.data_ptr())
-        self._context.set_tensor_address(self.output.name, out.data_ptr())
-        if not self._context.execute_async_v3(self._stream()):
-            raise EngineError("TensorRT execute_async_v3 failed (see TensorRT's messages above)")
+        with self._lock, self.device.scope():
+            if self._context is None:
+                raise EngineError("this TensorRT engine has been released")
+            producer = self.device.current_stream()
+            batch = batch.to(self.device.torch_device, self.input.dtype, non_blocking=True).contiguous()
+            if batch.data_ptr() % TENSOR_ALIGNMENT:
+                batch = batch.clone()  # a view into a larger tensor; fresh allocations are aligned
+            out = torch.empty(self.output.shape, dtype=self.output.dtype, device=self.device.torch_device)
+            self._bind(self.input.name, batch)
+            self._bind(self.output.name, out)
+            self._stream.wait_stream(producer)  # the input (and out's allocation) come from the caller's stream
+            try:
+                enqueued = self._context.execute_async_v3(self._stream.cuda_stream)
+            finally:
+                self._stream.synchronize()
+            if not enqueued:
+                raise EngineError("TensorRT execute_async_v3 failed (see TensorRT's messages above)")
         return out
+
+    def _bind(self, name: str, tensor: torch.Tensor) -> None:
+        address = tensor.data_ptr()
+        if not self._context.set_tensor_address(name, address):
+            raise EngineError(f"TensorRT refused address 0x{address:x} for tensor {name!r} (not an I/O tensor of "
+                              f"the engine, or not {TENSOR_ALIGNMENT}-byte aligned)")
+
+    def close(self) -> None:
+        """Wait for this execution's stream, then release its context and engine (idempotent; a frame in
+        progress finishes first). Garbage collection calls it too."""
+        with self._lock:
+            if self._context is None:
+                return
+            with self.device.scope():
+                self._stream.synchronize()
+                self._context = None  # the context before its engine
+                self._engine = None
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown: CUDA may already be gone
+            pass
 
 
 class TensorRTRuntime:
-    """Serialized engines -> :class:`TensorRTExecution` on ``device``."""
+    """Serialized engines -> :class:`TensorRTExecution` on ``device`` (a CUDA device; EngineError otherwise)."""
 
-    def __init__(self, device: str | torch.device = "cuda", trt: ModuleType | None = None) -> None:
+    def __init__(self, device: str | int | torch.device | Device = "cuda", trt: ModuleType | None = None) -> None:
         self.trt = trt or import_tensorrt()
-        self.device = torch.device(device)
+        self.device = as_device(device)
         self._runtime = self.trt.Runtime(self.trt.Logger(self.trt.Logger.WARNING))
 
     def load(self, serialized: bytes) -> TensorRTExecution:
         """EngineError when TensorRT refuses the bytes (another version or GPU, corruption)."""
-        if self.device.type == "cuda":
-            with torch.cuda.device(self.device):
-                engine = self._runtime.deserialize_cuda_engine(serialized)
-        else:  # fakes
+        with self.device.scope():
             engine = self._runtime.deserialize_cuda_engine(serialized)
         if engine is None:
             raise EngineError("TensorRT could not deserialize the engine (made by another TensorRT version or "
@@ -310,10 +364,14 @@ class TensorRTEngine:
     def infer(self, batch: torch.Tensor) -> torch.Tensor:
         return self.execution.run(batch)
 
+    def close(self) -> None:
+        """Release the engine's GPU memory now (after its stream is idle) instead of at garbage collection."""
+        self.execution.close()
+
     def set_isr(self, setting: ISRSetting) -> None:
         if setting != self.isr:
-            raise ValueError(f"this TensorRT engine has ISR {self.isr} baked in, not {setting}; "
-                             f"use a SwitchingEngine (tensorrt_engine_for_network) to switch")
+            raise ValueError(f"this TensorRT engine has ISR {self.isr} baked in, not {setting}; to switch, "
+                             f"use a SwitchingEngine (switching_engine_for_network('tensorrt', ...))")
 
     def describe(self) -> dict[str, Any]:
         key = self.key
@@ -333,21 +391,21 @@ class TensorRTFactory:
 
     Args:
         folder: engine cache folder (also holds the timing cache).
+        device: the CUDA device engines are built for and run on (``cuda`` = the current one); the tests
+            pass a stand-in :class:`~.cuda_device.Device`.
         graphs_folder: where the exported ONNX graphs go (None = ``folder``; shared with ONNX Runtime).
-        builder, runtime, gpu: injected for tests; None = TensorRT's, for ``device``'s GPU.
+        builder, runtime: injected for tests; None = TensorRT's.
         workspace_bytes, tick_seconds: passed to the default builder.
     """
 
     def __init__(self, net: nn.Module, height: int, width: int, folder: str | os.PathLike,
-                 precision: str = "fp32", device: str | torch.device = "cuda", builder: Builder | None = None,
-                 runtime: Runtime | None = None, gpu: GpuInfo | None = None,
+                 precision: str = "fp32", device: str | int | torch.device | Device = "cuda",
+                 builder: Builder | None = None, runtime: Runtime | None = None,
                  workspace_bytes: int = DEFAULT_WORKSPACE, tick_seconds: float = DEFAULT_TICK,
                  graphs_folder: str | os.PathLike | None = None) -> None:
-        from .switching import private_export_copy
-
         check_precision("tensorrt", precision)
-        self.device = torch.device(device)
-        self.gpu = gpu or GpuInfo.of(self.device)
+        self.device = as_device(device)
+        self.gpu = self.device.gpu()
         self.cache = EngineCache(folder)
         self.builder = builder or TensorRTBuilder(workspace_bytes, self.cache, tick_seconds)
         self.runtime = runtime or TensorRTRuntime(self.device)
@@ -367,30 +425,20 @@ class TensorRTFactory:
         payload = self.cache.read(key)
         if payload is not None:
             try:
-                return TensorRTEngine(self.runtime.load(payload), key, self.device, self.cache.path_for(key))
+                return self._engine(self.runtime.load(payload), key)
             except EngineError as error:
                 log.warning("%s: %s; rebuilding", self.cache.path_for(key), error)
                 self.cache.remove(key)
         payload = self.build(key, setting)
-        return TensorRTEngine(self.runtime.load(payload), key, self.device, self.cache.path_for(key))
+        return self._engine(self.runtime.load(payload), key)
+
+    def _engine(self, execution: Execution, key: CacheKey) -> TensorRTEngine:
+        return TensorRTEngine(execution, key, self.device.torch_device, self.cache.path_for(key))
 
     def build(self, key: CacheKey, setting: ISRSetting | None) -> bytes:
         """Export (or reuse) the ONNX graph, build, store in the cache; the serialized engine."""
-        from .switching import EXPORT_LOCK
-
         with EXPORT_LOCK:
             onnx_path = self.graphs(setting)
-        payload = self.builder.build(onnx_path.read_bytes(), key.precision, key.label, self.gpu)
+        payload = self.builder.build(onnx_path.read_bytes(), key.precision, key.label, self.device)
         self.cache.write(key, payload)
         return payload
-
-
-def tensorrt_engine_for_network(net: nn.Module, height: int, width: int, folder: str | os.PathLike,
-                                precision: str = "fp32", device: str | torch.device = "cuda",
-                                initial: ISRSetting | None = None, prebuild: tuple[ISRSetting, ...] = (),
-                                keep: int = 2, **options: Any) -> Any:
-    """A :class:`~.switching.SwitchingEngine` of TensorRT engines for ``net`` at ``height``×``width``."""
-    from .switching import switching_engine_for_network
-
-    return switching_engine_for_network("tensorrt", net, height, width, folder, precision, device, initial,
-                                        prebuild, keep, **options)

@@ -2,7 +2,8 @@
 
 Precision on CUDA: ``fp16``/``bf16`` run under ``torch.autocast``, whose op policy keeps LayerNorm,
 GroupNorm and softmax in fp32 (transformer LayerNorms overflow in fp16) while convolutions, linear layers
-and attention run in the reduced type; the model is ``channels_last``. On CPU only ``fp32`` is offered
+and attention run in the reduced type; ``fp32`` is IEEE float32, without the TF32 that PyTorch allows
+cuDNN convolutions by default (:mod:`.ieee_fp32`); the model is ``channels_last``. On CPU only ``fp32`` is offered
 (``bf16`` autocast on CPU is slower than fp32 on most CPUs without AMX). On the CPU the engine tunes
 glibc's malloc to keep freed activation memory between frames (:mod:`.host_memory`) and runs the
 linear layers with oneDNN's kernel (:mod:`.onednn`).
@@ -18,6 +19,7 @@ from torch import nn
 from ..networks.isr import ISRSetting
 from .base import EngineError, check_precision
 from .host_memory import keep_freed_memory
+from .ieee_fp32 import ieee_fp32
 from .onednn import use_onednn_linear
 
 #: Autocast type per precision (see ``base.BACKEND_PRECISIONS``).
@@ -50,16 +52,17 @@ class TorchEngine:
         mode = "reduce-overhead" if self.device.type == "cuda" else None
         self._forward = torch.compile(self.net, dynamic=False, mode=mode) if compile else self.net
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.precision == "fp32":
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=AUTOCAST_DTYPES[self.precision])
+    def _precision(self) -> contextlib.AbstractContextManager:
+        """Autocast for fp16/bf16; IEEE float32 (no TF32) for fp32 on CUDA."""
+        if self.precision != "fp32":
+            return torch.autocast(device_type=self.device.type, dtype=AUTOCAST_DTYPES[self.precision])
+        return ieee_fp32() if self.device.type == "cuda" else contextlib.nullcontext()
 
     def infer(self, batch: torch.Tensor) -> torch.Tensor:
         batch = batch.to(self.device, non_blocking=True)
         if self.device.type == "cuda":
             batch = batch.contiguous(memory_format=torch.channels_last)
-        with torch.inference_mode(), self._autocast():
+        with torch.inference_mode(), self._precision():
             return self._forward(batch)
 
     @property

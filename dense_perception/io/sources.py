@@ -21,6 +21,7 @@ for messages (every ROS colour encoding and CompressedImage).
 from __future__ import annotations
 
 import bisect
+import logging
 from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
@@ -30,7 +31,9 @@ from typing import Any, Protocol, Union
 
 import numpy as np
 
-from .images import message_to_rgb
+from .bags import BagReader, is_recording
+from .images import (DEFAULT_MAX_INPUT_PIXELS, ImageFormatError, check_pixels, compressed_image_size,
+                     message_to_rgb)
 
 #: File name suffixes read as still images (OpenCV's ``imread``).
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm",
@@ -39,6 +42,7 @@ IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".
 DEFAULT_FPS = 10.0
 #: Default frame_id of frames from inputs without one (images, videos).
 DEFAULT_FRAME_ID = "camera"
+log = logging.getLogger(__name__)
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 CAMERA_INFO_TYPE = "sensor_msgs/msg/CameraInfo"
 _NS_PER_S = 1_000_000_000
@@ -67,13 +71,16 @@ class CameraInfoData:
 
     @classmethod
     def from_message(cls, msg: Any) -> CameraInfoData:
-        """From a CameraInfo-like object (rosbags or rclpy)."""
-        return cls(width=int(msg.width), height=int(msg.height),
-                   k=tuple(float(v) for v in np.asarray(msg.k).reshape(-1)),
-                   d=tuple(float(v) for v in np.asarray(msg.d).reshape(-1)),
-                   distortion_model=str(msg.distortion_model),
-                   r=tuple(float(v) for v in np.asarray(msg.r).reshape(-1)),
-                   p=tuple(float(v) for v in np.asarray(msg.p).reshape(-1)))
+        """From a CameraInfo-like object (rosbags or rclpy; ROS 1's upper-case ``K, D, R, P`` too)."""
+
+        def values(name: str) -> tuple[float, ...]:
+            field_value = getattr(msg, name, None)
+            if field_value is None:
+                field_value = getattr(msg, name.upper())
+            return tuple(float(v) for v in np.asarray(field_value).reshape(-1))
+
+        return cls(width=int(msg.width), height=int(msg.height), k=values("k"), d=values("d"),
+                   distortion_model=str(msg.distortion_model), r=values("r"), p=values("p"))
 
     def projection(self) -> tuple[float, ...]:
         """``P`` as 12 values: the recorded one, else ``[K | 0]``."""
@@ -122,14 +129,17 @@ class Source(Protocol):
 
 
 def open_source(path: str | Path, topic: str | None = None, camera_info_topic: str | None = None,
-                every: int = 1, fps: float | None = None,
-                frame_id: str = DEFAULT_FRAME_ID) -> Source:
+                every: int = 1, fps: float | None = None, frame_id: str = DEFAULT_FRAME_ID,
+                max_pixels: int | None = DEFAULT_MAX_INPUT_PIXELS) -> Source:
     """The source for ``path``, chosen by what it is (``SourceError`` when it cannot be read).
 
-    A directory with ``metadata.yaml``, or a ``.mcap``/``.db3`` file, is a rosbag2; another
-    directory is a folder of images; a file with an image suffix is an image; any other file is
-    opened as a video. ``every``: keep every ``every``-th frame (the first is kept). ``topic`` and
-    ``camera_info_topic`` apply to bags; ``fps`` to images (and videos that state no rate).
+    A recording (:func:`~dense_perception.io.bags.is_recording`: a folder with ``metadata.yaml``,
+    a file starting with MCAP's, SQLite's or ROS 1's magic bytes, or named ``.mcap``/``.db3``/
+    ``.bag`` in any case) is read as a bag; another directory is a folder of images; a file with an
+    image suffix is an image; any other file is opened as a video. ``every``: keep every
+    ``every``-th frame (the first is kept). ``topic`` and ``camera_info_topic`` apply to bags;
+    ``fps`` to images (and videos that state no rate). Frames above ``max_pixels`` pixels are
+    refused, before they are decoded where the format allows (None: no limit).
     """
     path = Path(path)
     if every < 1:
@@ -138,26 +148,39 @@ def open_source(path: str | Path, topic: str | None = None, camera_info_topic: s
         raise ValueError(f"--fps must be positive, got {fps}")
     if not path.exists():
         raise SourceError(path, "no such file or directory")
-    if (path.is_dir() and (path / "metadata.yaml").exists()) or path.suffix in (".mcap", ".db3"):
-        return BagSource(path, topic, camera_info_topic, every)
-    if path.is_dir():
-        return FolderSource(path, every, fps or DEFAULT_FPS, frame_id)
-    if path.suffix.lower() in IMAGE_SUFFIXES:
-        return FolderSource(path, every, fps or DEFAULT_FPS, frame_id)
-    return VideoSource(path, every, fps, frame_id)
+    if is_recording(path):
+        return BagSource(path, topic, camera_info_topic, every, max_pixels)
+    if path.is_dir() or path.suffix.lower() in IMAGE_SUFFIXES:
+        return FolderSource(path, every, fps or DEFAULT_FPS, frame_id, max_pixels)
+    return VideoSource(path, every, fps, frame_id, max_pixels)
 
 
-def read_image_rgb(path: Path) -> np.ndarray:
-    """An image file as RGB ``uint8`` ``[H, W, 3]``; ``ValueError`` with the reason if unreadable."""
+#: Where the command line's pixel limit is changed (named in the message of a rejected frame).
+LIMIT_SETTING = "--max-input-pixels"
+
+
+def read_image_rgb(path: Path, max_pixels: int | None = None) -> np.ndarray:
+    """An image file as RGB ``uint8`` ``[H, W, 3]``; ``ValueError`` with the reason if unreadable or
+    larger than ``max_pixels`` (checked from the file's header before decoding where Pillow reads
+    it, else after)."""
     import cv2
 
     data = np.fromfile(path, dtype=np.uint8)  # np.fromfile + imdecode: non-ASCII paths work too
     if data.size == 0:
         raise ValueError("empty file")
+    if max_pixels is not None:
+        try:
+            width, height = compressed_image_size(data, path.suffix.lstrip("."))
+        except ImageFormatError:
+            pass  # a format Pillow does not read: checked after decoding
+        else:
+            check_pixels(width, height, max_pixels, setting=LIMIT_SETTING)
     bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    del data
     if bgr is None:
         raise ValueError("OpenCV cannot decode it as an image")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    check_pixels(bgr.shape[1], bgr.shape[0], max_pixels, setting=LIMIT_SETTING)
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=bgr)  # in place: no second full-size copy
 
 
 def _stamp(index: int, fps: float) -> int:
@@ -172,6 +195,7 @@ class FolderSource:
     every: int = 1
     fps: float = DEFAULT_FPS
     frame_id: str = DEFAULT_FRAME_ID
+    max_pixels: int | None = DEFAULT_MAX_INPUT_PIXELS
     files: list[Path] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -186,7 +210,7 @@ class FolderSource:
             self.kind = "image"
             self.files = [self.path]
             try:  # a single image that cannot be read is an unreadable input, not a bad frame
-                read_image_rgb(self.path)
+                read_image_rgb(self.path, self.max_pixels)
             except (OSError, ValueError) as exc:
                 raise SourceError(self.path, str(exc)) from None
 
@@ -197,7 +221,7 @@ class FolderSource:
         for index in range(0, len(self.files), self.every):
             file = self.files[index]
             try:
-                rgb = read_image_rgb(file)
+                rgb = read_image_rgb(file, self.max_pixels)
             except (OSError, ValueError) as exc:
                 yield BadFrame(index, f"{file.name}: {exc}")
                 continue
@@ -216,6 +240,7 @@ class VideoSource:
     every: int = 1
     fps: float | None = None
     frame_id: str = DEFAULT_FRAME_ID
+    max_pixels: int | None = DEFAULT_MAX_INPUT_PIXELS
 
     def __post_init__(self) -> None:
         import cv2
@@ -226,6 +251,12 @@ class VideoSource:
             if not capture.isOpened():
                 raise SourceError(self.path, "OpenCV cannot open it as a video (and its suffix is "
                                   "not an image's)")
+            width = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH) or 0)
+            height = int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT) or 0)
+            try:  # every frame would be refused: refuse the input before decoding one
+                check_pixels(width, height, self.max_pixels, "video frame", LIMIT_SETTING)
+            except ImageFormatError as exc:
+                raise SourceError(self.path, str(exc)) from None
             ok, _ = capture.read()
             if not ok:
                 raise SourceError(self.path, "video has no readable frame")
@@ -256,7 +287,7 @@ class VideoSource:
                     if self.count and index < self.count:
                         yield BadFrame(index, "OpenCV could not decode the frame; stopping here")
                     break
-                rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+                rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=bgr)
                 yield Frame(rgb, _stamp(index, float(self.fps)), self.frame_id, None, index)
                 index += 1
         finally:
@@ -268,61 +299,72 @@ class VideoSource:
 
 @dataclass
 class BagSource:
-    """Image (or CompressedImage) messages of one topic of a rosbag2 (MCAP or sqlite3).
+    """Image (or CompressedImage) messages of one topic of a recording: a rosbag2 (MCAP or
+    sqlite3; a folder or a storage file) or a ROS 1 bag, read by :class:`~.bags.BagReader`.
 
     ``topic`` None: the only image topic of the bag. ``camera_info_topic`` None: ``camera_info``
     beside the image topic (``/cam/image_raw`` → ``/cam/camera_info``), else the bag's only
     CameraInfo topic, else none. Each image gets the camera_info with its stamp, else the latest
-    one before it, else the first one.
+    one before it, else the first one. Topics whose message definitions cannot be parsed are
+    skipped with one log line naming them; only the topics read need to parse.
     """
 
     path: Path
     topic: str | None = None
     camera_info_topic: str | None = None
     every: int = 1
+    max_pixels: int | None = DEFAULT_MAX_INPUT_PIXELS
 
     def __post_init__(self) -> None:
         self.kind = "rosbag2"
         with self._reader() as reader:
+            self.kind = "rosbag1" if reader.is_ros1 else "rosbag2"
+            if reader.unparsed:
+                log.warning("%s: skipping topics whose message definitions cannot be parsed: %s",
+                            self.path, "; ".join(f"{t} ({why})" for t, why in reader.unparsed.items()))
+            self.skipped_topics = dict(reader.unparsed)
             self.topic, self.count = self._choose_image_topic(reader)
             self.camera_info_topic = self._choose_info_topic(reader)
             self._infos = self._read_camera_infos(reader)
 
     @contextmanager
-    def _reader(self) -> Iterator[Any]:
-        """An open ``AnyReader`` (Jazzy types for bags without embedded definitions), closed after."""
-        from rosbags.highlevel import AnyReader
-        from rosbags.typesys import Stores, get_typestore
-
+    def _reader(self) -> Iterator[BagReader]:
+        """An open :class:`BagReader`, closed after; ``SourceError`` when the file cannot be read."""
+        reader = BagReader(self.path)
         try:
-            reader = AnyReader([self.path], default_typestore=get_typestore(Stores.ROS2_JAZZY))
-            reader.open()
+            reader.__enter__()
         except Exception as exc:  # noqa: BLE001 - rosbags raises several unrelated types
-            raise SourceError(self.path, f"cannot read as rosbag2: {_one_line(exc)}") from None
+            raise SourceError(self.path, f"cannot read as a bag: {_one_line(exc)}") from None
         try:
             yield reader
         finally:
             reader.close()
 
-    def _choose_image_topic(self, reader: Any) -> tuple[str, int]:
-        images = {c.topic: c for c in reader.connections if c.msgtype in IMAGE_TYPES}
-        counts = {topic: sum(c.msgcount for c in reader.connections if c.topic == topic)
-                  for topic in images}
+    def _unparsed_note(self, reader: BagReader, types: tuple[str, ...]) -> str:
+        skipped = [t for t, why in reader.unparsed.items() if why.split(":", 1)[0] in types]
+        return f"; unreadable definitions: {', '.join(skipped)}" if skipped else ""
+
+    def _choose_image_topic(self, reader: BagReader) -> tuple[str, int]:
+        images = {name: info for name, info in reader.topics.items() if info.msgtype in IMAGE_TYPES}
         listing = ", ".join(sorted(images)) or "none"
         if self.topic is not None:
             if self.topic not in images:
+                why = reader.unparsed.get(self.topic)
+                if why is not None:
+                    raise SourceError(self.path, f"topic {self.topic}: its message definition cannot "
+                                      f"be parsed ({why})")
                 raise SourceError(self.path, f"no Image/CompressedImage topic {self.topic!r} "
                                   f"(image topics: {listing})")
-            return self.topic, counts[self.topic]
+            return self.topic, images[self.topic].count
         if len(images) != 1:
             reason = ("has no Image/CompressedImage topic" if not images
                       else f"has several image topics ({listing}); pick one with --topic")
-            raise SourceError(self.path, reason)
+            raise SourceError(self.path, reason + self._unparsed_note(reader, IMAGE_TYPES))
         topic = next(iter(images))
-        return topic, counts[topic]
+        return topic, images[topic].count
 
-    def _choose_info_topic(self, reader: Any) -> str | None:
-        infos = sorted({c.topic for c in reader.connections if c.msgtype == CAMERA_INFO_TYPE})
+    def _choose_info_topic(self, reader: BagReader) -> str | None:
+        infos = sorted(name for name, info in reader.topics.items() if info.msgtype == CAMERA_INFO_TYPE)
         if self.camera_info_topic is not None:
             if self.camera_info_topic not in infos:
                 raise SourceError(self.path, f"no CameraInfo topic {self.camera_info_topic!r} "
@@ -333,15 +375,15 @@ class BagSource:
             return sibling
         return infos[0] if len(infos) == 1 else None
 
-    def _read_camera_infos(self, reader: Any) -> list[tuple[int, CameraInfoData]]:
+    def _read_camera_infos(self, reader: BagReader) -> list[tuple[int, CameraInfoData]]:
         """Every camera_info of the chosen topic as (stamp, data), sorted by stamp (they are small)."""
         if self.camera_info_topic is None:
             return []
+        deserialize = reader.deserializer([self.camera_info_topic])
         found: list[tuple[int, CameraInfoData]] = []
-        connections = [c for c in reader.connections if c.topic == self.camera_info_topic]
-        for connection, log_time, raw in reader.messages(connections=connections):
+        for _, log_time, raw in reader.messages([self.camera_info_topic]):
             try:
-                msg = reader.deserialize(raw, connection.msgtype)
+                msg = deserialize(raw, CAMERA_INFO_TYPE)
                 found.append((_header_stamp(msg.header) or log_time, CameraInfoData.from_message(msg)))
             except Exception:  # noqa: BLE001 - a broken camera_info is ignored, like a missing one
                 continue
@@ -360,14 +402,14 @@ class BagSource:
 
     def frames(self) -> Iterator[FrameOrBad]:
         with self._reader() as reader:
-            connections = [c for c in reader.connections if c.topic == self.topic]
-            for index, (connection, log_time, raw) in enumerate(
-                    reader.messages(connections=connections)):
+            msgtype = reader.topics[self.topic].msgtype
+            deserialize = reader.deserializer([self.topic])
+            for index, (_, log_time, raw) in enumerate(reader.messages([self.topic])):
                 if index % self.every:
                     continue
                 try:
-                    msg = reader.deserialize(raw, connection.msgtype)
-                    rgb = message_to_rgb(msg)
+                    msg = deserialize(raw, msgtype)
+                    rgb = message_to_rgb(msg, self.max_pixels, LIMIT_SETTING)
                     stamp = _header_stamp(msg.header) or int(log_time)
                     frame_id = str(msg.header.frame_id) or DEFAULT_FRAME_ID
                 except Exception as exc:  # noqa: BLE001 - any decoding problem skips the frame
@@ -378,7 +420,9 @@ class BagSource:
     def describe(self) -> str:
         info = (f"camera_info from {self.camera_info_topic}" if self.camera_info_topic
                 else "no camera_info topic")
-        return f"{self.path} (rosbag2, {self.count} messages on {self.topic}, {info})"
+        skipped = (f"; skipped topics with unparseable definitions: {', '.join(self.skipped_topics)}"
+                   if self.skipped_topics else "")
+        return f"{self.path} ({self.kind}, {self.count} messages on {self.topic}, {info}{skipped})"
 
 
 def _header_stamp(header: Any) -> int:

@@ -6,7 +6,7 @@ imports every network family, which registers its networks (:mod:`.registry`).
 """
 from __future__ import annotations
 
-from . import dpt, edaformer, sra  # noqa: F401  (each family registers its networks on import)
+from . import dpt, edaformer, hrvit, sra, vit_comer  # noqa: F401  (each family registers its networks on import)
 from .checkpoint import Checkpoint, CheckpointError, load_checkpoint, load_weights, read_checkpoint
 from .isr import ISRScheme, ISRSetting
 from .registry import NetworkSpec, available_networks, build_network, network_spec, registered_networks

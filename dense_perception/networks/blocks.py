@@ -12,8 +12,6 @@ from torch import nn
 
 #: The default LayerNorm eps (patch embeddings, SRA key/value norms, EDAFormer's decoder).
 LAYER_NORM_EPS = 1e-5
-#: BatchNorm eps of mmcv's ConvModule (SyncBN in training, BatchNorm2d at inference).
-BATCH_NORM_EPS = 1e-5
 
 
 def tokens_to_map(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
@@ -113,15 +111,3 @@ class PatchEmbed(nn.Module):
         x = self.proj(x)
         h, w = x.shape[2:]
         return self.norm(map_to_tokens(x)), h, w
-
-
-class ConvBNReLU(nn.Module):
-    """mmcv ``ConvModule`` with BatchNorm and ReLU: conv (no bias) → BatchNorm (eps 1e-5) → ReLU."""
-
-    def __init__(self, in_ch: int, out_ch: int, kernel: int = 1) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(in_ch, out_ch, kernel, padding=kernel // 2, bias=False)
-        self.bn = nn.BatchNorm2d(out_ch, eps=BATCH_NORM_EPS)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.bn(self.conv(x)))

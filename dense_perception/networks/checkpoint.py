@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 import pickle
+import stat
+import zipfile
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
@@ -35,24 +37,71 @@ class Checkpoint:
     source: str = "<memory>"
 
 
+def file_problem(path: str) -> str | None:
+    """Why ``path`` cannot be read as a checkpoint file before opening it: missing, a directory, a
+    FIFO, socket or device, unreadable; None for a readable regular file."""
+    try:
+        info = os.stat(path)
+    except FileNotFoundError:
+        return "does not exist"
+    except OSError as exc:
+        return f"cannot be examined ({exc.strerror or exc})"
+    kinds = ((stat.S_ISDIR, "is a directory, not a checkpoint file"),
+             (stat.S_ISFIFO, "is a FIFO (named pipe), not a checkpoint file"),
+             (stat.S_ISSOCK, "is a socket, not a checkpoint file"),
+             (stat.S_ISCHR, "is a character device, not a checkpoint file"),
+             (stat.S_ISBLK, "is a block device, not a checkpoint file"))
+    for test, what in kinds:
+        if test(info.st_mode):
+            return what
+    if not stat.S_ISREG(info.st_mode):
+        return "is not a regular file"
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+    except OSError as exc:
+        return f"cannot be read ({exc.strerror or exc})"
+    if not head:
+        return "is empty (0 bytes)"
+    return None
+
+
+def _damaged_zip_member(path: str) -> str | None:
+    """For torch's zip format: the first member whose stored CRC-32 does not match its bytes (torch
+    itself does not check them, so a flipped byte would load silently); None when all match or the
+    file is not a zip archive (the legacy format carries no checksums)."""
+    if not zipfile.is_zipfile(path):
+        return None
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as exc:
+        return f"(unreadable archive: {exc})"
+
+
 def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     """Read a checkpoint file without executing code and unwrap its state_dict.
 
     Raises:
-        CheckpointError: the file is missing, not a torch file, unsafe to unpickle, or holds no tensors.
+        CheckpointError: naming the cause -- missing, a directory, a FIFO, unreadable (permission),
+            empty, truncated or corrupt (a stored checksum that does not match), not a torch file,
+            unsafe to unpickle, holding no tensors.
     """
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint {path!r} does not exist")
+    problem = file_problem(path)
+    if problem is not None:
+        raise CheckpointError(f"checkpoint {path!r} {problem}")
     if path.endswith(".safetensors"):
         return Checkpoint(state_dict=_read_safetensors(path), source=path)
+    damaged = _damaged_zip_member(path)
+    if damaged is not None:
+        raise CheckpointError(f"checkpoint {path!r} is corrupt: the stored checksum (CRC-32) of {damaged} does "
+                              "not match its bytes (a damaged or flipped byte); get the file again")
     try:
         obj = _load_weights_only(path)
     except Exception as exc:  # torch.load raises many types on garbage (IndexError, KeyError, ...)
-        raise CheckpointError(
-            f"{path!r} is not a readable PyTorch checkpoint (truncated, corrupt, another format, or "
-            f"holding objects that weights_only loading refuses): {_reason(exc)}"
-        ) from exc
+        raise CheckpointError(f"{path!r} is not a readable PyTorch checkpoint: "
+                              f"{_diagnosis(exc, _starts_like_zip(path))}") from exc
     return unwrap_checkpoint(obj, source=path)
 
 
@@ -67,6 +116,23 @@ def _read_safetensors(path: str) -> dict[str, torch.Tensor]:
         return load_file(path)
     except Exception as exc:  # safetensors raises its own error types on garbage
         raise CheckpointError(f"{path}: not a readable .safetensors file: {exc}") from exc
+
+
+def _starts_like_zip(path: str) -> bool:
+    with open(path, "rb") as handle:
+        return handle.read(4) == b"PK\x03\x04"
+
+
+def _diagnosis(exc: BaseException, zip_format: bool) -> str:
+    """What a torch.load failure means, then torch's informative lines (without its generic advice)."""
+    text = " ".join(str(exc).split())
+    if "WeightsUnpickler" in text or "weights_only" in text.lower():
+        what = "it holds objects that safe (weights_only) loading refuses"
+    elif zip_format:
+        what = "truncated or corrupt (a zip archive, torch's format, that cannot be read whole)"
+    else:
+        what = "not a PyTorch checkpoint (another format, or a damaged file of torch's legacy format)"
+    return f"{what}: {_reason(exc)}"
 
 
 #: Globals that plain NumPy arrays in checkpoint metadata (an mmseg palette, say) need; nothing executable.
@@ -94,14 +160,25 @@ def _load_weights_only(path: str) -> Any:
             return torch.load(path, map_location="cpu", weights_only=True)
 
 
+#: Sentences of torch.load's generic advice, dropped from error messages.
+_ADVICE = ("Weights only load failed", "In PyTorch 2.6", "Re-running `torch.load`", "Please file an issue",
+           "Check the documentation", "Alternatively,", "WeightsUnpickler error", "This is an internal miniz",
+           "If you are seeing this error", "This can happen if", "(1) In PyTorch", "(2) Alternatively")
+
+
 def _reason(exc: BaseException) -> str:
-    """The informative line of a torch.load error (its first lines are generic advice)."""
+    """torch.load's informative lines on one line (its generic advice left out), at most 400 characters."""
     text = str(exc).strip()
     marker = "WeightsUnpickler error:"
     if marker in text:
-        text = text.split(marker, 1)[1].strip()
-    line = text.splitlines()[0].strip() if text else ""
-    return line or type(exc).__name__
+        text = text.split(marker, 1)[1]
+    kept = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith(_ADVICE):
+            kept.append(line.split(". This is an internal miniz")[0])
+    reason = " ".join(kept) or type(exc).__name__
+    return reason if len(reason) <= 400 else reason[:397] + "..."
 
 
 def unwrap_checkpoint(obj: Any, source: str = "<memory>") -> Checkpoint:
@@ -177,8 +254,19 @@ def load_weights(net: nn.Module, checkpoint: Checkpoint | Mapping[str, torch.Ten
             f"{' ' + net.name if isinstance(getattr(net, 'name', None), str) else ''}: {problem}"
             + (f"; {guess}" if guess else "")
         )
+    bad = non_finite_tensors(state_dict)
+    if bad:
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise CheckpointError(f"{checkpoint.source}: tensor {bad[0]} holds non-finite values (NaN or "
+                              f"infinity){more}; the file is damaged or the training diverged")
     net.load_state_dict(state_dict, strict=True)
     return checkpoint
+
+
+def non_finite_tensors(state_dict: Mapping[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors holding NaN or infinity, in key order."""
+    return [name for name, tensor in state_dict.items()
+            if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all())]
 
 
 def load_checkpoint(net: nn.Module, path: str | os.PathLike) -> Checkpoint:

@@ -1,7 +1,11 @@
-"""Small pieces every network shares: input validation and the fill rule used by the golden references."""
+"""Small pieces every network shares: input validation, the fill rule used by the golden references,
+mmseg's bilinear resize and ``ConvModule``."""
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -52,3 +56,35 @@ def fill_reference_weights(net: nn.Module, stabilise_running_var: bool = True) -
             value = 0.1 * noise
         out[name] = value.to(tensor.dtype)
     return out
+
+
+def resize_bilinear(x: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """mmseg's ``resize``: bilinear, ``align_corners=False``, no antialias, to ``size`` (h, w).
+
+    A map already of that size is returned as it is (the resize would be an exact copy). Sizes are
+    taken as Python ints, so an exported graph has them as constants (one graph per input size).
+    """
+    size = (int(size[0]), int(size[1]))
+    if (int(x.shape[2]), int(x.shape[3])) == size:
+        return x
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+class ConvModule(nn.Module):
+    """mmcv's ``ConvModule`` as the mmseg heads build it: ``conv`` → ``bn`` (eps 1e-5) → ReLU.
+
+    ``norm_act=False`` gives the bare convolution *with* a bias (mmcv's ``bias='auto'``: a bias only
+    when no norm follows), as the per-branch convs of HRViT's SegFormer-style head use it. Padding is
+    ``kernel // 2`` (same size for odd kernels). Keys: ``conv.weight`` [+ ``conv.bias``], ``bn.*``.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel: int = 1, norm_act: bool = True) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, kernel, padding=kernel // 2, bias=not norm_act)
+        self.bn = nn.BatchNorm2d(out_channels, eps=1e-5) if norm_act else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.conv(x)
+        if self.bn is None:
+            return x
+        return torch.relu(self.bn(x))

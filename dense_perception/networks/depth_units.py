@@ -12,6 +12,7 @@ Pure tensor/array arithmetic, no I/O.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Mapping, TypeVar
@@ -33,16 +34,32 @@ class DepthOutput:
         kind: ``"relative_inverse"`` (MiDaS) or ``"metric"`` (inverse depth convertible to metres).
         scale, shift: the official affine map to inverse metres (``1``/``0`` for relative outputs).
         description: one line for users and ``info`` output.
+        fit: the scale and shift come from a per-scene fit (:meth:`fitted`), not from the checkpoint.
     """
 
     kind: str
     scale: float
     shift: float
     description: str = ""
+    fit: bool = False  # True: the scale and shift are a user's per-scene fit, not the checkpoint's
 
     @property
     def is_metric(self) -> bool:
         return self.kind == "metric"
+
+    def fitted(self, scale: float, shift: float) -> "DepthOutput":
+        """This relative output turned metric by a per-scene affine fit on inverse depth
+        (``metres = 1 / max(scale·y + shift, 1e-8)``, the same conversion as the metric checkpoints');
+        ``ValueError`` for an output that is metric already or a fit that is not finite."""
+        if self.is_metric:
+            raise ValueError(f"{self.kind} output already has a metric scale; a fit is for relative outputs")
+        if not (math.isfinite(scale) and math.isfinite(shift)):
+            raise ValueError(f"depth scale and shift must be finite, got {scale} and {shift}")
+        if scale <= 0:
+            raise ValueError(f"depth scale must be positive (larger inverse depth = nearer), got {scale}")
+        return DepthOutput("metric", float(scale), float(shift),
+                           f"{self.description}, turned into metres by the fit "
+                           f"1 / max({scale:g}·y + {shift:g}, 1e-8)", fit=True)
 
     def to_metres(self, raw: ArrayLike) -> ArrayLike:
         """Metres from the raw output at network resolution; ``ValueError`` for relative outputs."""

@@ -16,10 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import LAYER_NORM_EPS, ConvBNReLU, FeedForward, PatchEmbed, map_to_tokens, tokens_to_map
-from .common import check_image_batch
-from .isr import EDAFORMER_ISR, ISRControl, ISRSetting
-from .registry import NetworkSpec, Preprocessing, manual_weights, register_networks
+from .blocks import LAYER_NORM_EPS, FeedForward, PatchEmbed, map_to_tokens, tokens_to_map
+from .common import ConvModule, check_image_batch
+from .isr import EDAFORMER_ISR, ISRInterface, ISRSetting
+from .registry import Inference, NetworkSpec, Preprocessing, manual_weights, register_networks
 
 # LayerNorm eps is mixed in the official code (design doc, pitfall 1).
 _ENCODER_EPS = 1e-6
@@ -141,7 +141,7 @@ class EDAFormerHead(nn.Module):
             dim = widths[level]
             for name in self._NAMES[level][:depth]:
                 setattr(self, name, Block(dim, heads, dim * cfg.decoder_ffn_ratio, pool, decoder=True))
-        self.linear_fuse = ConvBNReLU(sum(widths.values()), cfg.fuse_width)
+        self.linear_fuse = ConvModule(sum(widths.values()), cfg.fuse_width)
         self.linear_pred = nn.Conv2d(cfg.fuse_width, num_classes, 1)
         # Created by the mmseg base class, unused in the forward, present in every checkpoint.
         self.conv_seg = nn.Conv2d(128, num_classes, 1)
@@ -165,10 +165,10 @@ class EDAFormerHead(nn.Module):
         return self.linear_pred(self.linear_fuse(torch.cat(outs, dim=1)))
 
 
-class EDAFormer(ISRControl, nn.Module):
+class EDAFormer(ISRInterface, nn.Module):
     """EDAFormer segmentation network. ``net(x)`` gives raw logits ``[B, classes, ceil(H/8), ceil(W/8)]``.
 
-    ISR (:class:`~.isr.ISRControl`): ``set_isr(ratio)`` / ``set_isr(encoder=[...], decoder=[...])`` change
+    ISR (:class:`~.isr.ISRInterface`): ``set_isr(ratio)`` / ``set_isr(encoder=[...], decoder=[...])`` change
     the key/value pools of the encoder stages and decoder levels from the next forward on.
     """
 
@@ -221,6 +221,9 @@ _PREPROCESSING = {"ade20k": Preprocessing("mmseg", (2048, 512), 32),
                   "cocostuff": Preprocessing("mmseg", (2048, 512), 32),
                   "cityscapes": Preprocessing("mmseg", (2048, 1024))}
 _INPUT_SIZE = {"ade20k": (512, 512), "cocostuff": (512, 512), "cityscapes": (1024, 2048)}
+#: The official test modes (``shared/design/edaformer.md`` section 6): Cityscapes slides 1024x1024 windows.
+_INFERENCE = {"ade20k": Inference.whole(512), "cocostuff": Inference.whole(512),
+              "cityscapes": Inference.slide(1024, 768)}
 #: fp32 state_dict bytes of the official files (an mmcv file holding optimizer state is larger).
 _FILE_SIZE = {("t", "ade20k"): 19_798_088, ("t", "cityscapes"): 19_662_896, ("t", "cocostuff"): 19_819_760,
               ("b", "ade20k"): 117_836_216, ("b", "cityscapes"): 117_365_664, ("b", "cocostuff"): 117_911_648}
@@ -234,6 +237,7 @@ def _specs() -> tuple[NetworkSpec, ...]:
             kwargs={"variant": variant, "num_classes": n}, dataset=dataset, num_classes=n,
             description=f"EDAFormer-{variant.upper()} semantic segmentation, {dataset} ({n} classes)",
             input_size=_INPUT_SIZE[dataset], preprocessing=_PREPROCESSING[dataset], isr=EDAFORMER_ISR,
+            inference=_INFERENCE[dataset],
             weights=(manual_weights(f"edaformer_{variant}_{dataset}", _FILE_SIZE[(variant, dataset)],
                                     "hyunwoo137/EDAFormer README: Google Drive folder (download by hand)",
                                     EDAFORMER_FOLDER),),

@@ -34,19 +34,22 @@ from typing import Iterable, Sequence
 ENCODER_STAGES = 4
 TRAINING_ENCODER: tuple[int, ...] = (8, 4, 2, 1)
 TRAINING_DECODER: tuple[int, ...] = (1, 2, 4)  # c4, c3, c2
+#: Decoder ratios a setting may have: EDAFormer's three levels, or none (no decoder attention).
+DECODER_LEVELS: tuple[int, ...] = (len(TRAINING_DECODER), 0)
 #: Down-sampling of the input at encoder stages 1-4 (decoder c4, c3, c2 sit on stages 4, 3, 2).
 STAGE_STRIDES: tuple[int, ...] = (4, 8, 16, 32)
 #: The fixed key/value grid of PVTv2-li (``AdaptiveAvgPool2d(7)``).
 LINEAR_SRA_GRID = 7
 
 
-def _positive_ints(values: Iterable[object], what: str, count: int | None = None) -> tuple[int, ...]:
+def _positive_ints(values: Iterable[object], what: str, counts: tuple[int, ...]) -> tuple[int, ...]:
+    """``values`` as positive ints; their number must be one of ``counts`` (the first is the one named)."""
     try:
         items = list(values)  # type: ignore[arg-type]
     except TypeError:
-        raise ValueError(f"ISR {what} must be a list of positive integers, got {values!r}") from None
-    if count is not None and len(items) != count:
-        raise ValueError(f"ISR {what} must have {count} values, got {len(items)}: {items}")
+        raise ValueError(f"ISR {what} must be a list of {counts[0]} positive integers, got {values!r}") from None
+    if len(items) not in counts:
+        raise ValueError(f"ISR {what} must have {counts[0]} values, got {len(items)}: {items}")
     out = []
     for v in items:
         if isinstance(v, bool) or not isinstance(v, int) or v < 1:
@@ -74,16 +77,16 @@ class ISRSetting:
     """Effective key/value reduction ratios: ``encoder`` stages 1-4 and ``decoder`` levels (EDAFormer: c4,
     c3, c2; empty for networks without decoder attention). The defaults are EDAFormer's training ratios.
 
-    Construction checks the values (positive integers, four encoder stages); whether a network can run
-    a setting is its :class:`ISRScheme`'s business (:meth:`ISRScheme.validate`).
+    Construction checks the values (positive integers, four encoder stages, three decoder levels or none);
+    whether a network can run a setting is its :class:`ISRScheme`'s business (:meth:`ISRScheme.validate`).
     """
 
     encoder: tuple[int, ...] = TRAINING_ENCODER
     decoder: tuple[int, ...] = TRAINING_DECODER
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "encoder", _positive_ints(self.encoder, "encoder", ENCODER_STAGES))
-        object.__setattr__(self, "decoder", _positive_ints(self.decoder, "decoder"))
+        object.__setattr__(self, "encoder", _positive_ints(self.encoder, "encoder", (ENCODER_STAGES,)))
+        object.__setattr__(self, "decoder", _positive_ints(self.decoder, "decoder", DECODER_LEVELS))
 
     @classmethod
     def from_ratio(cls, ratio: int = 1) -> "ISRSetting":
@@ -110,12 +113,15 @@ class ISRSetting:
     def read(cls, text: str) -> "ISRSetting":
         """Any network's setting back from its text (``str(setting)``: ``"[16,8,2,1]"`` or
         ``"[16,8,2,1]-[2,4,8]"``), without checking it against a scheme."""
-        cleaned = text.replace("[", "").replace("]", "").replace(" ", "")
         try:
-            enc, _, dec = cleaned.partition("-")
-            return cls(tuple(int(v) for v in enc.split(",")), tuple(int(v) for v in dec.split(",") if v))
+            return cls._from_text(text)
         except ValueError as exc:
             raise ValueError(f"cannot read ISR setting {text!r}: {exc}") from None
+
+    @classmethod
+    def _from_text(cls, text: str) -> "ISRSetting":
+        enc, _, dec = text.replace("[", "").replace("]", "").replace(" ", "").partition("-")
+        return cls(tuple(int(v) for v in enc.split(",")), tuple(int(v) for v in dec.split(",") if v))
 
     @property
     def is_training(self) -> bool:
@@ -222,7 +228,7 @@ class ISRScheme:
         try:
             if cleaned.isdigit() or (cleaned.startswith("-") and cleaned[1:].isdigit()):
                 return self.from_ratio(int(cleaned))
-            return self.validate(ISRSetting.read(text))
+            return self.validate(ISRSetting._from_text(text))
         except ValueError as exc:
             raise ValueError(f"cannot read ISR setting {text!r}: {exc}") from None
 
@@ -253,6 +259,10 @@ class ISRScheme:
                 f"{level.step}x{level.step} strided conv, so its ratio must be a multiple of {level.step} "
                 f"({multiples}, ...), got {ratio}")
         return setting
+
+    def text(self, setting: ISRSetting | None) -> str:
+        """``str(setting)``; an adaptive scheme's training grid (None) as ``adaptive 7x7``."""
+        return str(setting) if setting is not None else f"adaptive {LINEAR_SRA_GRID}x{LINEAR_SRA_GRID}"
 
     def example(self) -> str:
         """A valid setting's text, for messages."""
@@ -298,6 +308,41 @@ class ISRScheme:
                 return (f"ISR {shown} does not fit a {height}x{width} input (it needs at least {side}x{side}): "
                         f"{level.name} has a {h}x{w} feature map, smaller than its key/value pool ratio {ratio}")
         return None
+
+    def nearest_fitting(self, setting: ISRSetting | None, height: int, width: int) -> ISRSetting | None:
+        """The setting closest to ``setting`` that runs at ``height``x``width``: each ratio larger than its
+        feature map's shorter side is lowered to the largest ratio the level accepts within it (a multiple
+        of a conv SRA's ``sr``, never below it), the others are kept (``setting`` itself when it fits; an
+        adaptive grid, None, fits every size)."""
+        if setting is None:
+            return None
+        sizes = self.feature_map_sizes(height, width)
+        ratios = []
+        for level, ratio in zip(self.levels, setting.encoder + setting.decoder):
+            side = min(self._level_map(level, sizes))
+            if level.reducible and ratio > side:
+                ratio = max(level.step, side // level.step * level.step)
+            ratios.append(ratio)
+        return ISRSetting(tuple(ratios[:ENCODER_STAGES]), tuple(ratios[ENCODER_STAGES:]))
+
+    def budget_ladder(self) -> tuple[ISRSetting | None, ...]:
+        """Settings a frame budget chooses from, most accurate first: training; the decoder ratios x2
+        (networks with decoder attention); the paper's setting (stages 1-2 and the decoder x2:
+        EDAFormer ``[16,8,2,1]-[2,4,8]``, SegFormer ``[16,8,2,1]``); then every reducible ratio x2, x3,
+        x4. Repeats are left out."""
+        doubled = [lv.times(2) for lv in self.levels]
+        base = [lv.training for lv in self.levels]
+        stages = ENCODER_STAGES
+
+        def setting(ratios: Sequence[int]) -> ISRSetting:
+            return ISRSetting(tuple(ratios[:stages]), tuple(ratios[stages:]))
+
+        rungs: list[ISRSetting | None] = [self.training]
+        if self.decoder:
+            rungs.append(setting(base[:stages] + doubled[stages:]))
+        rungs.append(setting(doubled[:2] + base[2:stages] + doubled[stages:]))
+        rungs += [self.from_ratio(k) for k in (2, 3, 4)]
+        return tuple(dict.fromkeys(rungs))
 
     def describe(self, setting: ISRSetting | None) -> str:
         """One line saying what ``setting`` does on this network."""
@@ -360,7 +405,7 @@ def isr_problem(setting: ISRSetting, height: int, width: int) -> str | None:
     return EDAFORMER_ISR.problem(setting, height, width)
 
 
-class ISRControl:
+class ISRInterface:
     """The ISR interface of a network (mixed into its ``nn.Module``): ``isr``, ``set_isr``, ``check_isr``.
 
     The network sets ``isr_scheme`` and implements ``_read_isr`` / ``_write_isr`` (where its attention
@@ -405,3 +450,50 @@ class ISRControl:
         problem = self.isr_scheme.problem(setting, height, width)
         if problem:
             raise ValueError(problem)
+
+
+def nearest_fitting(setting: ISRSetting, height: int, width: int) -> ISRSetting:
+    """EDAFormer: the setting closest to ``setting`` that runs at ``height``x``width`` (see
+    :meth:`ISRScheme.nearest_fitting`)."""
+    return EDAFORMER_ISR.nearest_fitting(setting, height, width)  # type: ignore[return-value]
+
+
+class WithoutISR:
+    """The ISR interface of a network whose attention has no key/value pooling to reduce (HRViT,
+    ViT-CoMer; registered with no ISR scheme): it runs as trained, so ratio 1 is accepted as a no-op and
+    any other setting raises ``ValueError`` saying that ISR does not apply to :attr:`attention_type`.
+
+    :attr:`isr` is None, as for networks without the interface, so exported graphs are stamped
+    "no ISR"; ``set_isr``/``check_isr`` have the signatures of :class:`ISRInterface` so callers need no
+    special case.
+    """
+
+    #: What the network's attention is, for the error message.
+    attention_type: str = "this network's attention"
+
+    @property
+    def isr(self) -> None:
+        """No ISR setting: there are no pooling ratios to report."""
+        return None
+
+    def set_isr(self, ratio: int | ISRSetting | None = 1, encoder: Sequence[int] | None = None,
+                decoder: Sequence[int] | None = None) -> None:
+        """Accept ratio 1 (or None; nothing changes); ``ValueError`` for any other setting."""
+        if ratio is None or isinstance(ratio, ISRSetting):
+            self.check_isr(0, 0, ratio)
+            return None
+        _check_ratio(ratio)
+        if ratio != 1 or encoder or decoder:
+            self._refuse(f"isr_ratio {ratio}" + (f", encoder {list(encoder)}" if encoder else "")
+                         + (f", decoder {list(decoder)}" if decoder else ""))
+        return None
+
+    def check_isr(self, height: int, width: int, setting: ISRSetting | None = None) -> None:
+        """``ValueError`` unless ``setting`` is None (any input size)."""
+        if setting is not None:
+            self._refuse(str(setting))
+
+    def _refuse(self, asked: str) -> None:
+        name = getattr(self, "name", type(self).__name__)
+        raise ValueError(f"ISR does not apply to {self.attention_type}: {name} has no key/value pooling ratios, "
+                         f"so isr_ratio must be 1 (no ISR), got {asked}")

@@ -33,7 +33,8 @@ class Preprocessing:
       * ``"mmseg"`` -- keep-ratio rescale of the uint8 image into ``scale`` = (long side, short side) with
         OpenCV bilinear, each side then rounded up to a multiple of ``align`` and resized again (mmseg's
         ``AlignedResize`` when ``align`` is 32; plain ``Resize`` when 1), ImageNet mean/std on the 0-255
-        scale.
+        scale; ``fit_side`` then rounds each side up to one the network runs on (HRViT), resizing once
+        more where that changes it.
       * ``"dpt"`` -- DPT's keep-aspect resize towards ``scale`` = (height, width) to multiples of 32
         (OpenCV cubic on [0, 1] floats), then ``(x - 0.5) / 0.5``.
     """
@@ -41,10 +42,56 @@ class Preprocessing:
     kind: str
     scale: tuple[int, int]
     align: int = 1
+    #: a network with an input-size rule (HRViT): each side rounded up to the nearest one that runs
+    fit_side: Callable[[int], int] | None = None
+    #: why a forced network input size cannot run (HRViT's rule, ViT-CoMer's multiples of 32), or None
+    size_problem: Callable[[int, int], str | None] | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in ("mmseg", "dpt"):
             raise ValueError(f"unknown pre-processing kind {self.kind!r}; choose from mmseg, dpt")
+
+
+@dataclass(frozen=True)
+class Inference:
+    """How a segmenter's official evaluation runs a frame, and the windows of sliding-window inference.
+
+    ``mode`` is the official test mode: ``"whole"`` (the whole pre-processed image in one forward) or
+    ``"slide"`` (mmseg ``slide_inference``: ``crop`` (h, w) windows every ``stride`` (h, w), the last
+    window of a row or column moved back to end at the border, each window's logits resized to the
+    window, summed on a canvas and divided by the per-pixel count). ``crop``/``stride`` are the official
+    windows where the official mode slides, else the training crop at about two-thirds stride, so that
+    every network can also be run sliding.
+    """
+
+    mode: str
+    crop: tuple[int, int]
+    stride: tuple[int, int]
+
+    def __post_init__(self) -> None:
+        if self.mode not in INFERENCE_MODES:
+            raise ValueError(f"unknown inference mode {self.mode!r}; choose from {', '.join(INFERENCE_MODES)}")
+        if min(self.crop + self.stride) < 1 or any(s > c for s, c in zip(self.stride, self.crop)):
+            raise ValueError(f"sliding windows need 1 <= stride <= crop, got crop {self.crop}, stride {self.stride}")
+
+    def with_mode(self, mode: str | None) -> "Inference":
+        """The same windows with ``mode`` (``whole``/``slide``) as the test mode; None keeps the official one."""
+        return self if mode is None or mode == self.mode else dataclasses.replace(self, mode=mode)
+
+    @classmethod
+    def whole(cls, crop: int) -> "Inference":
+        """Official whole-image inference; sliding on request with ``crop``-square windows at mmseg's usual
+        two-thirds stride (512 -> 341)."""
+        return cls("whole", (crop, crop), (crop * 2 // 3, crop * 2 // 3))
+
+    @classmethod
+    def slide(cls, crop: int, stride: int) -> "Inference":
+        """Official sliding-window inference with square ``crop`` windows every ``stride`` pixels."""
+        return cls("slide", (crop, crop), (stride, stride))
+
+
+#: The test modes a segmenter can run: the whole image at once, or sliding windows.
+INFERENCE_MODES = ("whole", "slide")
 
 
 @dataclass(frozen=True)
@@ -92,7 +139,7 @@ class NetworkSpec:
 
     name: str
     task: str  # "segmentation" or "depth"
-    family: str  # "edaformer", "dpt", "segformer", "pvt_v2", "pvt"
+    family: str  # "edaformer", "dpt", "segformer", "pvt_v2", "pvt", "hrvit", "vit_comer"
     builder: Callable[..., nn.Module] | None = None  # set by register_networks; called with kwargs and name=
     kwargs: Mapping[str, Any] = field(default_factory=dict)
     description: str = ""
@@ -103,6 +150,7 @@ class NetworkSpec:
     preprocessing: Preprocessing | None = None  # the official test-time pipeline
     weights: tuple[WeightsEntry, ...] = ()  # catalogue entries of its checkpoints
     isr: ISRScheme | None = None  # None: no inference spatial reduction
+    inference: Inference | None = None  # segmentation: the official test mode and sliding windows
 
 
 _REGISTRY: dict[str, NetworkSpec] = {}

@@ -21,11 +21,11 @@ from .resnet import ResNetV2
 LAYER_NORM_EPS = 1e-6
 
 
-def resize_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+def resize_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
     """Resize a ``[1, 1 + g·g, C]`` position embedding (cls first, square row-major grid) to ``grid``.
 
-    The cls entry is kept; the grid is resized with bilinear, ``align_corners=False``, no antialias.
-    At the stored grid size this is an exact identity.
+    The cls entry is kept; the grid is resized with ``mode`` (DPT: bilinear; ViT-CoMer: bicubic),
+    ``align_corners=False``, no antialias. At the stored grid size this is an exact identity.
     """
     cls_pos, grid_pos = pos_embed[:, :1], pos_embed[:, 1:]
     old = math.isqrt(grid_pos.shape[1])
@@ -33,7 +33,7 @@ def resize_pos_embed(pos_embed: torch.Tensor, grid: tuple[int, int]) -> torch.Te
         return pos_embed
     channels = grid_pos.shape[2]
     grid_pos = grid_pos.reshape(1, old, old, channels).permute(0, 3, 1, 2)
-    grid_pos = F.interpolate(grid_pos, size=grid, mode="bilinear", align_corners=False)
+    grid_pos = F.interpolate(grid_pos, size=grid, mode=mode, align_corners=False)
     grid_pos = grid_pos.permute(0, 2, 3, 1).reshape(1, grid[0] * grid[1], channels)
     return torch.cat([cls_pos, grid_pos], dim=1)
 

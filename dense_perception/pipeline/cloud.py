@@ -119,16 +119,17 @@ class CameraModel:
 
     @classmethod
     def from_camera_info(cls, info: Any) -> CameraModel:
-        """From a CameraInfo-like object (``k``: 9 values, row-major; ``width``; ``height``)."""
-        return cls(intrinsics_matrix(info.k), int(info.width), int(info.height))
+        """From a CameraInfo-like object (``k``: 9 values, row-major; ``width``; ``height``), checked
+        by :func:`check_camera` (``ValueError`` with the reason)."""
+        K = intrinsics_matrix(info.k)
+        width, height = int(info.width), int(info.height)
+        check_camera(K, width, height)
+        return cls(K, width, height)
 
     def for_image(self, width: int, height: int) -> CameraModel:
-        """This model for an image of another size (the same field of view, rescaled).
-
-        A camera_info with size 0x0 (unknown) is taken to describe the image as it is.
-        """
-        if (self.width, self.height) in ((width, height), (0, 0)):
-            return CameraModel(self.K, width, height)
+        """This model for an image of another size (the same field of view, rescaled)."""
+        if (self.width, self.height) == (width, height):
+            return self
         K = scale_intrinsics(self.K, (self.width, self.height), (width, height))
         return CameraModel(K, width, height)
 
@@ -145,6 +146,32 @@ def intrinsics_matrix(k: Any) -> np.ndarray:
         raise ValueError(f"camera matrix has no focal length (fx={K[0, 0]}, fy={K[1, 1]}): "
                          "is the camera calibrated?")
     return K
+
+
+#: Horizontal and vertical fields of view a camera model may have, degrees (exclusive bounds).
+FOV_RANGE_DEG = (0.1, 179.0)
+#: How far outside the image the principal point may lie, as a fraction of the image's side.
+PRINCIPAL_POINT_MARGIN = 0.1
+
+
+def check_camera(K: np.ndarray, width: int, height: int) -> None:
+    """``ValueError`` naming the problem unless ``K`` can describe a ``width`` x ``height`` image: a
+    positive size, finite focal lengths giving a field of view within :data:`FOV_RANGE_DEG` (so every
+    back-projected point is finite) and a principal point on the image (within
+    :data:`PRINCIPAL_POINT_MARGIN`, which a K of another resolution fails)."""
+    if width <= 0 or height <= 0:
+        raise ValueError(f"camera_info has no image size ({width}x{height})")
+    low, high = FOV_RANGE_DEG
+    for name, focal, side in (("fx", K[0, 0], width), ("fy", K[1, 1], height)):
+        fov = math.degrees(2.0 * math.atan2(side / 2.0, focal))
+        if not low < fov < high:
+            raise ValueError(f"{name} = {focal:g} gives a {fov:.3g} degree field of view over {side} "
+                             f"pixels; expected {low:g}-{high:g} degrees")
+    for name, centre, side in (("cx", K[0, 2], width), ("cy", K[1, 2], height)):
+        margin = PRINCIPAL_POINT_MARGIN * side
+        if not -margin <= centre <= side + margin:
+            raise ValueError(f"{name} = {centre:g} lies outside the {width}x{height} image: K does not "
+                             "match the camera_info's size")
 
 
 def scale_intrinsics(K: np.ndarray, from_size: tuple[int, int],
@@ -207,6 +234,8 @@ def build_cloud(depth_m: np.ndarray, K: np.ndarray, rgb: np.ndarray | None = Non
         valid = np.isfinite(z) & (z > 0) & (z >= min_depth) & (z <= max_depth)
     x = z * x_per_z
     y = z * y_per_z
+    with np.errstate(invalid="ignore"):
+        valid &= np.isfinite(x) & np.isfinite(y)  # never a non-finite point, whatever K and z are
     packed_rgb = None if rgb is None else pack_rgb(rgb[::stride, ::stride])
     sampled_labels = None if labels is None else labels[::stride, ::stride]
     if organized:
@@ -222,7 +251,7 @@ def build_cloud(depth_m: np.ndarray, K: np.ndarray, rgb: np.ndarray | None = Non
 
 def _fill_cloud(shape: tuple[int, ...], x: np.ndarray, y: np.ndarray, z: np.ndarray,
                 packed_rgb: np.ndarray | None, labels: np.ndarray | None) -> np.ndarray:
-    cloud = np.empty(shape, dtype=CLOUD_DTYPE)
+    cloud = np.zeros(shape, dtype=CLOUD_DTYPE)  # zeros: the padding bytes are written out too
     cloud["x"], cloud["y"], cloud["z"] = x, y, z
     cloud["rgb"] = 0.0 if packed_rgb is None else packed_rgb
     cloud["label"] = NO_LABEL if labels is None else labels

@@ -172,7 +172,7 @@ class LabelSet:
     def __post_init__(self) -> None:
         palette = _as_palette(self.palette)
         if palette is None:
-            raise ValueError(f"palette must be [K, 3] integers in 0..255, got shape {np.shape(self.palette)}")
+            raise ValueError(f"palette must be [K, 3] integers in 0..255, got {_shape_text(self.palette)}")
         names = tuple(str(n) for n in self.names)
         if len(names) != len(palette):
             raise ValueError(f"{len(names)} class names but {len(palette)} palette colours")
@@ -192,6 +192,14 @@ class LabelSet:
 
     def __hash__(self) -> int:
         return hash((self.dataset, self.names, self.palette.tobytes()))
+
+
+def _shape_text(value: Any) -> str:
+    """``"shape (K, C)"`` of an array-like, for messages; ragged nested lists have no shape."""
+    try:
+        return f"shape {np.shape(value)}"
+    except ValueError:
+        return "a ragged nested sequence"
 
 
 def _as_palette(value: Any) -> np.ndarray | None:

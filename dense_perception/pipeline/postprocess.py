@@ -71,23 +71,12 @@ def labels_from_logits(
 
 
 def depth_to_image(raw: torch.Tensor, image_size: tuple[int, int], output: DepthOutput) -> np.ndarray:
-    """Depth ``[H, W]`` float32 from the raw DPT output ``[1, h, w]``: metres for metric networks
-    (converted before the resize), relative inverse depth for MiDaS networks."""
+    """Depth ``[H, W]`` float32 from the raw DPT output ``[1, h, w]``: metres for metric outputs (the
+    metric checkpoints, or a MiDaS output with a per-scene fit, :meth:`DepthOutput.fitted`), converted at
+    network resolution before the resize as the official script does; relative inverse depth otherwise."""
     raw = raw.float()
     if output.is_metric:
         raw = output.to_metres(raw)
     if tuple(raw.shape[-2:]) != tuple(image_size):
         raw = F.interpolate(raw[:, None], size=image_size, mode="bicubic", align_corners=False)[:, 0]
     return raw[0].cpu().numpy().astype(np.float32, copy=False)
-
-
-def relative_to_metres(inverse_depth: np.ndarray, scale: float, shift: float) -> np.ndarray:
-    """Metres from relative inverse depth with a per-scene affine fit: ``1 / max(scale·d + shift, 1e-8)``.
-
-    This is the MiDaS convention (the fit is done on inverse depth); pixels whose fitted inverse depth
-    is not positive become NaN (no valid depth) instead of a huge value.
-    """
-    fitted = inverse_depth.astype(np.float32) * np.float32(scale) + np.float32(shift)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        metres = np.where(fitted > 1e-8, 1.0 / fitted, np.nan)
-    return metres.astype(np.float32)

@@ -3,8 +3,8 @@
 Shared by every backend (torch, onnxruntime, tensorrt). A network's pipeline is data in its registry entry
 (:class:`~..networks.registry.Preprocessing`: ``spec.preprocessing``) and runs here: :func:`preprocess_with`
 and :func:`network_size_with`. Each kind follows the official inference (``shared/design/dpt.md`` section
-8, ``edaformer.md`` section 6, ``sra.md`` section 5) and uses OpenCV the way the official code does, so the
-network input is the official one bit for bit.
+8, ``edaformer.md`` section 6, ``sra.md`` section 5, ``hrvit.md`` §7, ``vit_comer.md`` §6) and uses OpenCV
+the way the official code does, so the network input is the official one bit for bit.
 
 Input images are RGB ``uint8`` ``[H, W, 3]`` (see :func:`as_rgb_uint8` for what else is accepted).
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Mapping
+from typing import Callable, Mapping
 
 import cv2
 import numpy as np
@@ -40,6 +40,9 @@ DPT_TARGETS: Mapping[str, tuple[int, int]] = MappingProxyType(
 #: EDAFormer official test scales (long side, short side) and whether sides are aligned to 32.
 EDAFORMER_SCALES: Mapping[str, tuple[tuple[int, int], bool]] = MappingProxyType(
     {dataset: (p.scale, p.align == ALIGN) for dataset, p in _family_pipelines("edaformer").items()})
+#: HRViT official test scales (long side, short side), per dataset (no alignment in the configs).
+HRVIT_SCALES: Mapping[str, tuple[int, int]] = MappingProxyType(
+    {dataset: p.scale for dataset, p in _family_pipelines("hrvit").items()})
 
 
 class ImageError(ValueError):
@@ -117,6 +120,9 @@ def preprocess_dpt(image_rgb: np.ndarray, target: tuple[int, int] = DPT_TARGETS[
                    input_size: tuple[int, int] | None = None) -> NetworkInput:
     """DPT/MiDaS input: float64 [0, 1] image, OpenCV cubic resize, ``(x - 0.5) / 0.5``, float32 NCHW.
 
+    Bit for bit the official transform, computed one channel at a time, so no float64 copy of the whole
+    image exists (a 12-megapixel photograph: 96 MB per channel instead of 288 MB, twice).
+
     ``target`` is the official (height, width) of the keep-aspect resize; ``input_size`` instead forces
     an exact network size (multiples of 32; aspect not kept), e.g. for fixed-shape engines.
     """
@@ -126,9 +132,13 @@ def preprocess_dpt(image_rgb: np.ndarray, target: tuple[int, int] = DPT_TARGETS[
         net_h, net_w = check_input_size(input_size, 32)
     else:
         net_h, net_w = dpt_network_size(height, width, target)
-    image = rgb.astype(np.float64) / 255.0
-    image = cv2.resize(image, (net_w, net_h), interpolation=cv2.INTER_CUBIC)
-    normalised = ((image - 0.5) / 0.5).astype(np.float32)
+    normalised = np.empty((net_h, net_w, 3), dtype=np.float32)
+    for channel in range(3):  # one float64 channel at a time: a third of the memory, the same bits
+        plane = rgb[..., channel].astype(np.float64)
+        plane /= 255.0
+        resized = cv2.resize(plane, (net_w, net_h), interpolation=cv2.INTER_CUBIC)
+        del plane
+        normalised[..., channel] = (resized - 0.5) / 0.5
     return NetworkInput(_to_batch(normalised), (height, width), (net_h, net_w))
 
 
@@ -149,10 +159,13 @@ def rescale_size(height: int, width: int, scale: tuple[int, int]) -> tuple[int, 
     return max(1, int(height * factor + 0.5)), max(1, int(width * factor + 0.5))
 
 
-def mmseg_network_size(height: int, width: int, scale: tuple[int, int], align: int = 1) -> tuple[int, int]:
-    """The official test-time size: keep-ratio rescale into ``scale``, sides rounded up to ``align``."""
+def mmseg_network_size(height: int, width: int, scale: tuple[int, int], align: int = 1,
+                       fit_side: Callable[[int], int] | None = None) -> tuple[int, int]:
+    """The official test-time size: keep-ratio rescale into ``scale``, sides rounded up to ``align``, then
+    (a network with a size rule, HRViT) each side rounded up by ``fit_side`` to one the network runs on."""
     new_h, new_w = rescale_size(height, width, scale)
-    return math.ceil(new_h / align) * align, math.ceil(new_w / align) * align
+    aligned = math.ceil(new_h / align) * align, math.ceil(new_w / align) * align
+    return aligned if fit_side is None else (fit_side(aligned[0]), fit_side(aligned[1]))
 
 
 def edaformer_network_size(height: int, width: int, dataset: str) -> tuple[int, int]:
@@ -162,20 +175,27 @@ def edaformer_network_size(height: int, width: int, dataset: str) -> tuple[int, 
 
 
 def normalise_imagenet(image_rgb: np.ndarray) -> np.ndarray:
-    """mmcv ``imnormalize`` on an RGB image: float32, ``cv2.subtract`` mean, ``cv2.multiply`` by 1/std."""
+    """mmcv ``imnormalize`` on an RGB image: float32, ``cv2.subtract`` mean, ``cv2.multiply`` by 1/std.
+
+    mmseg's ``Normalize`` stores the statistics as float32 arrays and mmcv widens those to float64, so
+    the constants are the float32-rounded ones (123.675 -> 123.67500305...): with the exact decimals
+    one value in nine differs from the official input by one ulp."""
     image = image_rgb.astype(np.float32)
-    mean = np.float64(np.array(IMAGENET_MEAN).reshape(1, -1))
-    std_inv = 1 / np.float64(np.array(IMAGENET_STD).reshape(1, -1))
+    mean = np.float64(np.array(IMAGENET_MEAN, dtype=np.float32).reshape(1, -1))
+    std_inv = 1 / np.float64(np.array(IMAGENET_STD, dtype=np.float32).reshape(1, -1))
     cv2.subtract(image, mean, image)
     cv2.multiply(image, std_inv, image)
     return image
 
 
 def preprocess_mmseg(image_rgb: np.ndarray, scale: tuple[int, int], align: int = 1,
-                     input_size: tuple[int, int] | None = None) -> NetworkInput:
+                     input_size: tuple[int, int] | None = None,
+                     fit_side: Callable[[int], int] | None = None) -> NetworkInput:
     """The mmseg test pipeline: keep-ratio rescale into ``scale`` = (long, short) with OpenCV bilinear on the
     uint8 image, then (``align`` > 1) each side rounded up to a multiple of ``align`` and resized again
-    (``AlignedResize``); ImageNet mean/std, float32 NCHW. ``input_size`` forces an exact size instead.
+    (``AlignedResize``); ImageNet mean/std, float32 NCHW. ``fit_side`` (HRViT's size rule) rounds each side
+    up to one the network runs on, with a second bilinear resize where that changes the size.
+    ``input_size`` forces an exact size instead.
     """
     rgb = as_rgb_uint8(image_rgb)
     height, width = rgb.shape[:2]
@@ -185,11 +205,18 @@ def preprocess_mmseg(image_rgb: np.ndarray, scale: tuple[int, int], align: int =
     else:
         new_h, new_w = rescale_size(height, width, scale)
         image = cv2.resize(rgb, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-        if align > 1:
-            aligned = (math.ceil(new_h / align) * align, math.ceil(new_w / align) * align)
-            image = cv2.resize(image, (aligned[1], aligned[0]), interpolation=cv2.INTER_LINEAR)
+        net_h, net_w = mmseg_network_size(height, width, scale, align, fit_side)
+        if align > 1 or (net_h, net_w) != (new_h, new_w):
+            image = cv2.resize(image, (net_w, net_h), interpolation=cv2.INTER_LINEAR)
     normalised = normalise_imagenet(image)
     return NetworkInput(_to_batch(normalised), (height, width), normalised.shape[:2])
+
+
+def _family_pipeline(family: str, dataset: str, title: str) -> Preprocessing:
+    pipelines = _family_pipelines(family)
+    if dataset not in pipelines:
+        raise ValueError(f"unknown dataset {dataset!r}{title}; choose from {sorted(pipelines)}")
+    return pipelines[dataset]
 
 
 def preprocess_edaformer(image_rgb: np.ndarray, dataset: str = "ade20k",
@@ -199,36 +226,79 @@ def preprocess_edaformer(image_rgb: np.ndarray, dataset: str = "ade20k",
     ADE20K / COCO-Stuff: keep-ratio rescale into (2048, 512), aligned to 32 (``AlignedResize``).
     Cityscapes: keep-ratio rescale into (2048, 1024), no alignment. ``input_size`` forces an exact size.
     """
-    if dataset not in EDAFORMER_SCALES:
-        raise ValueError(f"unknown dataset {dataset!r}; choose from {sorted(EDAFORMER_SCALES)}")
-    scale, align = EDAFORMER_SCALES[dataset]
-    return preprocess_mmseg(image_rgb, scale, ALIGN if align else 1, input_size)
+    return preprocess_with(_family_pipeline("edaformer", dataset, ""), image_rgb, input_size)
+
+
+# ---- HRViT --------------------------------------------------------------------------------------
+def hrvit_network_size(height: int, width: int, dataset: str) -> tuple[int, int]:
+    """HRViT's test-time size: the official keep-ratio rescale (``HRVIT_SCALES``), then each side
+    rounded up to the nearest size the network runs on (``H mod 32 ∈ {0, 29, 30, 31}``); a side that
+    already satisfies the rule -- every size the official pipeline can run -- is left as it is."""
+    return network_size_with(_family_pipeline("hrvit", dataset, " for HRViT"), height, width)
+
+
+def preprocess_hrvit(image_rgb: np.ndarray, dataset: str = "ade20k",
+                     input_size: tuple[int, int] | None = None) -> NetworkInput:
+    """HRViT input: the official pipeline (keep-ratio rescale into (2048, 512) for ADE20K or
+    (2048, 1024) for Cityscapes, OpenCV bilinear, ImageNet mean/std), plus a second bilinear resize to
+    :func:`hrvit_network_size` when the rescaled image breaks the size rule (the official code would
+    fail on it: design note §7). ``input_size`` forces an exact size, which must satisfy the rule
+    (``ValueError`` naming it otherwise)."""
+    return preprocess_with(_family_pipeline("hrvit", dataset, " for HRViT"), image_rgb, input_size)
+
+
+# ---- ViT-CoMer ----------------------------------------------------------------------------------
+def vit_comer_network_size(height: int, width: int) -> tuple[int, int]:
+    """ViT-CoMer's official test-time size (ADE20K): keep-ratio rescale into (2048, 512), then each
+    side rounded up to a multiple of 32 (mmseg ``ResizeToMultiple``)."""
+    return network_size_with(_family_pipelines("vit_comer")["ade20k"], height, width)
+
+
+def preprocess_vit_comer(image_rgb: np.ndarray, dataset: str = "ade20k",
+                         input_size: tuple[int, int] | None = None) -> NetworkInput:
+    """ViT-CoMer input as its official ADE20K test pipeline builds it: keep-ratio rescale into
+    (2048, 512), ``ResizeToMultiple(32)`` (both OpenCV bilinear on the uint8 image), ImageNet mean/std
+    -- step for step EDAFormer's ADE20K pipeline (``AlignedResize`` rounds up to 32 the same way).
+    ``input_size`` forces an exact size: multiples of 32, else ``ValueError``.
+    """
+    if dataset != "ade20k":
+        raise ValueError(f"ViT-CoMer is configured for ade20k only, got dataset {dataset!r}")
+    return preprocess_with(_family_pipelines("vit_comer")["ade20k"], image_rgb, input_size)
 
 
 # ---- by configuration ---------------------------------------------------------------------------
+def _forced_size(pipeline: Preprocessing, input_size: tuple[int, int]) -> tuple[int, int]:
+    """A forced ``input_size`` checked against the network's size rule (``ValueError`` naming it)."""
+    size = check_input_size(input_size, 32 if pipeline.kind == "dpt" else 1)
+    if pipeline.size_problem is not None and (problem := pipeline.size_problem(*size)):
+        raise ValueError(f"input_size {size[0]}x{size[1]}: {problem}")
+    return size
+
+
 def preprocess_with(pipeline: Preprocessing, image_rgb: np.ndarray,
                     input_size: tuple[int, int] | None = None) -> NetworkInput:
     """Run a network's official pipeline (``network_spec(name).preprocessing``) on an RGB image;
-    ``input_size`` forces an exact network size (DPT: multiples of 32)."""
+    ``input_size`` forces an exact network size (checked against the network's size rule: DPT and
+    ViT-CoMer multiples of 32, HRViT its own)."""
+    forced = None if input_size is None else _forced_size(pipeline, input_size)
     if pipeline.kind == "dpt":
-        return preprocess_dpt(image_rgb, pipeline.scale, input_size)
-    return preprocess_mmseg(image_rgb, pipeline.scale, pipeline.align, input_size)
+        return preprocess_dpt(image_rgb, pipeline.scale, forced)
+    return preprocess_mmseg(image_rgb, pipeline.scale, pipeline.align, forced, pipeline.fit_side)
 
 
 def network_size_with(pipeline: Preprocessing, height: int, width: int) -> tuple[int, int]:
     """The network input size ``pipeline`` gives an image of ``height``×``width``."""
     if pipeline.kind == "dpt":
         return dpt_network_size(height, width, pipeline.scale)
-    return mmseg_network_size(height, width, pipeline.scale, pipeline.align)
+    return mmseg_network_size(height, width, pipeline.scale, pipeline.align, pipeline.fit_side)
 
 
 def preprocess_for(family: str, dataset: str, image_rgb: np.ndarray,
                    input_size: tuple[int, int] | None = None) -> NetworkInput:
-    """The pipeline of a network family (``dpt``, ``edaformer``, ...) for a checkpoint dataset, as the
-    registered networks declare it (prefer :func:`preprocess_with` with the network's own spec)."""
-    pipelines = _family_pipelines(family)
-    if dataset not in pipelines:
-        families = sorted({s.family for s in registered_networks().values()})
-        raise ValueError(f"no pre-processing for family {family!r} and dataset {dataset!r}; "
-                         f"families: {', '.join(families)}")
-    return preprocess_with(pipelines[dataset], image_rgb, input_size)
+    """The pipeline of a network family (``dpt``, ``edaformer``, ``segformer``, ``hrvit``, ...) for a
+    checkpoint dataset, as the registered networks declare it (prefer :func:`preprocess_with` with the
+    network's own spec)."""
+    families = sorted({s.family for s in registered_networks().values() if s.preprocessing is not None})
+    if family not in families:
+        raise ValueError(f"unknown network family {family!r}; choose from {', '.join(families)}")
+    return preprocess_with(_family_pipeline(family, dataset, f" for {family}"), image_rgb, input_size)

@@ -3,39 +3,50 @@
 Subscribes (relative names, remappable):
   ``depth/image`` (32FC1 metres, or 16UC1 millimetres), ``depth/camera_info``,
   ``image`` (colour, any encoding :mod:`dense_perception.io.images` reads; if ``use_color``),
-  ``seg/labels`` (mono8/8UC1 or 16UC1 class ids; if ``use_labels``).
+  ``seg/labels`` (mono8/8UC1 or 16UC1 class ids; if ``use_labels``),
+  ``depth/frame_started`` (the depth node's claims: which frames to keep colour and labels of).
 Publishes ``points`` (sensor_msgs/PointCloud2: x y z float32, rgb packed float32, label uint16) with
-the depth frame's header, i.e. in its camera optical frame.
+the depth frame's header, i.e. in its camera optical frame, and ``/diagnostics`` (clouds published,
+and those without colour or labels counted by reason).
 
-Colour and labels are paired with the depth frame by exact header stamp. A frame waits at most
-``sync_timeout`` seconds for them (only for streams that have a publisher), then goes out without
-them, or is dropped when ``publish_incomplete`` is false. camera_info with the same stamp is used
-when there is one, else the latest; a camera_info of another size than the depth image is rescaled.
-Distortion is ignored: the depth image is taken as rectified.
+Colour and labels are paired with the depth frame by exact header stamp
+(:class:`~dense_perception.pipeline.pairing.FramePairing`, the one pairing of the package). A frame
+waits for them (only for streams that have a publisher) at least ``sync_timeout`` seconds -- longer
+when they have been arriving late -- then goes out without them, or is dropped when
+``publish_incomplete`` is false. camera_info with the same stamp is used when there is one, else the
+latest good one; each is checked when it arrives (a bad one is rejected with the reason); one of
+another size than the depth image is rescaled. Distortion is ignored: the depth image is taken as
+rectified. Relative inverse depth (``depth/relative_inverse``) is never taken as metres: when only
+that is published, the node says once why there is no cloud.
 """
 from __future__ import annotations
 
-import math
-import time
+import copy
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from rclpy.node import Node
+from diagnostic_msgs.msg import DiagnosticStatus
+from rclpy.qos_overriding_options import QoSOverridingOptions
 from rclpy.subscription import Subscription
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
+from std_msgs.msg import Header
 
 from ..io.images import ImageFormatError, image_array, image_to_rgb
 from ..pipeline.cloud import CameraModel, build_cloud
+from ..pipeline.pairing import FramePairing, PairedFrame
+from .diagnostics import StatusPublisher, status_message
 from .messages import copy_header, to_pointcloud2
-from .params import ParamSpec, current_values, declare_parameters, make_validator
+from .params import ParamSpec, add_parameter_callbacks, declare_parameters
 from .qos import QOS_PARAMETERS, qos_from_parameters
-from .runtime import ThrottledWarnings, run_node
+from .runtime import ClosingNode, ThrottledWarnings, run_node
 from .sync import StampKey, StampMatcher, stamp_key
 
-DEPTH, CAMERA_INFO, COLOR, LABELS = "depth", "camera_info", "color", "labels"
-#: How often pending frames are re-examined for an expired ``sync_timeout``.
+CAMERA_INFO, COLOR, LABELS = "camera_info", "color", "labels"
+#: Topics of the depth node: metres, relative inverse depth, its claims.
+DEPTH_TOPIC, RELATIVE_TOPIC, FRAME_STARTED_TOPIC = "depth/image", "depth/relative_inverse", "depth/frame_started"
+#: How often waiting frames are re-examined for an expired wait, and the relative-depth check made.
 _SYNC_POLL_S = 0.02
 
 CLOUD_PARAMETERS: tuple[ParamSpec, ...] = (
@@ -49,12 +60,15 @@ CLOUD_PARAMETERS: tuple[ParamSpec, ...] = (
               "pixels, is_dense false) instead of the valid points only"),
     ParamSpec("use_color", True, "Colour the points from the 'image' topic", read_only=True),
     ParamSpec("use_labels", True, "Label the points from the 'seg/labels' topic", read_only=True),
-    ParamSpec("sync_timeout", 0.2, "Seconds a depth frame waits for colour/labels with its stamp",
+    ParamSpec("sync_timeout", 1.0, "Shortest time a depth frame waits for colour/labels with its "
+              "stamp (the wait grows to twice their recent lateness, up to 5 s)",
               minimum=0.0, maximum=10.0),
     ParamSpec("publish_incomplete", True, "After sync_timeout, publish without the missing colour/"
               "labels (true) or drop the frame (false)"),
-    ParamSpec("sync_queue_size", 10, "Messages kept per input while pairing stamps",
-              read_only=True, minimum=1, maximum=100),
+    ParamSpec("sync_queue_size", 32, "Messages kept per input at most while pairing stamps (those "
+              "of frames the depth node started on first)", read_only=True, minimum=4, maximum=256),
+    ParamSpec("diagnostics_period", 1.0, "Seconds between /diagnostics messages",
+              read_only=True, minimum=0.1, maximum=60.0),
 ) + QOS_PARAMETERS
 
 
@@ -91,45 +105,53 @@ class CloudStats:
 
     published: int = 0
     rejected: int = 0  # bad input (encoding, size, intrinsics)
-    dropped: int = 0  # superseded by a newer frame, or incomplete with publish_incomplete false
+    dropped: int = 0  # incomplete with publish_incomplete false
     incomplete: int = 0  # published without colour or labels it waited for
 
 
-class CloudNode(Node):
+class CloudNode(ClosingNode):
     """Depth + camera_info (+ colour, + labels) → ``points``; see the module docstring."""
 
     def __init__(self, node_name: str = "cloud", subscribe: bool = True, **kwargs: Any) -> None:
-        """``subscribe=False``: no topic inputs — the one-process ``perception`` executable hands
-        decoded arrays to :meth:`build_and_publish` instead."""
+        """``subscribe=False``: no topic inputs -- the one-process ``perception`` executable hands
+        decoded arrays to :meth:`build_and_publish` (and pairs them with its own
+        :class:`FramePairing`) instead."""
         super().__init__(node_name, **kwargs)
         values = declare_parameters(self, CLOUD_PARAMETERS, check_depth_range)
         self._settings = CloudSettings.from_values(values)
-        self.add_on_set_parameters_callback(
-            make_validator(self, CLOUD_PARAMETERS, check_depth_range))
-        self.add_post_set_parameters_callback(self._apply_parameters)
+        #: pairs depth with colour and labels (set by the in-process composition when not subscribing)
+        self.pairing: FramePairing | None = None
+        add_parameter_callbacks(self, CLOUD_PARAMETERS, self._apply_parameters, check_depth_range)
 
         self.stats = CloudStats()
         self.warnings = ThrottledWarnings(self)
         input_qos, output_qos = qos_from_parameters(self)
-        self._publisher = self.create_publisher(PointCloud2, "points", output_qos)
+        overrides = QoSOverridingOptions.with_default_policies()
+        self._publisher = self.create_publisher(PointCloud2, "points", copy.copy(output_qos),
+                                                qos_overriding_options=overrides)
+        self.diagnostics = StatusPublisher(self, self.status, values["diagnostics_period"])
         self._optional_subs: dict[str, Subscription] = {}
         if not subscribe:
             return
-        streams = [DEPTH, CAMERA_INFO]
-        self._depth_sub = self.create_subscription(
-            Image, "depth/image", self._keeper(DEPTH), input_qos)
-        self._info_sub = self.create_subscription(
-            CameraInfo, "depth/camera_info", self._keeper(CAMERA_INFO), input_qos)
-        if values["use_color"]:
-            streams.append(COLOR)
-            self._optional_subs[COLOR] = self.create_subscription(
-                Image, "image", self._keeper(COLOR), input_qos)
-        if values["use_labels"]:
-            streams.append(LABELS)
-            self._optional_subs[LABELS] = self.create_subscription(
-                Image, "seg/labels", self._keeper(LABELS), input_qos)
-        self._matcher = StampMatcher(streams, capacity=values["sync_queue_size"])
-        self._timer = self.create_timer(_SYNC_POLL_S, self._publish_ready)
+        streams = [stream for stream, wanted in ((COLOR, values["use_color"]),
+                                                 (LABELS, values["use_labels"])) if wanted]
+        self.pairing = make_pairing(streams, values)
+        self._infos = StampMatcher([CAMERA_INFO], capacity=values["sync_queue_size"])
+        self._before_camera_info: Image | None = None  # the newest depth frame before any camera_info
+        self.camera_infos_rejected = 0
+
+        def subscribe_to(kind: type, topic: str, callback: Callable[[Any], None]) -> Subscription:
+            return self.create_subscription(kind, topic, callback, copy.copy(input_qos),
+                                            qos_overriding_options=overrides)
+
+        self._depth_sub = subscribe_to(Image, DEPTH_TOPIC, self._on_depth)
+        self._info_sub = subscribe_to(CameraInfo, "depth/camera_info", self._on_camera_info)
+        self._claims_sub = subscribe_to(Header, FRAME_STARTED_TOPIC, self._on_claim)
+        if COLOR in streams:
+            self._optional_subs[COLOR] = subscribe_to(Image, "image", self._keeper(COLOR))
+        if LABELS in streams:
+            self._optional_subs[LABELS] = subscribe_to(Image, "seg/labels", self._keeper(LABELS))
+        self._timer = self.create_timer(_SYNC_POLL_S, self._on_timer)
 
     @property
     def settings(self) -> CloudSettings:
@@ -139,100 +161,158 @@ class CloudNode(Node):
                           rgb: np.ndarray | None = None, labels: np.ndarray | None = None) -> int:
         """Back-project one frame (arrays already decoded) and publish it; returns the point count.
 
-        The in-process ``perception`` executable can call this directly, skipping serialisation.
+        The in-process ``perception`` executable calls this directly, skipping serialisation.
         """
         settings = self._settings
         camera = camera.for_image(depth_m.shape[1], depth_m.shape[0])
         cloud = build_cloud(depth_m, camera.K, rgb=rgb, labels=labels, stride=settings.stride,
                             min_depth=settings.min_depth, max_depth=settings.max_depth,
                             organized=settings.organized)
-        self._publisher.publish(to_pointcloud2(cloud, copy_header(header)))
-        self.stats.published += 1
+        if self.publish(self._publisher, to_pointcloud2(cloud, copy_header(header))):
+            self.stats.published += 1
         return int(cloud.size)
 
-    # -- message handling -------------------------------------------------------------------------
-
-    def _keeper(self, stream: str) -> Callable[[Any], None]:
-        """The subscription callback storing messages of ``stream`` and publishing what is ready."""
-
-        def keep(msg: Any) -> None:
-            self._matcher.add(stream, stamp_key(msg.header.stamp), msg)
-            self._publish_ready()
-        return keep
-
-    def _apply_parameters(self, _parameters: list) -> None:
-        self._settings = CloudSettings.from_values(current_values(self, CLOUD_PARAMETERS))
-
-    def _expected_streams(self) -> list[str]:
-        """Optional streams worth waiting for: enabled and with at least one publisher."""
-        return [stream for stream, sub in self._optional_subs.items()
-                if sub.get_publisher_count() > 0]
-
-    def _publish_ready(self) -> None:
-        """Publish the newest depth frame that is complete or has waited long enough."""
-        pending = sorted(self._matcher.stamps(DEPTH), reverse=True)
-        if not pending:
-            return
-        if self._matcher.latest(CAMERA_INFO) is None:
-            self.warnings.warn(CAMERA_INFO, (
-                f"waiting for camera_info on {self._info_sub.topic_name}: no CameraInfo received "
-                f"yet, so depth frames cannot be back-projected ({len(pending)} held)"))
-            return
-        settings, expected = self._settings, self._expected_streams()
-        for stamp in pending:
-            missing = [stream for stream in expected if self._matcher.get(stream, stamp) is None]
-            if missing and self._waited(stamp) < settings.sync_timeout:
-                continue
-            depth_msg = self._matcher.pop(DEPTH, stamp)
-            if missing and not settings.publish_incomplete:
+    def publish_paired(self, frame: PairedFrame, build: Callable[[PairedFrame], None]) -> None:
+        """Publish a released frame through ``build`` (which calls :meth:`build_and_publish`), or drop
+        it when something is missing and ``publish_incomplete`` is false; bad input is counted."""
+        if frame.missing:
+            if not self._settings.publish_incomplete:
                 self.stats.dropped += 1
-                self.warnings.warn("incomplete", f"dropped depth frame {stamp}: no {missing} with "
-                                   "its stamp within sync_timeout (publish_incomplete is false)")
-                continue
-            self.stats.dropped += self._matcher.discard_through(DEPTH, stamp)
-            self.stats.incomplete += bool(missing)
-            self._process(depth_msg, stamp)
-            for stream in self._optional_subs:
-                self._matcher.discard_through(stream, stamp)
-            return
-
-    def _waited(self, stamp: StampKey) -> float:
-        arrival = self._matcher.arrival(DEPTH, stamp)
-        return math.inf if arrival is None else time.monotonic() - arrival
-
-    def _process(self, depth_msg: Image, stamp: StampKey) -> None:
-        info = self._matcher.get(CAMERA_INFO, stamp)
-        if info is None:  # intrinsics rarely change: the latest camera_info will do
-            info = self._matcher.latest(CAMERA_INFO)
+                self.warnings.warn("incomplete", (
+                    f"dropped depth frame {frame.stamp}: {describe_missing(frame)} "
+                    "(publish_incomplete is false)"))
+                return
+            self.stats.incomplete += 1
+            self.warnings.warn("incomplete", f"cloud {frame.stamp} published {describe_missing(frame)}")
         try:
-            depth_m = depth_in_metres(depth_msg)
-            camera = CameraModel.from_camera_info(info)
+            build(frame)
         except (ImageFormatError, ValueError) as error:
             self.stats.rejected += 1
-            self.warnings.warn("bad_input", f"skipped depth frame {stamp}: {error}")
-            return
-        shape = depth_m.shape
-        rgb = self._decoded(COLOR, stamp, lambda msg: aligned(image_to_rgb(msg), shape, False))
-        labels = self._decoded(LABELS, stamp, lambda msg: aligned(labels_array(msg), shape, True))
-        if not np.isfinite(depth_m).any():
-            self.warnings.warn("no_depth", f"depth frame {stamp} has no finite depth values")
-        try:
-            self.build_and_publish(depth_m, camera, depth_msg.header, rgb=rgb, labels=labels)
-        except ValueError as error:
-            self.stats.rejected += 1
-            self.warnings.warn("bad_input", f"skipped depth frame {stamp}: {error}")
+            self.warnings.warn("bad_input", f"skipped depth frame {frame.stamp}: {error}")
 
-    def _decoded(self, stream: str, stamp: StampKey, decode) -> np.ndarray | None:
-        """The decoded ``stream`` message with this stamp; None (with a warning) if unusable."""
-        msg = self._matcher.get(stream, stamp) if stream in self._optional_subs else None
+    def status(self) -> DiagnosticStatus:
+        """``/diagnostics``: clouds published, incomplete (by reason), rejected, dropped."""
+        values: dict[str, Any] = {"clouds published": self.stats.published,
+                                  "clouds without colour or labels": self.stats.incomplete,
+                                  "frames dropped (incomplete)": self.stats.dropped,
+                                  "frames rejected (bad input)": self.stats.rejected}
+        if self.pairing is not None:
+            values.update(self.pairing.stats.summary())
+            values["pairing wait (s)"] = f"{self.pairing.current_timeout():.2f}"
+        if hasattr(self, "camera_infos_rejected"):
+            values["camera_info rejected"] = self.camera_infos_rejected
+        level = DiagnosticStatus.WARN if self.stats.incomplete or self.stats.rejected else DiagnosticStatus.OK
+        message = (f"{self.stats.published} clouds, {self.stats.incomplete} without colour or labels, "
+                   f"{self.stats.rejected} rejected")
+        return status_message(self, "cloud", level, message, values)
+
+    # -- message handling (topics) ------------------------------------------------------------------
+
+    def _keeper(self, stream: str) -> Callable[[Any], None]:
+        """The subscription callback of an optional stream: pair it, publish what it completes."""
+
+        def keep(msg: Any) -> None:
+            for frame in self.pairing.add(stream, stamp_key(msg.header.stamp), msg):
+                self._publish_from_messages(frame)
+        return keep
+
+    def _on_claim(self, header: Header) -> None:
+        self.pairing.claim(stamp_key(header.stamp))
+
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        """Keep a camera_info that describes a camera; reject others with the reason."""
+        try:
+            CameraModel.from_camera_info(msg)
+        except ValueError as error:
+            self.camera_infos_rejected += 1
+            self.warnings.warn("camera_info_rejected", (
+                f"rejected CameraInfo {stamp_key(msg.header.stamp)} on {self._info_sub.topic_name}: "
+                f"{error}; the last good one stays in use"))
+            return
+        self._infos.add(CAMERA_INFO, stamp_key(msg.header.stamp), msg)
+        held, self._before_camera_info = self._before_camera_info, None
+        if held is not None:
+            self._on_depth(held)
+
+    def _on_depth(self, msg: Image) -> None:
+        if self._infos.latest(CAMERA_INFO) is None:  # hold the newest frame until intrinsics come
+            self._before_camera_info = msg
+            self.warnings.warn(CAMERA_INFO, (
+                f"waiting for camera_info on {self._info_sub.topic_name}: no CameraInfo received yet, "
+                "so depth frames cannot be back-projected"))
+            return
+        stamp = stamp_key(msg.header.stamp)
+        expected = [stream for stream, sub in self._optional_subs.items()
+                    if sub.get_publisher_count() > 0]
+        for frame in self.pairing.add_depth(stamp, msg, expected):
+            self._publish_from_messages(frame)
+
+    def _on_timer(self) -> None:
+        for frame in self.pairing.expire():
+            self._publish_from_messages(frame)
+        if (self._depth_sub.get_publisher_count() == 0
+                and self.count_publishers(self._resolved(RELATIVE_TOPIC)) > 0):
+            self.warnings.once("relative_depth", (
+                f"no point cloud: the depth node publishes relative inverse depth on "
+                f"{self._resolved(RELATIVE_TOPIC)} (a MiDaS network), which has no unit; set its "
+                "depth_scale/depth_shift parameters (a per-scene fit) or use network dpt_hybrid_nyu "
+                "(indoor) or dpt_hybrid_kitti (driving) for metres on depth/image"))
+
+    def _resolved(self, topic: str) -> str:
+        return self.resolve_topic_name(topic)
+
+    def _apply_parameters(self, values: Mapping[str, Any]) -> None:
+        self._settings = CloudSettings.from_values(values)
+        if self.pairing is not None:
+            self.pairing.timeout_s = self._settings.sync_timeout
+
+    def _camera_for(self, stamp: StampKey) -> Any:
+        info = self._infos.get(CAMERA_INFO, stamp)
+        return info if info is not None else self._infos.latest(CAMERA_INFO)
+
+    def _publish_from_messages(self, frame: PairedFrame) -> None:
+        info = self._camera_for(frame.stamp)
+        if info is None:
+            self.stats.dropped += 1
+            self.warnings.warn(CAMERA_INFO, (
+                f"no cloud for depth frame {frame.stamp}: no usable CameraInfo received yet on "
+                f"{self._info_sub.topic_name}"))
+            return
+
+        def build(paired: PairedFrame) -> None:
+            depth_msg = paired.depth
+            depth_m = depth_in_metres(depth_msg)
+            camera = CameraModel.from_camera_info(info)
+            shape = depth_m.shape
+            rgb = self._decoded(paired, COLOR, lambda msg: aligned(image_to_rgb(msg), shape, False))
+            labels = self._decoded(paired, LABELS, lambda msg: aligned(labels_array(msg), shape, True))
+            if not np.isfinite(depth_m).any():
+                self.warnings.warn("no_depth", f"depth frame {paired.stamp} has no finite depth values")
+            self.build_and_publish(depth_m, camera, depth_msg.header, rgb=rgb, labels=labels)
+
+        self.publish_paired(frame, build)
+
+    def _decoded(self, frame: PairedFrame, stream: str, decode: Callable[[Any], np.ndarray]
+                 ) -> np.ndarray | None:
+        """The decoded ``stream`` item of the frame; None (with a warning) if absent or unusable."""
+        msg = frame.items.get(stream)
         if msg is None:
             return None
         try:
             return decode(msg)
         except (ImageFormatError, ValueError) as error:
-            self.warnings.warn(f"bad_{stream}",
-                               f"publishing frame {stamp} without {stream}: {error}")
+            self.warnings.warn(f"bad_{stream}", f"publishing frame {frame.stamp} without {stream}: {error}")
             return None
+
+
+def make_pairing(streams: list[str], values: Mapping[str, Any]) -> FramePairing:
+    """The cloud's pairing of depth with ``streams``, sized by the node's parameters."""
+    return FramePairing(streams, timeout_s=values["sync_timeout"], max_items=values["sync_queue_size"])
+
+
+def describe_missing(frame: PairedFrame) -> str:
+    """``without labels (reason), colour (reason)`` for a log line."""
+    return "without " + ", ".join(f"{stream} ({reason})" for stream, reason in frame.missing.items())
 
 
 def depth_in_metres(msg: Any) -> np.ndarray:

@@ -5,16 +5,23 @@ Subscribes (relative names, remappable):
   patterns), or ``image/compressed`` (sensor_msgs/CompressedImage) with ``compressed:=true``;
   ``camera_info`` (sensor_msgs/CameraInfo), matched to the image by exact stamp (else the latest).
 Publishes, each with the input image's header:
-  ``depth/image`` (32FC1). **Metric networks** (``dpt_hybrid_nyu``, ``dpt_hybrid_kitti``): metres
-  (REP 118). **MiDaS networks** (``dpt_*_midas``): *relative inverse depth* — larger is nearer,
-  unknown scale and shift, not metres — unless ``depth_scale`` > 0, which turns it into metres by
-  ``1 / (depth_scale·d + depth_shift)`` (a per-scene fit on inverse depth).
+  ``depth/image`` (32FC1, **metres**, REP 118) — from the metric networks (``dpt_hybrid_nyu``, the
+  default: indoor scenes; ``dpt_hybrid_kitti``: driving scenes), or from a MiDaS network given a
+  per-scene fit ``depth_scale`` > 0 / ``depth_shift`` (``1 / (depth_scale·d + depth_shift)``).
+  ``depth/relative_inverse`` (32FC1) — instead of ``depth/image`` for a MiDaS network without a fit:
+  *relative inverse depth*, larger is nearer, no unit. Nothing that expects metres is fed with it.
   ``depth/camera_info`` — the camera's CameraInfo with the image's header, so
   ``depth_image_proc`` and RViz's DepthCloud can use ``depth/image``; a CameraInfo of another size
   than the image is rescaled to it (``k``, ``p``, width, height; throttled warning); not published
   while no camera_info has arrived (depth still is, with a throttled warning).
   ``depth/colored`` (rgb8) — the depth through a colour map, near = low end, with a range that
   follows the scene slowly (:class:`~dense_perception.pipeline.colormap.StableRange`).
+  ``depth/frame_started`` (std_msgs/Header) — the header of each image as depth starts on it, so that
+  the ``seg`` and ``cloud`` nodes keep (and segment) that frame: every cloud gets its labels
+  (:mod:`dense_perception.pipeline.pairing`).
+A camera_info is checked when it arrives (positive size, finite focal lengths of a sane field of view,
+a principal point on the image, :func:`~dense_perception.pipeline.cloud.check_camera`); a bad one is
+rejected with the reason and the last good one stays in use.
 ``/diagnostics`` — frame rate, latency, dropped/rejected/failed frames.
 """
 from __future__ import annotations
@@ -26,24 +33,33 @@ from typing import Any
 
 import numpy as np
 from sensor_msgs.msg import CameraInfo, Image
+from std_msgs.msg import Header
 
 from ..api import DepthEstimator, DepthResult
+from ..defaults import DEFAULT_DEPTH_NETWORK
 from ..networks.registry import available_networks
+from ..pipeline.cloud import CameraModel
 from ..pipeline.colormap import COLORMAPS, StableRange, colorize_depth
-from .inference_node import INPUT_SIZE, InferenceNode, Listeners, predictor_options
+from .inference_node import INPUT_SIZE, Frame, InferenceNode, Listeners, predictor_options
 from .messages import camera_info_for_image, copy_header, to_image_msg
 from .params import ParamSpec
 from .runtime import run_node
 from .sync import StampMatcher, stamp_key
 
 CAMERA_INFO = "camera_info"
+#: Where depth goes: metres (REP 118) or, for a relative network without a fit, relative inverse depth.
+METRIC_TOPIC, RELATIVE_TOPIC = "depth/image", "depth/relative_inverse"
+#: The header of each image as depth starts on it (see the module docstring).
+FRAME_STARTED_TOPIC = "depth/frame_started"
 
 DEPTH_PARAMETERS: tuple[ParamSpec, ...] = (
-    ParamSpec("network", "dpt_hybrid_midas", "DPT network: MiDaS ones give relative inverse depth, "
-              "nyu/kitti ones metres", read_only=True,
+    ParamSpec("network", DEFAULT_DEPTH_NETWORK, "DPT network: dpt_hybrid_nyu (metres, indoor), "
+              "dpt_hybrid_kitti (metres, driving), dpt_*_midas (relative inverse depth on "
+              "depth/relative_inverse, any scene)", read_only=True,
               choices=tuple(available_networks("depth"))),
     ParamSpec("depth_scale", 0.0, "MiDaS networks: scale of a per-scene fit on inverse depth; > 0 "
-              "publishes metres = 1 / (depth_scale*d + depth_shift); 0 = relative inverse depth",
+              "publishes metres = 1 / (depth_scale*d + depth_shift) on depth/image; 0 = relative "
+              "inverse depth on depth/relative_inverse",
               read_only=True, minimum=0.0, maximum=1.0e9),
     ParamSpec("depth_shift", 0.0, "MiDaS networks: shift of that fit (used when depth_scale > 0)",
               read_only=True, minimum=-1.0e9, maximum=1.0e9),
@@ -87,14 +103,22 @@ class DepthNode(InferenceNode):
         self._color: DepthColor
         super().__init__(node_name, DEPTH_PARAMETERS, DEPTH_LISTS, **kwargs)
         self.listeners: Listeners[DepthFrame] = Listeners()
+        #: told of each frame as depth starts on it (the one-process composition)
+        self.started_listeners: Listeners[Frame] = Listeners()
+        #: camera_info messages rejected (and why: the throttled warning "camera_info_rejected")
+        self.camera_infos_rejected = 0
         self._info_lock = threading.Lock()
         self._infos = StampMatcher([CAMERA_INFO],
                                    capacity=self.get_parameter("camera_info_queue_size").value)
         self.info_sub = self.create_subscription(
             CameraInfo, "camera_info", self._on_camera_info, self.input_qos)
-        self.depth_pub = self.create_publisher(Image, "depth/image", self.output_qos)
-        self.info_pub = self.create_publisher(CameraInfo, "depth/camera_info", self.output_qos)
-        self.colored_pub = self.create_publisher(Image, "depth/colored", self.output_qos)
+        #: ``depth/image`` (metres) or ``depth/relative_inverse``: never relative values as metres
+        self.depth_topic = RELATIVE_TOPIC if self.relative else METRIC_TOPIC
+        self.depth_pub = self.output_publisher(Image, self.depth_topic)
+        self.get_logger().info(self.output_line())
+        self.info_pub = self.output_publisher(CameraInfo, "depth/camera_info")
+        self.colored_pub = self.output_publisher(Image, "depth/colored")
+        self.started_pub = self.output_publisher(Header, FRAME_STARTED_TOPIC)
 
     # -- InferenceNode hooks ----------------------------------------------------------------------
 
@@ -104,14 +128,22 @@ class DepthNode(InferenceNode):
             values["network"], depth_scale=values["depth_scale"] if fitted else None,
             depth_shift=values["depth_shift"] if fitted else None, **predictor_options(values))
 
+    @property
+    def predictor(self) -> DepthEstimator:
+        return self.estimator
+
     def apply_parameters(self, values: Mapping[str, Any]) -> None:
         self._color = DepthColor(values["colormap"], values["publish_colored"], StableRange(
             alpha=values["color_range_alpha"], inverse=self.relative))
 
+    def frame_started(self, frame: Frame) -> None:
+        self.publish(self.started_pub, copy_header(frame.msg.header))
+        self.started_listeners.emit(frame)
+
     def process(self, rgb: np.ndarray, header: Any) -> None:
         result = self.estimator.predict(rgb)
         out_header = copy_header(header)
-        self.depth_pub.publish(to_image_msg(result.depth, "32FC1", out_header))
+        self.publish(self.depth_pub, to_image_msg(result.depth, "32FC1", out_header))
         info = self._camera_info_for(header)
         if info is not None:
             height, width = result.depth.shape
@@ -120,33 +152,54 @@ class DepthNode(InferenceNode):
                 self.warnings.warn("camera_info_size", (
                     f"CameraInfo on {self.info_sub.topic_name} is {info.width}x{info.height}, the image "
                     f"{width}x{height}: depth/camera_info is rescaled to the image"))
-            self.info_pub.publish(published)
+            self.publish(self.info_pub, published)
             info = published
         else:
             self.warnings.warn(CAMERA_INFO, (
-                f"no CameraInfo received on {self.info_sub.topic_name}: publishing depth without "
-                "depth/camera_info"))
+                f"no usable CameraInfo received on {self.info_sub.topic_name}: publishing depth "
+                "without depth/camera_info"))
         color = self._color
         if color.publish:
             vmin, vmax = color.range.update(result.depth)
             colored = colorize_depth(result.depth, vmin, vmax, color.colormap,
                                      inverse=color.range.inverse)
-            self.colored_pub.publish(to_image_msg(colored, "rgb8", out_header))
+            self.publish(self.colored_pub, to_image_msg(colored, "rgb8", out_header))
         self.listeners.emit(DepthFrame(out_header, rgb, result, info))
 
     def diagnostic_values(self) -> dict[str, Any]:
         return {"network": self.estimator.network, "backend": self.estimator.backend,
                 "output": "relative inverse depth" if self.relative else "metres",
+                "output topic": self.depth_pub.topic_name,
+                "camera_info rejected": self.camera_infos_rejected,
                 "untrained": self.estimator.untrained}
 
     # -- camera_info ------------------------------------------------------------------------------
 
     @property
     def relative(self) -> bool:
-        """True when ``depth/image`` holds relative inverse depth rather than metres."""
-        return not self.estimator.output.is_metric and self.estimator.depth_scale is None
+        """True when the output is relative inverse depth (published on ``depth/relative_inverse``)."""
+        return not self.estimator.output.is_metric
+
+    def output_line(self) -> str:
+        """One line saying what the depth output means and where it goes (logged at start)."""
+        if self.relative:
+            return (f"{self.estimator.network} gives relative inverse depth (no unit): publishing it on "
+                    f"{self.depth_pub.topic_name}, not on depth/image (metres); no point cloud can be "
+                    "made from it. For metres set depth_scale/depth_shift (a per-scene fit) or use "
+                    "network dpt_hybrid_nyu (indoor) or dpt_hybrid_kitti (driving)")
+        return (f"{self.estimator.network}: {self.estimator.output.description}; publishing metres on "
+                f"{self.depth_pub.topic_name}")
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
+        """Keep a camera_info that describes a camera; reject others with the reason."""
+        try:
+            CameraModel.from_camera_info(msg)
+        except ValueError as error:
+            self.camera_infos_rejected += 1
+            self.warnings.warn("camera_info_rejected", (
+                f"rejected CameraInfo {stamp_key(msg.header.stamp)} on {self.info_sub.topic_name}: "
+                f"{error}; the last good one stays in use"))
+            return
         with self._info_lock:
             self._infos.add(CAMERA_INFO, stamp_key(msg.header.stamp), msg)
 

@@ -1,7 +1,9 @@
 """Frame-rate, latency and drop figures of the inference nodes, on ``/diagnostics`` and in the log.
 
 * :class:`FrameTiming` — latency and frame rate over the last frames (thread-safe).
-* :class:`FrameDiagnostics` — publishes ``/diagnostics`` (diagnostic_msgs/DiagnosticArray) from a
+* :class:`StatusPublisher` — publishes one node's DiagnosticStatus on ``/diagnostics``
+  (diagnostic_msgs/DiagnosticArray) periodically, from a function of the node's values.
+* :class:`FrameDiagnostics` — that status for an inference node, from a
   :class:`~dense_perception.ros.sync.LatestFrameWorker`'s counters and the timing, and a throttled
   one-line summary in the log.
 """
@@ -49,6 +51,37 @@ class FrameTiming:
         return fps, float(np.mean(latencies)), max(latencies)
 
 
+def status_message(node: Node, part: str, level: int, message: str, values: Mapping[str, Any],
+                   hardware_id: str = "") -> DiagnosticStatus:
+    """A DiagnosticStatus named ``<node>: <part>`` with ``values`` as strings."""
+    return DiagnosticStatus(
+        level=level, name=f"{node.get_fully_qualified_name()}: {part}", message=message,
+        hardware_id=hardware_id, values=[KeyValue(key=key, value=str(value)) for key, value in values.items()])
+
+
+class StatusPublisher:
+    """Publishes ``status()`` on ``/diagnostics`` every ``period_s`` seconds (nothing once the node
+    closes: see :class:`~dense_perception.ros.runtime.ClosingNode`)."""
+
+    def __init__(self, node: Node, status: Callable[[], DiagnosticStatus], period_s: float) -> None:
+        self._node, self._status = node, status
+        self.publisher = node.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, 10)
+        self._timer = node.create_timer(period_s, self.publish)
+        #: the last status published
+        self.last: DiagnosticStatus | None = None
+
+    def publish(self) -> None:
+        status = self._status()
+        array = DiagnosticArray(status=[status])
+        array.header.stamp = self._node.get_clock().now().to_msg()
+        publish = getattr(self._node, "publish", None)
+        if publish is not None:
+            publish(self.publisher, array)
+        else:
+            self.publisher.publish(array)
+        self.last = status
+
+
 class FrameDiagnostics:
     """``/diagnostics`` and a throttled log line for one node's latest-frame worker."""
 
@@ -62,8 +95,7 @@ class FrameDiagnostics:
         self._last_failed = 0
         #: problems counted by the node itself (bad input), beside the worker's counters
         self.rejected = 0
-        self.publisher = node.create_publisher(DiagnosticArray, DIAGNOSTICS_TOPIC, 10)
-        self._timer = node.create_timer(period_s, self.publish)
+        self._publisher = StatusPublisher(node, self._status_and_log, period_s)
 
     def status(self) -> DiagnosticStatus:
         """The node's DiagnosticStatus now: counters, timing and the node's own values."""
@@ -78,11 +110,8 @@ class FrameDiagnostics:
         failing = worker.failed > self._last_failed
         self._last_failed = worker.failed
         level = DiagnosticStatus.WARN if failing or values.get("untrained") else DiagnosticStatus.OK
-        message = self.summary_line(fps, mean_latency, max_latency)
-        return DiagnosticStatus(
-            level=level, name=f"{self._node.get_fully_qualified_name()}: inference",
-            message=message, hardware_id=self._hardware_id,
-            values=[KeyValue(key=key, value=str(value)) for key, value in values.items()])
+        return status_message(self._node, "inference", level,
+                              self.summary_line(fps, mean_latency, max_latency), values, self._hardware_id)
 
     def summary_line(self, fps: float, mean_latency: float, max_latency: float) -> str:
         worker = self._worker
@@ -91,12 +120,15 @@ class FrameDiagnostics:
                 f"rejected, {worker.failed} failed of {worker.submitted} received")
 
     def publish(self) -> None:
-        """Publish the status; log the summary line at most once per ``log_period_s``."""
+        """Publish the status now (the timer does it every period)."""
+        self._publisher.publish()
+
+    def _status_and_log(self) -> DiagnosticStatus:
+        """The status; also the summary line in the log at most once per ``log_period_s``."""
         status = self.status()
-        array = DiagnosticArray(status=[status])
-        array.header.stamp = self._node.get_clock().now().to_msg()
-        self.publisher.publish(array)
         now = time.monotonic()
-        if now - self._last_log >= self._log_period_s and self._worker.submitted:
+        if (now - self._last_log >= self._log_period_s and self._worker.submitted
+                and not getattr(self._node, "closing", False)):
             self._last_log = now
             self._node.get_logger().info(status.message)
+        return status

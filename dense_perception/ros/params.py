@@ -6,6 +6,9 @@ with a ``ParameterDescriptor`` (type, description, integer/float range, read-onl
 builds the on-set-parameters callback: rclpy itself rejects a wrong type, an out-of-range number or
 a read-only parameter; the callback adds the checks a descriptor cannot express (string choices,
 relations between parameters) and answers ``SetParametersResult(successful=False, reason=...)``.
+:func:`add_parameter_callbacks` installs the check and the "apply the new values" step on Jazzy
+(post-set callback) and on Humble (which has no post-set callback: the values are applied from the
+on-set callback once they passed, just before rclpy stores them).
 """
 from __future__ import annotations
 
@@ -137,6 +140,32 @@ def make_validator(node: Node, specs: Sequence[ParamSpec], cross_check: CrossChe
         return SetParametersResult(successful=True)
 
     return validate
+
+
+def add_parameter_callbacks(node: Node, specs: Sequence[ParamSpec],
+                            apply: Callable[[Mapping[str, Any]], None],
+                            cross_check: CrossCheck | None = None) -> None:
+    """Validate parameter changes (:func:`make_validator`) and then ``apply(values)`` with every value
+    of ``specs`` as it is after the change; works with Humble's rclpy and with Iron and later.
+
+    Iron and later: ``apply`` runs in the post-set callback. Humble has none: ``apply`` runs at the
+    end of the on-set callback with the candidate values, once they passed every check (rclpy then
+    stores them; no other on-set callback of this node can veto them)."""
+    validate = make_validator(node, specs, cross_check)
+    names = {spec.name for spec in specs}
+    if hasattr(node, "add_post_set_parameters_callback"):
+        node.add_on_set_parameters_callback(validate)
+        node.add_post_set_parameters_callback(lambda _changed: apply(current_values(node, specs)))
+        return
+
+    def validate_then_apply(parameters: list[Parameter]) -> SetParametersResult:
+        result = validate(parameters)
+        changes = {p.name: p.value for p in parameters if p.name in names}
+        if result.successful and changes:
+            apply({**current_values(node, specs), **changes})
+        return result
+
+    node.add_on_set_parameters_callback(validate_then_apply)
 
 
 def current_values(node: Node, specs: Iterable[ParamSpec]) -> dict[str, Any]:

@@ -7,132 +7,100 @@ no serialisation round trip, and the cloud node's own topic subscriptions are re
 
     perception [--depth true|false] [--seg true|false] [--cloud true|false] [--ros-args ...]
 
-Pairing: both inference nodes process frames in arrival order, each on its own latest-frame
-worker, so they may skip different frames. A depth frame is published with the labels of the same
-stamp; it waits for them at most the cloud node's ``sync_timeout``, and goes without them (or is
-dropped, ``publish_incomplete:=false``) once that passes or once newer labels show that the seg
-node skipped its frame. Without ``seg`` (or with ``use_labels:=false``) nothing waits. The cloud
-needs metres: with a MiDaS network, set ``depth_scale``/``depth_shift`` on ``depth``. With ``depth``
-off, ``cloud`` runs on its topics as the standalone node does.
+Pairing: depth tells the seg node which frame it starts on, and the seg node segments that frame
+first (before the newest one), so both results exist for every depth frame even though the nodes
+run at different rates. The depth and labels of that frame meet in a
+:class:`~dense_perception.pipeline.pairing.FramePairing` (the one the cloud node uses between
+processes) and become one cloud; when the seg node cannot segment the frame (it failed, or a newer
+depth frame came first) the cloud goes out without labels, counted with the reason on the cloud
+node's ``/diagnostics``. The cloud needs metres: with a MiDaS network, set
+``depth_scale``/``depth_shift`` on ``depth`` (the node says so once). With ``depth`` off, ``cloud``
+runs on its topics as the standalone node does.
 """
 from __future__ import annotations
 
 import argparse
-import threading
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
-import rclpy
-from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.utilities import remove_ros_args
 
 from ..pipeline.cloud import CameraModel
-from .cloud_node import CloudNode
+from ..pipeline.pairing import PairedFrame
+from .cloud_node import LABELS, CloudNode, make_pairing
 from .depth_node import DepthFrame, DepthNode
+from .inference_node import Frame
+from .runtime import run_nodes
 from .seg_node import SegFrame, SegNode
-from .sync import StampKey, StampMatcher, stamp_key
+from .sync import stamp_key
 
-#: How often a depth frame waiting for its labels is checked against ``sync_timeout``.
+#: How often depth frames waiting for their labels are checked for an expired wait.
 _SYNC_POLL_S = 0.02
-LABELS = "labels"
-
-
-@dataclass
-class _Pending:
-    frame: DepthFrame
-    stamp: StampKey
-    since: float  # time.monotonic() when it started waiting
 
 
 class InMemoryCloud:
     """Feeds a CloudNode from DepthNode (and SegNode) results in memory; see the module docstring.
 
-    The ``on_*`` methods run on the inference nodes' worker threads; one lock orders them.
+    The ``on_*`` methods run on the inference nodes' worker threads; the pairing is thread-safe.
     """
 
     def __init__(self, cloud: CloudNode, depth: DepthNode, seg: SegNode | None) -> None:
         self.cloud = cloud
+        self.seg = seg
         self._use_labels = seg is not None and cloud.get_parameter("use_labels").value
         self._use_color = cloud.get_parameter("use_color").value
-        self._lock = threading.Lock()
-        self._labels = StampMatcher([LABELS], capacity=cloud.get_parameter(
-            "sync_queue_size").value)
-        self._pending: _Pending | None = None
+        values = {name: cloud.get_parameter(name).value for name in ("sync_timeout", "sync_queue_size")}
+        # A frame whose labels are pending is released by them, or by the seg node giving up on it.
+        self.pairing = cloud.pairing = make_pairing([LABELS], values)
         depth.listeners.add(self.on_depth)
         if self._use_labels:
+            depth.started_listeners.add(self.on_depth_started)
             seg.listeners.add(self.on_labels)
+            seg.skipped_listeners.add(self.on_labels_skipped)
             self._timer = cloud.create_timer(_SYNC_POLL_S, self.flush_expired)
+
+    def on_depth_started(self, frame: Frame) -> None:
+        """Depth starts on ``frame``: keep its labels, and have the seg node segment it first."""
+        self.pairing.claim(frame.stamp)
+        self.seg.require(frame)
 
     def on_depth(self, frame: DepthFrame) -> None:
         """A depth frame: publish it with its labels, or let it wait for them."""
         if not frame.result.is_metric:
-            self.cloud.warnings.warn("relative_depth", (
-                "no cloud: depth is relative inverse depth (MiDaS network); set depth_scale and "
-                "depth_shift on the depth node to get metres"))
+            self.cloud.warnings.once("relative_depth", (
+                "no point cloud: the depth network gives relative inverse depth (MiDaS), which has no "
+                "unit; set depth_scale/depth_shift on the depth node (a per-scene fit) or use network "
+                "dpt_hybrid_nyu (indoor) or dpt_hybrid_kitti (driving) for metres"))
             return
         if frame.camera_info is None:
-            self.cloud.warnings.warn("camera_info", "no cloud: no camera_info received yet")
+            self.cloud.warnings.warn("camera_info", "no cloud: no usable camera_info received yet")
             return
-        stamp = stamp_key(frame.header.stamp)
-        with self._lock:
-            if self._pending is not None:  # a newer depth frame: the old one waited enough
-                self._resolve_incomplete()
-            labels = self._labels.get(LABELS, stamp)
-            newest = self._labels.stamps(LABELS)
-            labels_skipped = bool(newest) and max(newest) > stamp
-            if labels is not None or not self._use_labels or labels_skipped:
-                self._publish(frame, labels)
-            else:
-                self._pending = _Pending(frame, stamp, time.monotonic())
+        expected = [LABELS] if self._use_labels else []
+        self._publish_all(self.pairing.add_depth(stamp_key(frame.header.stamp), frame, expected))
 
     def on_labels(self, frame: SegFrame) -> None:
-        """Labels of a frame: complete the waiting depth frame, or keep them for it."""
-        stamp = stamp_key(frame.header.stamp)
-        with self._lock:
-            self._labels.add(LABELS, stamp, frame.result.labels)
-            pending = self._pending
-            if pending is None:
-                return
-            if pending.stamp == stamp:
-                self._pending = None
-                self._publish(pending.frame, frame.result.labels)
-            elif stamp > pending.stamp:  # the seg node skipped the pending frame
-                self._resolve_incomplete()
+        """Labels of a frame: complete the depth frame waiting for them, or keep them for it."""
+        self._publish_all(self.pairing.add(LABELS, stamp_key(frame.header.stamp), frame.result.labels))
+
+    def on_labels_skipped(self, skipped: tuple[Frame, str]) -> None:
+        """The seg node will not segment a frame: its depth frame goes without labels."""
+        frame, reason = skipped
+        self._publish_all(self.pairing.give_up(LABELS, frame.stamp, f"not segmented: {reason}"))
 
     def flush_expired(self) -> None:
-        """Timer: a depth frame that waited ``sync_timeout`` for its labels goes without them."""
-        with self._lock:
-            pending = self._pending
-            if pending is not None and (time.monotonic() - pending.since
-                                        >= self.cloud.settings.sync_timeout):
-                self._resolve_incomplete()
+        """Timer: depth frames that waited long enough for their labels go without them."""
+        self._publish_all(self.pairing.expire())
 
-    def _resolve_incomplete(self) -> None:
-        """Publish the pending frame without labels, or drop it (``publish_incomplete:=false``)."""
-        pending, self._pending = self._pending, None
-        if pending is None:
-            return
-        if self.cloud.settings.publish_incomplete:
-            self.cloud.stats.incomplete += 1
-            self._publish(pending.frame, None)
-        else:
-            self.cloud.stats.dropped += 1
-            self.cloud.warnings.warn("incomplete", (
-                f"dropped depth frame {pending.stamp}: no labels with its stamp "
-                "(publish_incomplete is false)"))
+    def _publish_all(self, frames: list[PairedFrame]) -> None:
+        for frame in frames:
+            self.cloud.publish_paired(frame, self._build)
 
-    def _publish(self, frame: DepthFrame, labels: Any) -> None:
-        try:
-            self.cloud.build_and_publish(
-                frame.result.depth, CameraModel.from_camera_info(frame.camera_info), frame.header,
-                rgb=frame.rgb if self._use_color else None, labels=labels)
-        except ValueError as error:
-            self.cloud.stats.rejected += 1
-            self.cloud.warnings.warn("bad_input", f"no cloud for {stamp_key(frame.header.stamp)}: "
-                                     f"{error}")
+    def _build(self, paired: PairedFrame) -> None:
+        frame: DepthFrame = paired.depth
+        self.cloud.build_and_publish(
+            frame.result.depth, CameraModel.from_camera_info(frame.camera_info), frame.header,
+            rgb=frame.rgb if self._use_color else None, labels=paired.items.get(LABELS))
 
 
 class Perception:
@@ -141,7 +109,8 @@ class Perception:
     def __init__(self, depth: bool = True, seg: bool = True, cloud: bool = True,
                  **node_kwargs: Any) -> None:
         self.depth = DepthNode(**node_kwargs) if depth else None
-        self.seg = SegNode(**node_kwargs) if seg else None
+        # With depth in this process, seg follows its frames in memory, not through the topic.
+        self.seg = SegNode(follow_topic=not depth, **node_kwargs) if seg else None
         # With depth in this process the cloud gets arrays in memory, not topics.
         self.cloud = CloudNode(subscribe=not depth, **node_kwargs) if cloud else None
         self.in_memory = (InMemoryCloud(self.cloud, self.depth, self.seg)
@@ -176,33 +145,14 @@ def parse_options(argv: Sequence[str]) -> argparse.Namespace:
 
 
 def main(args: list[str] | None = None) -> int:
-    """Entry point of the ``perception`` executable; exits 0 on Ctrl-C or SIGTERM."""
+    """Entry point of the ``perception`` executable; exits 0 on Ctrl-C or SIGTERM
+    (:func:`~dense_perception.ros.runtime.run_nodes`)."""
     import sys
 
     argv = sys.argv if args is None else args
     options = parse_options(remove_ros_args(args=list(argv))[1:])
-    rclpy.init(args=argv)
-    perception: Perception | None = None
-    executor = MultiThreadedExecutor(num_threads=2)
-    try:
-        perception = Perception(options.depth, options.seg, options.cloud)
-        for node in perception.nodes:
-            executor.add_node(node)
-        executor.spin()
-    except (KeyboardInterrupt, ExternalShutdownException):
-        pass
-    except Exception:
-        # SIGINT shuts the context down while the executor's threads wait; rclpy then raises
-        # RCLError ("context is not valid") instead of ExternalShutdownException. Only re-raise
-        # errors that happen while the context is still alive.
-        if rclpy.ok():
-            raise
-    finally:
-        executor.shutdown()
-        if perception is not None:
-            perception.destroy()
-        rclpy.try_shutdown()
-    return 0
+    return run_nodes(lambda: Perception(options.depth, options.seg, options.cloud).nodes, argv,
+                     threads=2)
 
 
 if __name__ == "__main__":

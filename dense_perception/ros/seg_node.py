@@ -1,5 +1,7 @@
-"""The ``seg`` node: semantic segmentation with EDAFormer and live ISR
-(:class:`dense_perception.api.Segmenter`).
+"""The ``seg`` node: semantic segmentation with any registered segmenter (``network``: EDAFormer,
+SegFormer, PVTv2/PVT, HRViT, ViT-CoMer) and live ISR where the network has it
+(:class:`dense_perception.api.Segmenter`). Class names and palette are the network's dataset's (or the
+checkpoint's own); ``inference`` runs the network's official test mode, whole-image or sliding windows.
 
 Subscribes ``image`` (any encoding :mod:`dense_perception.io.images` reads), or
 ``image/compressed`` with ``compressed:=true``. Publishes, each with the input image's header:
@@ -9,12 +11,21 @@ Subscribes ``image`` (any encoding :mod:`dense_perception.io.images` reads), or
   vision_msgs is installed. The names are always also the read-only ``class_names`` parameter.
 ``/diagnostics`` — frame rate, latency, dropped frames and the ISR setting in use.
 
-ISR (Inference Spatial Reduction) is dynamic: ``isr_ratio`` (k multiplies every training pooling
-ratio), or explicit ``isr_encoder`` / ``isr_decoder`` in the paper's notation (e.g. [16,8,2,1] and
-[2,4,8], decoder listed c4, c3, c2); empty (or [0], which ``ros2 param set`` can send) = from
-``isr_ratio``. A setting whose pooling exceeds a feature map is rejected with the reason — at the
+ISR (Inference Spatial Reduction) is dynamic: ``isr_ratio`` (k multiplies every training key/value
+ratio the network can reduce: SegFormer's stage 4 has no reduction path and stays 1, so 2 serves
+[16,8,4,1]), or explicit ``isr_encoder`` / ``isr_decoder`` in the paper's notation (e.g. [16,8,2,1] and
+[2,4,8], decoder listed c4, c3, c2; EDAFormer only); empty (or [0], which ``ros2 param set`` can send) =
+from ``isr_ratio``. Settings the network cannot express are rejected with the reason, and networks
+without ISR (HRViT, ViT-CoMer) accept only ``isr_ratio`` 1 ("ISR does not apply to ..."). A setting whose pooling exceeds a feature map is rejected with the reason -- at the
 fixed ``input_size`` if set, else at the last image's network size. A change applies from the next
-frame on.
+frame on. The state lives in the segmenter's :class:`~dense_perception.isr_control.ISRControl`; every
+change is logged, and ``/diagnostics`` shows what is asked and what serves. The parameters always
+say what serves once a change settles: a setting whose engine fails to build, or that does not fit
+a new image size (the nearest setting that fits serves then), is written back to the parameters
+with the reason in the log.
+
+Frames named on ``depth/frame_started`` (the depth node's claims) are segmented first, so that the
+cloud of every depth frame gets its labels (``follow_depth_frames``).
 """
 from __future__ import annotations
 
@@ -30,13 +41,16 @@ from sensor_msgs.msg import Image
 from std_msgs.msg import Header
 
 from ..api import SegmentationResult, Segmenter
-from ..networks.isr import ISRSetting
-from ..networks.registry import available_networks
+from ..defaults import DEFAULT_SEG_NETWORK
+from ..isr_control import ISREvent
+from ..networks.isr import EDAFORMER_ISR, ISRScheme, ISRSetting
+from ..networks.registry import INFERENCE_MODES, available_networks
 from ..pipeline.colormap import colorize_labels, overlay
-from .inference_node import INPUT_SIZE, InferenceNode, Listeners, optional_size, predictor_options
+from .inference_node import INPUT_SIZE, Frame, InferenceNode, Listeners, optional_size, predictor_options
 from .messages import copy_header, to_image_msg
 from .params import ParamSpec
 from .runtime import run_node
+from .sync import stamp_key
 
 try:  # not on the Python package registries; every ROS desktop install has it
     from vision_msgs.msg import LabelInfo, VisionClass
@@ -44,8 +58,12 @@ except ImportError:  # pragma: no cover - depends on the installation
     LabelInfo = VisionClass = None
 
 SEG_PARAMETERS: tuple[ParamSpec, ...] = (
-    ParamSpec("network", "edaformer_t_ade20k", "EDAFormer network (size t/b, dataset)",
+    ParamSpec("network", DEFAULT_SEG_NETWORK, "Segmentation network (EDAFormer, SegFormer, PVTv2/PVT, HRViT, "
+              "ViT-CoMer; variant and dataset in the name)",
               read_only=True, choices=tuple(available_networks("segmentation"))),
+    ParamSpec("inference", "official", "official: the network's official test mode (sliding windows for "
+              "Cityscapes networks and ViT-CoMer, else whole-image); whole: one forward per image (fast); "
+              "slide: the network's sliding windows", read_only=True, choices=("official",) + INFERENCE_MODES),
     ParamSpec("label_mode", "official", "official: logits resized to the image, then argmax; "
               "fast: argmax at network resolution, labels resized (nearest)", read_only=True,
               choices=("official", "fast")),
@@ -53,7 +71,11 @@ SEG_PARAMETERS: tuple[ParamSpec, ...] = (
               "(1 = training ratios; larger = faster, coarser attention)", minimum=1, maximum=64),
     ParamSpec("overlay_alpha", 0.5, "Weight of the palette colours over the image in seg/colored",
               minimum=0.0, maximum=1.0),
+    ParamSpec("follow_depth_frames", True, "Segment the frames the depth node starts on first "
+              "(depth/frame_started), so every point cloud gets its labels", read_only=True),
 )
+#: The depth node's claims (std_msgs/Header of each image as depth starts on it).
+FRAME_STARTED_TOPIC = "depth/frame_started"
 ISR_LISTS: tuple[ParamSpec, ...] = (
     ParamSpec("isr_encoder", [], "ISR: effective pooling ratios of encoder stages 1-4, e.g. "
               "[16, 8, 2, 1]; empty or [0] = from isr_ratio",
@@ -85,20 +107,23 @@ class SegFrame:
 
 @dataclass(frozen=True)
 class SegSettings:
-    """The dynamic parameters, swapped as a whole."""
+    """The dynamic colour parameters, swapped as a whole."""
 
-    isr: ISRSetting
     publish_colored: bool
     overlay_alpha: float
 
 
-def isr_from_values(values: Mapping[str, Any]) -> ISRSetting:
-    """The ISR setting the parameters ask for (``ValueError`` with the reason if invalid)."""
+def isr_from_values(values: Mapping[str, Any], scheme: ISRScheme | None = EDAFORMER_ISR) -> ISRSetting | int | None:
+    """The ISR setting the parameters ask for, of the network's ``scheme`` (``ValueError`` with the
+    reason if it cannot express it). Without a scheme (no ISR) what was asked is returned as it is --
+    the ratio, or the explicit ratios as a setting -- for the network to refuse unless ratio 1."""
     def explicit(ratios: Sequence[int]) -> list[int] | None:
         return None if len(ratios) == 0 or list(ratios) == [0] else list(ratios)
 
-    return ISRSetting.make(values["isr_ratio"], explicit(values["isr_encoder"]),
-                           explicit(values["isr_decoder"]))
+    encoder, decoder = explicit(values["isr_encoder"]), explicit(values["isr_decoder"])
+    if scheme is None:
+        return ISRSetting(encoder or (), decoder or ()) if encoder or decoder else values["isr_ratio"]
+    return scheme.make(values["isr_ratio"], encoder, decoder)
 
 
 def label_info_message(names: Sequence[str], header: Any) -> Any:
@@ -112,32 +137,56 @@ def label_info_message(names: Sequence[str], header: Any) -> Any:
 class SegNode(InferenceNode):
     """``image`` → ``seg/labels``, ``seg/colored``, ``seg/label_info``; see the module docstring."""
 
-    def __init__(self, node_name: str = "seg", **kwargs: Any) -> None:
+    def __init__(self, node_name: str = "seg", follow_topic: bool = True, **kwargs: Any) -> None:
+        """``follow_topic=False``: no ``depth/frame_started`` subscription -- the one-process
+        ``perception`` executable calls :meth:`require` with the depth node's frames instead."""
         self.segmenter: Segmenter
         self._settings: SegSettings
+        self._writing_isr = False  # the node writes the ISR parameters itself (governor, fallback)
         super().__init__(node_name, SEG_PARAMETERS, SEG_LISTS, **kwargs)
         self.listeners: Listeners[SegFrame] = Listeners()
+        #: told of each required frame that was not segmented, with the reason
+        self.skipped_listeners: Listeners[tuple[Frame, str]] = Listeners()
+        if self.segmenter.isr_control is not None:
+            self.segmenter.isr_control.listeners.append(self._on_isr_event)
+        self.frames_sub = None
+        if follow_topic and self.get_parameter("follow_depth_frames").value:
+            self.frames_sub = self.create_subscription(
+                Header, FRAME_STARTED_TOPIC, self._on_frame_started, self.input_qos)
         self.declare_parameter(CLASS_NAMES.name, list(self.segmenter.class_names),
                                CLASS_NAMES.descriptor(), ignore_override=True)
-        self.labels_pub = self.create_publisher(Image, "seg/labels", self.output_qos)
-        self.colored_pub = self.create_publisher(Image, "seg/colored", self.output_qos)
+        self.labels_pub = self.output_publisher(Image, "seg/labels")
+        self.colored_pub = self.output_publisher(Image, "seg/colored")
         self.label_info_pub = None
         if LabelInfo is not None:
             self.label_info_pub = self.create_publisher(LabelInfo, "seg/label_info", LABEL_INFO_QOS)
             header = Header(stamp=self.get_clock().now().to_msg())
-            self.label_info_pub.publish(label_info_message(self.segmenter.class_names, header))
+            self.publish(self.label_info_pub, label_info_message(self.segmenter.class_names, header))
 
     # -- InferenceNode hooks ----------------------------------------------------------------------
 
     def build(self, values: Mapping[str, Any]) -> None:
-        self.segmenter = Segmenter(values["network"], label_mode=values["label_mode"], **predictor_options(values))
+        inference = None if values["inference"] == "official" else values["inference"]
+        self.segmenter = Segmenter(values["network"], label_mode=values["label_mode"], inference=inference,
+                                   **predictor_options(values))
+
+    @property
+    def predictor(self) -> Segmenter:
+        return self.segmenter
 
     def check_parameters(self, values: Mapping[str, Any]) -> str | None:
-        """ISR values that make a setting, and whose pools fit the network's feature maps."""
+        """ISR values that make a setting, and whose pools fit the network's feature maps; no ISR
+        change by hand while a frame budget chooses it."""
         try:
-            setting = isr_from_values(values)
+            setting = isr_from_values(values, self.segmenter.isr_scheme)
+            if not self.segmenter.has_isr:
+                self.segmenter.set_isr(setting)  # a no-op for ratio 1; the reason otherwise
+                return None
         except ValueError as error:
             return str(error)
+        if values["frame_budget_ms"] > 0 and not self._writing_isr and self._isr_values_change(values):
+            return ("frame_budget_ms is set: the frame budget chooses the ISR setting; set "
+                    "frame_budget_ms to 0 to choose it yourself")
         size = optional_size(values["input_size"]) or self.last_image_size
         if size is None:
             return None  # no image yet: checked against the first frame (see process)
@@ -148,57 +197,93 @@ class SegNode(InferenceNode):
             return f"{error} ({where}; try a smaller isr_ratio)"
         return None
 
+    def _isr_values_change(self, values: Mapping[str, Any]) -> bool:
+        """True when ``values`` change an ISR parameter (compared with the node's current ones)."""
+        names = ("isr_ratio", "isr_encoder", "isr_decoder")
+        if not all(self.has_parameter(name) for name in names):
+            return False  # still declaring
+        return any(list(np.atleast_1d(values[name])) != list(np.atleast_1d(self.get_parameter(name).value))
+                   for name in names)
+
     def apply_parameters(self, values: Mapping[str, Any]) -> None:
-        self._settings = SegSettings(isr_from_values(values), values["publish_colored"],
-                                     values["overlay_alpha"])
+        self._settings = SegSettings(values["publish_colored"], values["overlay_alpha"])
+        control = self.segmenter.isr_control
+        if control is None:
+            return  # no ISR: only ratio 1 passed the check
+        setting = isr_from_values(values, control.scheme)
+        if setting != control.state.requested:
+            try:
+                self.segmenter.set_isr(setting)
+            except ValueError as error:  # checked already; only a new image size can get here
+                self.warnings.warn("isr", f"ISR {control.scheme.text(setting)} not taken: {error}")
 
     def process(self, rgb: np.ndarray, header: Any) -> None:
         settings = self._settings
-        self._switch_isr(settings.isr, rgb.shape[0], rgb.shape[1])
         result = self.segmenter.predict(rgb)
         out_header = copy_header(header)
         labels = result.labels
-        self.labels_pub.publish(to_image_msg(labels, LABEL_ENCODINGS[labels.dtype], out_header))
+        self.publish(self.labels_pub, to_image_msg(labels, LABEL_ENCODINGS[labels.dtype], out_header))
         if settings.publish_colored:
             colored = overlay(rgb, colorize_labels(labels, self.segmenter.palette),
                               settings.overlay_alpha)
-            self.colored_pub.publish(to_image_msg(colored, "rgb8", out_header))
+            self.publish(self.colored_pub, to_image_msg(colored, "rgb8", out_header))
         self.listeners.emit(SegFrame(out_header, rgb, result))
 
+    def frame_skipped(self, frame: Frame, reason: str) -> None:
+        self.skipped_listeners.emit((frame, reason))
+
     def diagnostic_values(self) -> dict[str, Any]:
-        return {"network": self.segmenter.network, "backend": self.segmenter.backend,
-                "isr": str(self.segmenter.isr), "classes": len(self.segmenter.class_names),
-                "untrained": self.segmenter.untrained}
+        seg = self.segmenter
+        isr = {"isr": "does not apply"}
+        if seg.isr_control is not None:
+            state = seg.isr_control.state
+            isr = {"isr": state.text(state.served), **state.describe()}
+        return {"network": seg.network, "backend": seg.backend, "inference": seg.inference.mode, **isr,
+                "classes": len(seg.class_names), "untrained": seg.untrained}
+
+    # -- depth's frames ---------------------------------------------------------------------------
+
+    def _on_frame_started(self, header: Header) -> None:
+        """A frame the depth node started on: segment it next (if it is still held)."""
+        if not self.closing and not self.require_stamp(stamp_key(header.stamp)):
+            self.warnings.warn("frame_gone", (
+                f"depth started on frame {stamp_key(header.stamp)}, which this node no longer holds: "
+                "its cloud will have no labels"))
 
     # -- ISR --------------------------------------------------------------------------------------
 
-    def _switch_isr(self, requested: ISRSetting, height: int, width: int) -> None:
-        """Worker thread: apply a requested ISR setting between frames, if it fits this image.
+    def _on_isr_event(self, event: ISREvent) -> None:
+        """Log every ISR change; keep the parameters equal to what serves once a change settles."""
+        if self.closing:
+            return
+        if event.kind == "failed" or (event.kind == "fallback" and event.state.fallback is not None):
+            self.get_logger().warning(event.message)
+        else:
+            self.get_logger().info(event.message)
+        if event.kind == "failed":
+            self._write_isr_parameters(event.state.requested, event.message)
+        elif event.kind == "fallback" and event.state.fallback_setting is not None:
+            self._write_isr_parameters(event.state.fallback_setting, event.message)
+        elif event.kind == "requested" and event.by == "governor":
+            self._write_isr_parameters(event.state.requested, event.message)
 
-        Fixed-shape backends (onnxruntime, tensorrt) build the new engine in the background and keep
-        serving the old one; when that build fails the parameters are reverted to the setting that
-        serves, with the reason in the log.
-        """
-        if requested == self.segmenter.isr:
-            return
-        status = self.segmenter.isr_status()
-        if status.error and status.pending is None and status.error.startswith(f"ISR {requested}:"):
-            self._revert_isr(status.serving or self.segmenter.isr, status.error)
-            return
+    def _write_isr_parameters(self, setting: ISRSetting | None, reason: str) -> None:
+        """Set the ISR parameters to ``setting`` (its explicit ratios; None, an adaptive training grid:
+        ``isr_ratio`` 1 and no explicit ratios)."""
+        if setting is None:
+            parameters = [Parameter("isr_ratio", value=1), Parameter("isr_encoder", value=[0]),
+                          Parameter("isr_decoder", value=[0])]
+        else:
+            parameters = [Parameter("isr_encoder", value=list(setting.encoder)),
+                          Parameter("isr_decoder", value=list(setting.decoder) or [0])]
+        self._writing_isr = True
         try:
-            self.segmenter.check_isr(requested, height, width)
-            self.segmenter.set_isr(requested)
-        except ValueError as error:
-            self.warnings.warn("isr", f"keeping ISR {self.segmenter.isr}: {error}")
-
-    def _revert_isr(self, serving: ISRSetting, reason: str) -> None:
-        """Set the ISR parameters back to the setting that serves (its explicit ratios)."""
-        self.warnings.warn("isr", f"reverting the ISR parameters to {serving}: {reason}")
-        results = self.set_parameters([Parameter("isr_encoder", value=list(serving.encoder)),
-                                       Parameter("isr_decoder", value=list(serving.decoder))])
-        for result in results:
-            if not result.successful:
-                self.warnings.warn("isr_revert", f"could not revert the ISR parameters: {result.reason}")
+            result = self.set_parameters_atomically(parameters)
+        finally:
+            self._writing_isr = False
+        if not result.successful:
+            self.warnings.warn("isr_revert", f"could not set the ISR parameters to {setting} "
+                               f"({reason}): {result.reason}")
 
 
 def main(args: list[str] | None = None) -> int:

@@ -93,30 +93,40 @@ class LatestFrameWorker(Generic[T]):
     """One background thread running ``handler`` on the newest submitted item.
 
     ``submit`` never blocks: it puts the item in a one-item slot, replacing (and counting as
-    dropped) an item the thread has not started yet. An exception from ``handler`` goes to
-    ``on_error`` (if given; it is counted in ``failed`` either way) and the thread goes on.
+    dropped) an item the thread has not started yet. ``require`` offers an item that goes before
+    the newest one (a frame that another node is computing too, so that both results exist for it);
+    a newer required item replaces an older one not yet started. An exception from ``handler`` goes
+    to ``on_error`` (if given; it is counted in ``failed`` either way) and the thread goes on.
+    ``on_skipped(item, reason)`` hears of every required item that was not handled (replaced,
+    failed, or dropped at stop) and of every failed item.
     """
 
     def __init__(self, handler: Callable[[T], None], name: str = "latest-frame-worker",
-                 on_error: Callable[[BaseException], None] | None = None) -> None:
+                 on_error: Callable[[BaseException], None] | None = None,
+                 on_skipped: Callable[[T, str], None] | None = None) -> None:
         self._handler = handler
         self._on_error = on_error
+        self._on_skipped = on_skipped
         self._condition = threading.Condition()
         self._slot: list[T] = []  # zero or one item
+        self._required: list[T] = []  # zero or one item, handled before the slot's
         self._busy = False
         self._stopping = False
         self.submitted = 0
         self.processed = 0
         self.dropped = 0
         self.failed = 0
+        #: required items that were replaced or dropped before they were handled
+        self.required_dropped = 0
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
         self._thread.start()
 
     def submit(self, item: T) -> bool:
-        """Offer ``item``; True if it replaced a waiting item (which is then dropped)."""
+        """Offer ``item``; True if it replaced a waiting item (which is then dropped).
+        After :meth:`stop` the item is dropped (False)."""
         with self._condition:
             if self._stopping:
-                raise RuntimeError("LatestFrameWorker is stopped")
+                return False
             replaced = bool(self._slot)
             self._slot[:] = [item]
             self.submitted += 1
@@ -124,18 +134,35 @@ class LatestFrameWorker(Generic[T]):
             self._condition.notify_all()
         return replaced
 
-    def wait_idle(self, timeout: float | None = None) -> bool:
-        """Wait until the slot is empty and no item is being handled; False on timeout."""
+    def require(self, item: T) -> None:
+        """Offer ``item`` to be handled next, before the newest submitted one."""
         with self._condition:
-            return self._condition.wait_for(lambda: not self._slot and not self._busy, timeout)
+            if self._stopping:
+                skipped = [item]
+            else:
+                skipped, self._required[:] = list(self._required), [item]
+                self.required_dropped += len(skipped)
+                self._condition.notify_all()
+        for old in skipped:
+            self._skipped(old, "a newer frame was required first")
 
-    def stop(self, timeout: float | None = 5.0) -> bool:
-        """Stop after the item being handled (a waiting one is dropped); False if still running."""
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Wait until the slots are empty and no item is being handled; False on timeout."""
+        with self._condition:
+            return self._condition.wait_for(
+                lambda: not self._slot and not self._required and not self._busy, timeout)
+
+    def stop(self, timeout: float | None = 1.0) -> bool:
+        """Stop after the item being handled (waiting ones are dropped); False if the handler
+        still runs after ``timeout`` (the thread is a daemon and ends with it)."""
         with self._condition:
             self._stopping = True
             self.dropped += len(self._slot)
             self._slot.clear()
+            skipped, self._required[:] = list(self._required), []
             self._condition.notify_all()
+        for item in skipped:
+            self._skipped(item, "the node is shutting down")
         if threading.current_thread() is not self._thread:
             self._thread.join(timeout)
         return not self._thread.is_alive()
@@ -144,19 +171,27 @@ class LatestFrameWorker(Generic[T]):
     def running(self) -> bool:
         return self._thread.is_alive()
 
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
     def __enter__(self) -> LatestFrameWorker[T]:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
+    def _skipped(self, item: T, reason: str) -> None:
+        if self._on_skipped is not None:
+            self._on_skipped(item, reason)
+
     def _run(self) -> None:
         while True:
             with self._condition:
-                self._condition.wait_for(lambda: self._slot or self._stopping)
+                self._condition.wait_for(lambda: self._slot or self._required or self._stopping)
                 if self._stopping:
                     return
-                item = self._slot.pop()
+                item = (self._required or self._slot).pop()
                 self._busy = True
             try:
                 self._handler(item)
@@ -165,6 +200,7 @@ class LatestFrameWorker(Generic[T]):
                 succeeded = False
                 if self._on_error is not None:
                     self._on_error(error)
+                self._skipped(item, f"{type(error).__name__}: {error}")
             with self._condition:
                 self._busy = False
                 self.processed += succeeded

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..blocks import ConvBNReLU
+from ..common import ConvModule
 
 #: Channels of the FPN outputs and of the head's scale branches (the official configs).
 FPN_CHANNELS = 256
@@ -65,7 +65,7 @@ def _scale_head(in_ch: int, channels: int, stride: int, base: int) -> nn.Sequent
     ``stride > base``."""
     layers: list[nn.Module] = []
     for k in range(max(1, int(math.log2(stride // base)))):
-        layers.append(ConvBNReLU(in_ch if k == 0 else channels, channels, 3))
+        layers.append(ConvModule(in_ch if k == 0 else channels, channels, 3))
         if stride > base:
             layers.append(Upsample2x())
     return nn.Sequential(*layers)

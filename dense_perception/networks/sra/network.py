@@ -2,7 +2,7 @@
 
 The interface is EDAFormer's, so the serving layers treat every family alike: ``net(x)`` → raw logits
 ``[B, classes, h1, w1]`` on the stage-1 grid (stride 4), ``num_classes``, ``forward_features`` (the four
-stage maps), and ISR through :class:`~..isr.ISRControl` (``isr``, ``set_isr``, ``check_isr``, ``isr_scheme``).
+stage maps), and ISR through :class:`~..isr.ISRInterface` (``isr``, ``set_isr``, ``check_isr``, ``isr_scheme``).
 """
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import torch
 from torch import nn
 
 from ..common import check_image_batch
-from ..isr import ISRControl, ISRScheme, ISRSetting
+from ..isr import ISRInterface, ISRScheme, ISRSetting
 from .backbones import SRABackbone
 
 
-class SRASegmenter(ISRControl, nn.Module):
+class SRASegmenter(ISRInterface, nn.Module):
     """``decode_head(neck(backbone(x)))``; the official module names ``backbone``, ``neck``, ``decode_head``.
 
     Args:

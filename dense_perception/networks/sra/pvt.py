@@ -9,7 +9,7 @@ from typing import Mapping
 
 from ..heads.semantic_fpn import FPN, FPNHead
 from ..isr import ISRScheme, conv_sra_scheme, linear_sra_scheme
-from ..registry import NetworkSpec, Preprocessing, manual_weights, register_networks
+from ..registry import Inference, NetworkSpec, Preprocessing, manual_weights, register_networks
 from .backbones import MixTransformer, PyramidVisionTransformer, SRABackbone, SRAConfig
 from .network import SRASegmenter
 
@@ -58,7 +58,7 @@ _PARAMETERS = {
     "pvt_tiny": 16_981_398, "pvt_small": 28_237_974, "pvt_medium": 47_960_214, "pvt_large": 65_121_430,
 }
 _ADE20K = dict(task="segmentation", dataset="ade20k", num_classes=ADE20K_CLASSES, input_size=(512, 512),
-               preprocessing=Preprocessing("mmseg", (2048, 512), 32))
+               preprocessing=Preprocessing("mmseg", (2048, 512), 32), inference=Inference.whole(512))
 
 
 def _pvt_v2_spec(variant: str) -> NetworkSpec:

@@ -12,9 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..blocks import ConvBNReLU, map_to_tokens, tokens_to_map
+from ..blocks import map_to_tokens, tokens_to_map
+from ..common import ConvModule
 from ..isr import conv_sra_scheme
-from ..registry import NetworkSpec, Preprocessing, manual_weights, register_networks
+from ..registry import Inference, NetworkSpec, Preprocessing, manual_weights, register_networks
 from .backbones import MixTransformer, SRAConfig
 from .network import SRASegmenter
 
@@ -55,7 +56,7 @@ class LinearProjection(nn.Module):
         return tokens_to_map(F.linear(map_to_tokens(x), weight, bias), x.shape[2], x.shape[3])
 
 
-class FuseConv(ConvBNReLU):
+class FuseConv(ConvModule):
     """``linear_fuse``: 1×1 conv (no bias) → BatchNorm → ReLU; ``convolved=True`` takes an input the conv
     has already been applied to (the head folds it into the per-level projections)."""
 
@@ -151,6 +152,8 @@ def _spec(variant: str, dataset: str) -> NetworkSpec:
         input_size=(side, side) if ade else (1024, 2048),
         preprocessing=Preprocessing("mmseg", (2048, side), 32) if ade else Preprocessing("mmseg", (2048, 1024)),
         isr=SEGFORMER_ISR,
+        # the official test modes (sra.md section 5): ADE20K whole-image, Cityscapes 1024x1024 windows
+        inference=Inference.whole(side) if ade else Inference.slide(1024, 768),
         weights=(manual_weights(
             name, 4 * _PARAMETERS[(variant, dataset)],
             f"NVlabs/SegFormer README: Google Drive / OneDrive folder (by hand); or the Hugging Face file of "
