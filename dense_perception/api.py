@@ -557,9 +557,10 @@ class Segmenter(_Predictor):
             return network_size
         return tuple(min(c, n) for c, n in zip(self.inference.crop, network_size))  # type: ignore[return-value]
 
-    def set_isr(self, ratio: int | ISRSetting | None = 1, encoder: Sequence[int] | None = None,
+    def set_isr(self, ratio: int | str | ISRSetting | None = 1, encoder: Sequence[int] | None = None,
                 decoder: Sequence[int] | None = None) -> ISRSetting | None:
-        """Ask for an ISR setting. Settings the network cannot run, and pools larger than a feature map
+        """Ask for an ISR setting: a ratio (with ``encoder``/``decoder`` ratios replacing its values where
+        given), an :class:`ISRSetting`, or its text (``"2"``, ``"[16,8,2,1]"``). Settings the network cannot run, and pools larger than a feature map
         at the network input size known so far (the fixed ``input_size``, else the last frame's), raise
         ``ValueError`` with the reason and change nothing. Never blocks. Networks without ISR accept
         ratio 1 only ("ISR does not apply to ...").
@@ -572,10 +573,10 @@ class Segmenter(_Predictor):
         :attr:`isr_control` has the whole state (asked, served, building, fallback, failure).
         """
         if self.isr_scheme is None or self.isr_control is None:
-            self._loaded.net.set_isr(ratio, encoder, decoder)  # ValueError unless ratio 1
+            self._loaded.net.set_isr(_plain_ratio(ratio), encoder, decoder)  # ValueError unless ratio 1
             return None
-        if ratio is None or isinstance(ratio, ISRSetting):
-            setting = self.isr_scheme.validate(ratio)
+        if ratio is None or isinstance(ratio, (ISRSetting, str)):
+            setting = as_isr(ratio, self.isr_scheme)
         else:
             setting = self.isr_scheme.make(ratio, encoder, decoder)
         self.isr_control.request(setting)
