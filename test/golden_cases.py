@@ -1,10 +1,11 @@
-"""Golden cases: outputs of the official DPT and EDAFormer code under the seeded weight rule.
+"""Golden cases: outputs of the official DPT, EDAFormer and SegFormer/PVTv2 code under the seeded weight rule.
 
 Two forms of the same data, read into one :class:`GoldenCase` and checked by one rule:
 
 * a **full case** (``<case>.keys.json`` + ``<case>.npz`` under ``<reference root>/<family>``, made by
   running the official code; ``shared/reference/README.md``): the seeded input, the official arrays
-  (whole, or their leading channels where the name ends in ``_ch0_<n>``), the official state_dict key
+  (whole, or the leading entries of dim 1 -- channels of a map, tokens of a token array -- where the name
+  ends in ``_ch0_<n>`` / ``_tok0_<n>`` or the case lists it in ``stored_channels``), the official state_dict key
   list and per-array tolerances. The reference root is ``$DENSE_PERCEPTION_REFERENCE`` or
   ``<repo>/../shared/reference``; it exists beside our own checkouts and in CI, not in a user's clone.
 * a **compact case** (``test/golden/<family>/<case>.json`` + ``.npz``, shipped in git) cut from a full
@@ -36,7 +37,7 @@ REPO = Path(__file__).resolve().parents[1]
 #: Where the compact cases ship.
 COMPACT_ROOT = REPO / "test" / "golden"
 #: Network families with golden cases.
-FAMILIES = ("dpt", "edaformer")
+FAMILIES = ("dpt", "edaformer", "sra")
 #: Set to 1 (CI does) to make a missing full reference folder a test failure instead of a skip.
 REQUIRE_ENV = "DENSE_PERCEPTION_REQUIRE_REFERENCE"
 #: The default tolerance of the reference README for arrays without an entry.
@@ -47,8 +48,9 @@ UNLISTED_TOLERANCE = {("edaformer", "backbone_stage"): 1e-5}
 #: Seed of the reference input: ``torch.randn([1, 3, H, W], generator=torch.Generator().manual_seed(7))``.
 INPUT_SEED = 7
 INPUT_RULE = "torch.randn([1,3,H,W], generator=torch.Generator().manual_seed(7)), float32"
-#: A full-case array name ending like this holds only the leading ``n`` channels of the tensor.
-_LEADING_CHANNELS = re.compile(r"_ch0_(\d+)$")
+#: A full-case array name ending like this holds only the leading ``n`` entries of dim 1 of the tensor
+#: (channels of a ``[1, C, h, w]`` map, tokens of a ``[1, N, C]`` token array).
+_LEADING_CHANNELS = re.compile(r"_(?:ch|tok)0_(\d+)$")
 
 
 # ---- where the cases are ------------------------------------------------------------------------
@@ -157,7 +159,8 @@ def read_full(stem: Path) -> GoldenCase:
         arrays[name] = ArrayRef(
             name=name, source=sources[name], tolerance=float(tolerance[name]),
             scale=max(1.0, float(np.abs(values).max())) if values.dtype.kind == "f" else 1.0,
-            shape=values.shape, leading_channels=bool(_LEADING_CHANNELS.search(name)),
+            shape=values.shape,
+            leading_channels=bool(_LEADING_CHANNELS.search(name)) or name in meta.get("stored_channels", {}),
             pieces={"all": tuple(slice(0, n) for n in values.shape)}, exact=values.dtype.kind != "f")
         data[f"{name}.all"] = values
     keys = [(k, list(shape)) for k, shape, *_ in meta["keys"]]
@@ -209,7 +212,7 @@ def default_sources(family: str, meta: Mapping) -> dict[str, dict]:
     if family == "dpt" and meta["settings"].get("invert"):
         output["convert"] = "metres"
     sources: dict[str, dict] = {"output": output}
-    if family == "edaformer":
+    if family in ("edaformer", "sra"):
         sources["pred"] = {"module": "", "take": "output", "convert": "labels"}
         sources.update({f"backbone_stage{i}": {"module": "backbone", "take": "output", "index": i - 1}
                         for i in range(1, 5)})

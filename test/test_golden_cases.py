@@ -17,7 +17,7 @@ from golden_cases import (
 
 #: Size budget of the shipped cases (issue 16): 1 MB per case, 10 MB in all.
 CASE_BYTES, TOTAL_BYTES = 1_000_000, 10_000_000
-COMPACT = [(family, name) for family in ("dpt", "edaformer") for name in compact_case_names(family)]
+COMPACT = [(family, name) for family in ("dpt", "edaformer", "sra") for name in compact_case_names(family)]
 
 
 def _make_compact_module():
@@ -35,15 +35,18 @@ def test_compact_cases_fit_the_size_budget() -> None:
 
 def test_compact_cases_cover_every_network_family() -> None:
     """EDAFormer-T and -B each with the training ratios and the paper's ISR; DPT hybrid and large, MiDaS
-    and metric."""
+    and metric; SegFormer with and without ISR, PVTv2."""
     covered = set()
     for family, name in COMPACT:
         settings = read_compact(COMPACT_ROOT / family / name).settings
-        isr = settings.get("isr", {})
+        isr = settings.get("isr") or {}
         covered.add((settings["network"], tuple(isr.get("encoder", ())), tuple(isr.get("decoder", ()))))
     expected = {(net, enc, dec) for net in ("edaformer_t_ade20k", "edaformer_b_ade20k")
                 for enc, dec in (((8, 4, 2, 1), (1, 2, 4)), ((16, 8, 2, 1), (2, 4, 8)))}
     expected |= {(net, (), ()) for net in ("dpt_hybrid_midas", "dpt_large_midas", "dpt_hybrid_nyu")}
+    # SegFormer with the training ratios and the paper's Table 7 ISR, PVTv2 + Semantic FPN
+    expected |= {("segformer_b0_ade20k", (), ()), ("segformer_b1_ade20k", (16, 8, 2, 1), ()),
+                 ("pvt_v2_b1_fpn_ade20k", (), ())}
     assert expected <= covered, expected - covered
 
 

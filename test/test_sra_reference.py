@@ -1,8 +1,10 @@
-"""SegFormer / PVTv2 against golden outputs of the official code (shared/reference/sra).
+"""SegFormer / PVTv2 against golden outputs of the official code: the compact cases shipped in
+test/golden/sra (always) and the full cases of ../shared/reference/sra (where that folder exists).
 
 Each case is built through ``build_network(settings.network)`` with the official keys, loaded with the
 seeded weight rule, set to the case's ISR setting, and compared with every stored array at the module
-the case names (``compare_hooks``: that module's output; ``compare_inputs``: its first input).
+the case names (``compare_hooks``: that module's output; ``compare_inputs``: its first input); arrays
+named ``*_ch0_N`` / ``*_tok0_N`` (and those in ``stored_channels``) hold the leading N entries of dim 1.
 """
 from __future__ import annotations
 
@@ -11,71 +13,68 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import assert_close_rel, load_case, reference_root
-from dense_perception.networks import build_network, load_weights
+from golden_cases import (
+    Forwards, GoldenCase, assert_matches, case_params, check_input, check_state_dict, load_case, mismatches,
+    seeded_input,
+)
+from dense_perception.networks import ISRSetting, build_network, load_weights
 from dense_perception.networks.common import fill_reference_weights
 
-FOLDER = reference_root() / "sra"
-CASES = sorted(p.name[: -len(".keys.json")] for p in FOLDER.glob("*.keys.json"))
-pytestmark = pytest.mark.skipif(not CASES, reason=f"no SRA golden cases in {FOLDER} (../shared/reference/sra "
-                                                  f"or $DENSE_PERCEPTION_REFERENCE/sra is missing)")
+pytestmark = pytest.mark.golden
+CASES = case_params("sra")
+#: The compact cases every clone runs: at least one SegFormer and one PVT.
+SHIPPED = ("compact/segformer_b0_ade20k_512x512", "compact/segformer_b1_ade20k_512x512_isr16-8-2-1",
+           "compact/pvt_v2_b1_fpn_ade20k_512x512")
 
 
-def _record(net: nn.Module, meta: dict) -> tuple[dict[str, torch.Tensor], list]:
-    """Hooks storing each compared module's output or first input under the array's name."""
-    seen: dict[str, torch.Tensor] = {}
-    handles = []
-    for array, path in meta.get("compare_hooks", {}).items():
-        handles.append(net.get_submodule(path).register_forward_hook(
-            lambda _m, _i, out, array=array: seen.__setitem__(array, out.detach().clone())))
-    for array, path in meta.get("compare_inputs", {}).items():
-        handles.append(net.get_submodule(path).register_forward_hook(
-            lambda _m, inputs, _o, array=array: seen.__setitem__(array, inputs[0].detach().clone())))
-    return seen, handles
-
-
-def _leading(ours: torch.Tensor, ref_shape: tuple[int, ...]) -> torch.Tensor:
-    """The stored part of a tensor: leading entries of dim 1 (channels of a map, tokens of a token array)."""
-    return ours[:, : ref_shape[1]]
-
-
-@pytest.mark.parametrize("case", CASES or ["(none)"])
-def test_matches_official_output(case: str) -> None:
-    meta, ref = load_case("sra", case)
-    settings = meta["settings"]
-    net = build_network(settings["network"])
-
-    ours = [[k, list(v.shape)] for k, v in sorted(net.state_dict().items())]
-    assert ours == [[k, shape] for k, shape, _ in meta["keys"]], "state_dict keys/shapes differ from official"
-
+def network_for(case: GoldenCase) -> nn.Module:
+    """The case's network with the reference weights and ISR setting (None: the training ratios)."""
+    net = build_network(str(case.settings["network"]))
     load_weights(net, fill_reference_weights(net))
-    if settings["isr"] is not None:
-        net.set_isr(encoder=settings["isr"]["encoder"])
-        assert list(net.isr.encoder) == settings["isr"]["encoder"]
-    else:
+    isr = case.settings["isr"]
+    if isr is None:
         assert net.isr_scheme.is_training(net.isr)
+    else:
+        net.set_isr(encoder=isr["encoder"])
+        assert net.isr == ISRSetting(tuple(isr["encoder"]), ())
+    return net
 
-    seen, handles = _record(net, meta)
-    x = torch.from_numpy(ref["input"])
-    try:
-        with torch.no_grad():
-            logits = net(x)
-    finally:
-        for handle in handles:
-            handle.remove()
-    tolerance = meta.get("tolerance", {})
-    checked = ["output"]
-    assert_close_rel(_leading(logits, ref["output"].shape).numpy(), ref["output"], tolerance["output"],
-                     f"{case} output")
-    for array, tensor in seen.items():
-        assert_close_rel(_leading(tensor, ref[array].shape).numpy(), ref[array], tolerance.get(array, 1e-4),
-                         f"{case} {array}")
-        checked.append(array)
-    expected = {a for a in ref if a not in ("input", "pred")}
-    assert set(checked) == expected, f"arrays not compared: {sorted(expected - set(checked))}"
 
-    full = F.interpolate(logits, size=x.shape[2:], mode="bilinear", align_corners=False)
-    top2 = full.topk(2, dim=1).values
-    decided = (top2[:, 0] - top2[:, 1] >= 1e-5).numpy()  # near-ties may flip (the case's pred_notes)
-    agree = (full.argmax(1).numpy() == ref["pred"])[decided].mean()
-    assert agree == 1.0, f"{case}: argmax agrees on {agree:.6f} of the decided pixels"
+@pytest.fixture(scope="module")
+def forwards() -> Forwards:
+    return Forwards(network_for)
+
+
+def test_compact_cases_ship() -> None:
+    assert set(SHIPPED) <= set(CASES)
+
+
+@pytest.mark.parametrize("case_id", CASES)
+def test_matches_official_output(case_id: str, forwards: Forwards) -> None:
+    case = load_case("sra", case_id)
+    check_input(case)
+    keys, ours = forwards(case)
+    check_state_dict(case, keys)
+    assert set(case.arrays) >= {"output", "pred"} and len(case.arrays) >= 10, "every stored array is compared"
+    assert_matches(case, ours)
+
+
+def test_a_wrong_isr_setting_is_caught() -> None:
+    """The ISR case run without its setting misses the reference: the cases can fail."""
+    case = load_case("sra", "compact/segformer_b1_ade20k_512x512_isr16-8-2-1")
+    net = build_network("segformer_b1_ade20k")
+    load_weights(net, fill_reference_weights(net))  # training ratios [8,4,2,1] instead of [16,8,2,1]
+    with torch.no_grad():
+        logits = net(seeded_input(case.input_shape))
+    assert mismatches(case, {"output": logits.numpy()}, only=["output"]), "training ratios match the ISR case"
+
+
+def test_labels_follow_the_official_tail() -> None:
+    """``pred`` = bilinear resize of the logits to the input, then argmax (the official encode_decode)."""
+    case = load_case("sra", "compact/segformer_b0_ade20k_512x512")
+    net = network_for(case)
+    x = seeded_input(case.input_shape)
+    with torch.no_grad():
+        logits = net(x)
+    nearest = F.interpolate(logits, size=x.shape[2:], mode="nearest").argmax(1).to(torch.uint8).numpy()
+    assert mismatches(case, {"pred": nearest}, only=["pred"]), "a nearest-neighbour resize is caught"
