@@ -48,7 +48,6 @@ MIN_FRAME_BUDGET_MS = 1.0
 #: Input-size rungs under a frame budget, as fractions of the official size: a depth network's, and a
 #: segmenter's without ISR (HRViT, ViT-CoMer).
 SIZE_LADDER = (1.0, 0.875, 0.75, 0.625, 0.5, 0.375)
-DEPTH_SIZE_LADDER = SIZE_LADDER
 #: EDAFormer's ISR rungs under a frame budget, most accurate first: training, the decoder reduced, the
 #: paper's recommended setting, then every training pool x2, x3, x4. Every ISR network has its own
 #: (:meth:`~.networks.isr.ISRScheme.budget_ladder`).
@@ -379,7 +378,7 @@ class DepthEstimator(_Predictor):
             output into metres (``1 / (scale·d + shift)``).
         kitti_crop: apply the official KITTI crop (bottom 352 rows, central 1216 columns) first.
         frame_budget_ms: hold this frame time (0 = off) by serving the largest input size of a ladder
-            (:data:`DEPTH_SIZE_LADDER` of the official size, multiples of 32, never above it) whose
+            (:data:`SIZE_LADDER` of the official size, multiples of 32, never above it) whose
             measured frame time holds it (:meth:`set_frame_budget`).
     """
 
