@@ -29,26 +29,29 @@ from .defaults import DEFAULT_DEPTH_NETWORK, DEFAULT_SEG_NETWORK
 from .engines.base import Engine, EngineError, check_precision
 from .engines.cache import default_engine_dir
 from .engines.torch_engine import TorchEngine
-from .networks import ISRSetting, build_network, load_checkpoint, network_spec
+from .networks import ISRScheme, ISRSetting, build_network, load_checkpoint, network_spec
 from .networks.depth_units import DepthOutput
 from .governor import FrameBudgetGovernor, GovernorState
 from .isr_control import ISRControl
-from .networks.isr import isr_problem, nearest_fitting
+from .networks.isr import EDAFORMER_ISR
+from .networks.registry import Inference
 from .pipeline import postprocess, preprocess
 from .pipeline.labels import LabelSet, label_set, label_set_for_classes, label_set_from_checkpoint_meta
 from .pipeline.preprocess import NetworkInput
+from .pipeline.sliding import slide_logits
 
 log = logging.getLogger(__name__)
 
 BACKENDS = ("auto", "torch", "onnxruntime", "tensorrt")
 #: Smallest frame budget accepted: below it no network on any device holds a frame.
 MIN_FRAME_BUDGET_MS = 1.0
-#: Input-size rungs of a depth network under a frame budget, as fractions of its official size.
-DEPTH_SIZE_LADDER = (1.0, 0.875, 0.75, 0.625, 0.5, 0.375)
-#: ISR rungs of a segmenter under a frame budget, most accurate first: training, the decoder
-#: reduced, the paper's recommended setting, then every training pool x2, x3, x4.
-ISR_BUDGET_LADDER = (ISRSetting(), ISRSetting((8, 4, 2, 1), (2, 4, 8)), ISRSetting((16, 8, 2, 1), (2, 4, 8)),
-                     ISRSetting.from_ratio(2), ISRSetting.from_ratio(3), ISRSetting.from_ratio(4))
+#: Input-size rungs under a frame budget, as fractions of the official size: a depth network's, and a
+#: segmenter's without ISR (HRViT, ViT-CoMer).
+SIZE_LADDER = (1.0, 0.875, 0.75, 0.625, 0.5, 0.375)
+#: EDAFormer's ISR rungs under a frame budget, most accurate first: training, the decoder reduced, the
+#: paper's recommended setting, then every training pool x2, x3, x4. Every ISR network has its own
+#: (:meth:`~.networks.isr.ISRScheme.budget_ladder`).
+ISR_BUDGET_LADDER = EDAFORMER_ISR.budget_ladder()
 
 
 
@@ -115,11 +118,25 @@ def _load_network(name: str, checkpoint: str | os.PathLike | None) -> _Loaded:
     return _Loaded(net, dict(ckpt.meta), untrained=False, source=f"checkpoint {Path(checkpoint).name}")
 
 
-def _as_isr(value: ISRSetting | int | str) -> ISRSetting:
-    """An ISR setting from an ISRSetting, an int ratio or its text form."""
-    if isinstance(value, ISRSetting):
-        return value
-    return ISRSetting.parse(value) if isinstance(value, str) else ISRSetting.from_ratio(value)
+def as_isr(value: ISRSetting | int | str | None, scheme: ISRScheme = EDAFORMER_ISR) -> ISRSetting | None:
+    """A setting of ``scheme`` from an ISRSetting (or None: an adaptive training grid), an int ratio or
+    its text form; ``ValueError`` with the reason when the network cannot run it."""
+    if value is None or isinstance(value, ISRSetting):
+        return scheme.validate(value)
+    return scheme.parse(value) if isinstance(value, str) else scheme.make(value)
+
+
+def _plain_ratio(value: ISRSetting | int | str | None) -> ISRSetting | int | None:
+    """An ISR value as a network without ISR takes it: text of a plain ratio as the int."""
+    if isinstance(value, str):
+        text = value.strip().strip("[]").strip()
+        return int(text) if text.isdigit() else ISRSetting.read(value)
+    return value
+
+
+def _pixels(size: tuple[int, int]) -> float:
+    """Relative cost of an input size."""
+    return float(size[0] * size[1])
 
 
 def choose_backend(requested: str, device: torch.device, precision: str = "fp32") -> tuple[str, str]:
@@ -263,8 +280,7 @@ class _Predictor:
     def preprocess(self, image_rgb: np.ndarray, input_size: tuple[int, int] | None = None) -> NetworkInput:
         """The network family's official input for its dataset (or ``input_size``, else the forced
         ``self.input_size``)."""
-        return preprocess.preprocess_for(self.spec.family, self.spec.dataset, image_rgb,
-                                         input_size or self.input_size)
+        return preprocess.preprocess_with(self.spec.preprocessing, image_rgb, input_size or self.input_size)
 
     # -- frame budget -----------------------------------------------------------------------------------
 
@@ -305,6 +321,36 @@ class _Predictor:
     def _ladder(self, network_size: tuple[int, int]) -> list[Any]:
         raise NotImplementedError
 
+    def _size_ladder(self, network_size: tuple[int, int]) -> list[tuple[int, int]]:
+        """Input sizes from ``network_size`` down (:data:`SIZE_LADDER` fractions, multiples of 32, aspect
+        kept); with a fixed-shape backend only those whose engines are built, the others being built in
+        the background."""
+        height, width = network_size
+        ladder: list[tuple[int, int]] = []
+        for fraction in SIZE_LADDER:
+            size = (max(32, int(round(height * fraction / 32)) * 32), max(32, int(round(width * fraction / 32)) * 32))
+            if size not in ladder:
+                ladder.append(size)
+        if self._torch_engine is not None:
+            return ladder
+        with self._lock:
+            self._max_engines = max(self._max_engines, len(ladder) + 1)
+            built = [size for size in ladder if size in self._engines]
+        missing = [size for size in ladder if size not in built]
+        if missing:
+            threading.Thread(target=self._prebuild_sizes, args=(missing,), name="size-prebuild",
+                             daemon=True).start()
+        return built or ladder[:1]
+
+    def _prebuild_sizes(self, sizes: list[tuple[int, int]]) -> None:
+        for size in sizes:
+            try:
+                self.engine_for(size)
+            except Exception as error:  # noqa: BLE001 - a size that cannot be built is not a candidate
+                log.warning("%s: no engine for %dx%d (%s); the frame budget does without it",
+                            self.network, *size, error)
+        self._ladder_size = None  # the next frame takes the built sizes as candidates
+
     def _ungoverned(self) -> Any:
         raise NotImplementedError
 
@@ -332,7 +378,7 @@ class DepthEstimator(_Predictor):
             output into metres (``1 / (scale·d + shift)``).
         kitti_crop: apply the official KITTI crop (bottom 352 rows, central 1216 columns) first.
         frame_budget_ms: hold this frame time (0 = off) by serving the largest input size of a ladder
-            (:data:`DEPTH_SIZE_LADDER` of the official size, multiples of 32, never above it) whose
+            (:data:`SIZE_LADDER` of the official size, multiples of 32, never above it) whose
             measured frame time holds it (:meth:`set_frame_budget`).
     """
 
@@ -389,52 +435,34 @@ class DepthEstimator(_Predictor):
         return self.input_size or (0, 0)
 
     def _ladder(self, network_size: tuple[int, int]) -> list[tuple[int, int]]:
-        """Input sizes from ``network_size`` down (multiples of 32, aspect kept); with a fixed-shape
-        backend only those whose engines are built, the others being built in the background."""
-        height, width = network_size
-        ladder: list[tuple[int, int]] = []
-        for fraction in DEPTH_SIZE_LADDER:
-            size = (max(32, int(round(height * fraction / 32)) * 32), max(32, int(round(width * fraction / 32)) * 32))
-            if size not in ladder:
-                ladder.append(size)
-        if self._torch_engine is not None:
-            return ladder
-        with self._lock:
-            self._max_engines = max(self._max_engines, len(ladder) + 1)
-            built = [size for size in ladder if size in self._engines]
-        missing = [size for size in ladder if size not in built]
-        if missing:
-            threading.Thread(target=self._prebuild_sizes, args=(missing,), name="depth-size-prebuild",
-                             daemon=True).start()
-        return built or ladder[:1]
-
-    def _prebuild_sizes(self, sizes: list[tuple[int, int]]) -> None:
-        for size in sizes:
-            try:
-                self.engine_for(size)
-            except Exception as error:  # noqa: BLE001 - a size that cannot be built is not a candidate
-                log.warning("%s: no engine for %dx%d (%s); the frame budget does without it",
-                            self.network, *size, error)
-        self._ladder_size = None  # the next frame takes the built sizes as candidates
+        return self._size_ladder(network_size)
 
     def _setting_cost(self, size: tuple[int, int]) -> float:
-        return float(size[0] * size[1])
+        return _pixels(size)
 
 
 class Segmenter(_Predictor):
-    """Semantic segmentation with an EDAFormer network and live ISR.
+    """Semantic segmentation with any registered segmenter, live ISR where the network has it.
 
     Args:
-        network: ``edaformer_{t,b}_{ade20k,cityscapes,cocostuff}``.
-        checkpoint: official mmseg checkpoint; None = untrained weights.
+        network: a registered segmentation network (``available_networks("segmentation")``):
+            ``edaformer_*``, ``segformer_b{0..5}_*``, ``pvt_v2_*_fpn_ade20k``, ``pvt_*_fpn_ade20k``,
+            ``hrvit_*``, ``vit_comer_*``.
+        checkpoint: official mmseg checkpoint (SegFormer: also a Hugging Face file); None = untrained
+            weights.
         input_size: exact network input (H, W); None = the dataset's official test-time resize.
         label_mode: ``official`` (bilinear logits to the image, then argmax) or ``fast`` (argmax at
             network resolution, nearest-neighbour labels).
-        sliding_window: Cityscapes' official evaluation mode (1024×1024 crops, stride 768); slow.
-        isr: initial ISR setting (an :class:`ISRSetting`, or an int ratio).
-        frame_budget_ms: hold this frame time (0 = off) by serving the least reduction of
-            :data:`ISR_BUDGET_LADDER` whose measured frame time holds it (:meth:`set_frame_budget`);
-            the governor then chooses the ISR setting.
+        inference: ``whole`` (one forward on the whole input) or ``slide`` (mmseg's sliding windows,
+            the network's official crop and stride); None = the network's official test mode
+            (``network_spec(name).inference``: sliding for Cityscapes networks and ViT-CoMer, else whole).
+            Whole-image is the faster choice for a robot.
+        isr: initial ISR setting (an :class:`ISRSetting`, an int ratio or its text); networks without
+            ISR accept only 1.
+        frame_budget_ms: hold this frame time (0 = off) by serving the most accurate rung of a ladder
+            whose measured frame time holds it (:meth:`set_frame_budget`): the network's ISR ladder
+            (:meth:`~.networks.isr.ISRScheme.budget_ladder`; EDAFormer's is :data:`ISR_BUDGET_LADDER`),
+            or, for networks without ISR, the input-size ladder (:data:`SIZE_LADDER`).
         isr_prebuild: settings (ISRSetting, int ratio or text like ``"[16,8,2,1]-[2,4,8]"``) whose engines the
             fixed-shape backends build in the background as soon as an input size is known, so that
             switching to them later is immediate (ignored by the torch backend, which switches instantly).
@@ -444,26 +472,37 @@ class Segmenter(_Predictor):
     def __init__(self, network: str = DEFAULT_SEG_NETWORK, checkpoint: str | os.PathLike | None = None,
                  backend: str = "auto", precision: str = "fp32", device: str | torch.device | None = None,
                  input_size: tuple[int, int] | None = None, label_mode: str = "official",
-                 sliding_window: bool = False, isr: ISRSetting | int = 1,
+                 inference: str | None = None, isr: ISRSetting | int | str | None = 1,
                  engine_dir: str | os.PathLike | None = None,
                  isr_prebuild: Sequence[ISRSetting | int | str] = (),
                  calibration: Sequence[str | os.PathLike] | None = None,
                  frame_budget_ms: float = 0.0) -> None:
         super().__init__(network, "segmentation", checkpoint, backend, precision, device, input_size,
                          engine_dir, calibration, frame_budget_ms)
-        self.isr_prebuild: tuple[ISRSetting, ...] = tuple(_as_isr(s) for s in isr_prebuild)
+        assert self.spec.inference is not None  # every segmenter registers its test mode
+        #: whole-image or sliding-window inference, with the network's windows
+        self.inference: Inference = self.spec.inference.with_mode(inference)
+        #: the network's ISR scheme (None: its attention has no key/value reduction, e.g. HRViT)
+        self.isr_scheme: ISRScheme | None = self.spec.isr
         self.label_mode = postprocess.LabelMode(label_mode)
-        self.sliding_window = sliding_window
         num_classes = self._loaded.net.num_classes
         try:
             fallback = label_set(self.spec.dataset)
         except ValueError:
             fallback = label_set_for_classes(num_classes)
         self.labels: LabelSet = label_set_from_checkpoint_meta(self._loaded.meta, fallback)
-        initial = _as_isr(isr)
+        self.isr_control: ISRControl | None = None
+        self.isr_prebuild: tuple[ISRSetting | None, ...] = ()
+        if self.isr_scheme is None:
+            self.set_isr(_plain_ratio(isr))  # ValueError unless 1: ISR does not apply
+            if isr_prebuild:
+                raise ValueError(f"isr_prebuild: ISR does not apply to {network}")
+            return
+        self.isr_prebuild = tuple(as_isr(s, self.isr_scheme) for s in isr_prebuild)
+        initial = as_isr(isr, self.isr_scheme)
         self._loaded.net.set_isr(initial)  # validates the values
         #: the one owner of the ISR state (asked, served, building, fallback, failure)
-        self.isr_control = ISRControl(initial, isr_problem, nearest_fitting, network_size=self.input_size)
+        self.isr_control = ISRControl(initial, self.isr_scheme, network_size=self._window_size(self.input_size))
         if self._torch_engine is not None:
             self._torch_engine.set_isr(initial)
 
@@ -476,30 +515,54 @@ class Segmenter(_Predictor):
         return self.labels.palette
 
     @property
-    def isr(self) -> ISRSetting:
-        """The ISR setting serving now (see :attr:`isr_control` for what is asked and being built)."""
-        return self.isr_control.state.served
+    def has_isr(self) -> bool:
+        """Whether the network has inference spatial reduction (False: HRViT, ViT-CoMer)."""
+        return self.isr_control is not None
 
-    def check_isr(self, setting: ISRSetting, height: int, width: int) -> None:
-        """``ValueError`` naming the level, map size and ratio if ``setting`` cannot run for an *image*
-        of ``height``×``width`` (checked at the network input size this image gets)."""
-        net_h, net_w = self.network_size_for(height, width)
-        problem = isr_problem(setting, net_h, net_w)
+    @property
+    def isr(self) -> ISRSetting | None:
+        """The ISR setting serving now (see :attr:`isr_control` for what is asked and being built); None
+        for networks without ISR, and for PVTv2-li's adaptive training grid."""
+        return None if self.isr_control is None else self.isr_control.state.served
+
+    def isr_text(self, setting: ISRSetting | None) -> str:
+        """``setting`` written for people (``no ISR`` for networks without it)."""
+        return "no ISR" if self.isr_scheme is None else self.isr_scheme.text(setting)
+
+    def check_isr(self, setting: ISRSetting | None, height: int, width: int) -> None:
+        """``ValueError`` with the reason if ``setting`` cannot run on this network, or not for an *image*
+        of ``height``×``width`` (checked at the network input size -- or window -- this image gets),
+        naming the level, map size and ratio and the input size it needs."""
+        if self.isr_scheme is None:
+            self._loaded.net.check_isr(height, width, setting)
+            return
+        setting = self.isr_scheme.validate(setting)
+        net_h, net_w = self._window_size(self.network_size_for(height, width))  # type: ignore[misc]
+        problem = self.isr_scheme.problem(setting, net_h, net_w)
         if problem:
             raise ValueError(problem)
 
     def network_size_for(self, height: int, width: int) -> tuple[int, int]:
+        """The network input size an image of ``height``×``width`` gets (the whole input that sliding
+        windows then cover)."""
         if self.input_size is not None:
             return self.input_size  # type: ignore[return-value]
-        if self.sliding_window:
-            return (min(1024, height), min(1024, width))
-        return preprocess.edaformer_network_size(height, width, self.spec.dataset)
+        return preprocess.network_size_with(self.spec.preprocessing, height, width)
 
-    def set_isr(self, ratio: int | ISRSetting = 1, encoder: Sequence[int] | None = None,
-                decoder: Sequence[int] | None = None) -> ISRSetting:
-        """Ask for an ISR setting. Invalid values, and pools larger than a feature map at the network
-        input size known so far (the fixed ``input_size``, else the last frame's), raise ``ValueError``
-        and change nothing. Never blocks.
+    def _window_size(self, network_size: tuple[int, int] | None) -> tuple[int, int] | None:
+        """What one forward sees for a network input of ``network_size``: the input itself, or in slide
+        mode its first window."""
+        if network_size is None or self.inference.mode == "whole":
+            return network_size
+        return tuple(min(c, n) for c, n in zip(self.inference.crop, network_size))  # type: ignore[return-value]
+
+    def set_isr(self, ratio: int | str | ISRSetting | None = 1, encoder: Sequence[int] | None = None,
+                decoder: Sequence[int] | None = None) -> ISRSetting | None:
+        """Ask for an ISR setting: a ratio (with ``encoder``/``decoder`` ratios replacing its values where
+        given), an :class:`ISRSetting`, or its text (``"2"``, ``"[16,8,2,1]"``). Settings the network cannot run, and pools larger than a feature map
+        at the network input size known so far (the fixed ``input_size``, else the last frame's), raise
+        ``ValueError`` with the reason and change nothing. Never blocks. Networks without ISR accept
+        ratio 1 only ("ISR does not apply to ...").
 
         torch backend: serves from the next frame on (switched between two frames, never during one).
         Fixed-shape backends (onnxruntime, tensorrt), which bake the setting into a graph or engine: its
@@ -508,7 +571,13 @@ class Segmenter(_Predictor):
         not fit is served with the nearest setting that does. :attr:`isr` is what serves;
         :attr:`isr_control` has the whole state (asked, served, building, fallback, failure).
         """
-        setting = ratio if isinstance(ratio, ISRSetting) else ISRSetting.make(ratio, encoder, decoder)
+        if self.isr_scheme is None or self.isr_control is None:
+            self._loaded.net.set_isr(_plain_ratio(ratio), encoder, decoder)  # ValueError unless ratio 1
+            return None
+        if ratio is None or isinstance(ratio, (ISRSetting, str)):
+            setting = as_isr(ratio, self.isr_scheme)
+        else:
+            setting = self.isr_scheme.make(ratio, encoder, decoder)
         self.isr_control.request(setting)
         if self._torch_engine is None:  # start the builds now, for the sizes in use
             with self._lock:
@@ -517,8 +586,9 @@ class Segmenter(_Predictor):
                 self._serve(self.isr_control.target(size), size)
         return setting
 
-    def _serve(self, target: ISRSetting, network_size: tuple[int, int] | None) -> None:
+    def _serve(self, target: ISRSetting | None, network_size: tuple[int, int] | None) -> None:
         """Make ``target`` serve at ``network_size``: at once (torch), or by a background build."""
+        assert self.isr_control is not None
         state = self.isr_control.state
         if self._torch_engine is not None:
             if target != state.served:
@@ -531,18 +601,19 @@ class Segmenter(_Predictor):
         if engine.isr == target:
             self.isr_control.serving(target, self.backend)
             return
-        if state.pending == target:
+        if state.building and state.pending == target:
             return  # being built; the done-callback reports
         future = engine.request_isr(target)  # type: ignore[attr-defined]
         if not future.done():
             self.isr_control.building(target)
         future.add_done_callback(lambda done, wanted=target: self._built(wanted, done))
 
-    def _built(self, setting: ISRSetting, future: Future) -> None:
+    def _built(self, setting: ISRSetting | None, future: Future) -> None:
         """Done-callback of a background switch (worker thread, or the caller's for immediate swaps)."""
         if future.cancelled():
             return  # superseded by a newer request
         error = future.exception()
+        assert self.isr_control is not None
         if error is None:
             self.isr_control.serving(setting, self.backend)
         else:
@@ -550,77 +621,83 @@ class Segmenter(_Predictor):
 
     def _make_fixed_engine(self, network_size: tuple[int, int], isr: ISRSetting | None = None,
                            prebuild: Sequence[ISRSetting] = ()) -> Engine:
-        fitting = [s for s in self.isr_prebuild if isr_problem(s, *network_size) is None]
-        for skipped in sorted(set(self.isr_prebuild) - set(fitting), key=str):
+        if self.isr_scheme is None:
+            return super()._make_fixed_engine(network_size)
+        scheme = self.isr_scheme
+        fitting = [s for s in self.isr_prebuild if scheme.problem(s, *network_size) is None]
+        for skipped in sorted({scheme.text(s) for s in self.isr_prebuild if s not in fitting}):
             log.warning("isr_prebuild: %s does not fit %dx%d; not built", skipped, *network_size)
         return super()._make_fixed_engine(network_size, isr if isr is not None else self.isr,
                                           list(prebuild) or fitting)
 
-    def _prepare_isr(self, network_size: tuple[int, int]) -> None:
-        """Before a frame: serve the requested setting (the frame budget's choice while a budget is
-        set), or the nearest one that fits this size."""
-        if self.governor is not None:
-            choice = self._governed(network_size)
-            if choice != self.isr_control.state.requested:
-                self.isr_control.request(choice, by="governor")
-        self._serve(self.isr_control.target(network_size), network_size)
+    def _prepare_isr(self, window_size: tuple[int, int]) -> None:
+        """Before a forward on a ``window_size`` input: serve the requested setting, or the nearest one
+        that fits this size."""
+        if self.isr_control is not None:
+            self._serve(self.isr_control.target(window_size), window_size)
 
-    # -- frame budget: ISR settings -----------------------------------------------------------------
+    # -- frame budget: ISR settings, or input sizes without ISR ---------------------------------------
 
-    def _ungoverned(self) -> ISRSetting:
-        return ISRSetting()
+    def _ungoverned(self) -> ISRSetting | None | tuple[int, int]:
+        if self.spec.isr is None:
+            return self.input_size or (0, 0)
+        return self.spec.isr.training
 
-    def _ladder(self, network_size: tuple[int, int]) -> list[ISRSetting]:
-        """The budget's rungs at this input size: :data:`ISR_BUDGET_LADDER`'s settings that fit it.
-        Fixed-shape backends build each rung's engine in the background when it is first chosen (the
-        served setting keeps serving meanwhile)."""
-        fitting = [s for s in ISR_BUDGET_LADDER if isr_problem(s, *network_size) is None]
-        return fitting or [nearest_fitting(ISRSetting(), *network_size)]
+    def _ladder(self, network_size: tuple[int, int]) -> list[Any]:
+        """The budget's rungs for a network input of ``network_size``: the ISR scheme's ladder settings
+        that fit it (its window, sliding), else the input-size ladder. Fixed-shape backends build each
+        rung's engine in the background when it is first chosen (the served setting keeps serving)."""
+        if self.isr_scheme is None:
+            return self._size_ladder(network_size)
+        window = self._window_size(network_size)
+        assert window is not None
+        fitting = [s for s in self.isr_scheme.budget_ladder() if self.isr_scheme.problem(s, *window) is None]
+        return fitting or [self.isr_scheme.nearest_fitting(self.isr_scheme.training, *window)]
+
+    @property
+    def _setting_cost(self) -> Callable[[tuple[int, int]], float] | None:  # type: ignore[override]
+        """Relative cost of the budget's rungs: pixels for input sizes; ISR rungs are measured."""
+        return _pixels if self.spec.isr is None else None
+
+    def _budget_choice(self, network_size: tuple[int, int]) -> tuple[int, int] | None:
+        """Apply the frame budget's choice for a frame whose official input is ``network_size``: an ISR
+        request, or the input size to run (returned; None = the official one)."""
+        if self.governor is None:
+            return None
+        choice = self._governed(network_size)
+        if self.isr_control is None:
+            return choice
+        if choice != self.isr_control.state.requested:
+            self.isr_control.request(choice, by="governor")
+        return None
+
+    def _budget_served(self, prepared: NetworkInput) -> Any:
+        return prepared.network_size if self.isr_control is None else self.isr
+
+    # -- inference --------------------------------------------------------------------------------------
+
+    def _forward(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Raw logits of one forward, serving the ISR setting that fits this input."""
+        size = (int(tensor.shape[2]), int(tensor.shape[3]))
+        self._prepare_isr(size)
+        return self.engine_for(size).infer(tensor)
 
     def logits(self, image_rgb: np.ndarray) -> tuple[torch.Tensor, NetworkInput]:
-        """Raw logits ``[1, K, h, w]`` (stride 8) and the pre-processed input they came from."""
-        prepared = self.preprocess(image_rgb)
-        self._prepare_isr(prepared.network_size)
-        return self._run(prepared), prepared
+        """Raw logits and the pre-processed input they came from: whole-image, ``[1, K, h, w]`` at the
+        network's output stride; sliding, ``[1, K, H, W]`` at the network input size."""
+        official = self.network_size_for(*np.shape(image_rgb)[:2])
+        size = self._budget_choice(official)
+        prepared = self.preprocess(image_rgb, size)
+        if self.inference.mode == "slide":
+            return slide_logits(prepared.tensor, self.inference.crop, self.inference.stride, self._forward), prepared
+        return self._forward(prepared.tensor), prepared
 
     def predict(self, image_rgb: np.ndarray, with_confidence: bool = False) -> SegmentationResult:
         """Labels for one RGB uint8 image at its size."""
-        if self.sliding_window:
-            return self._predict_sliding(image_rgb, with_confidence)
         started = time.perf_counter()
         logits, prepared = self.logits(image_rgb)
         labels, confidence = postprocess.labels_from_logits(
             logits, prepared.network_size, prepared.image_size, self.label_mode, with_confidence)
-        self._frame_done(self.isr, started)
-        return SegmentationResult(labels, self.network, prepared.network_size, self.isr, confidence,
-                                  self.untrained)
-
-    def _predict_sliding(self, image_rgb: np.ndarray, with_confidence: bool) -> SegmentationResult:
-        """mmseg ``slide_inference``: 1024×1024 crops at stride 768, logits averaged on a canvas."""
-        prepared = self.preprocess(image_rgb)
-        batch = prepared.tensor
-        height, width = prepared.network_size
-        crop, stride = 1024, 768
-        canvas = None
-        count = torch.zeros(1, 1, height, width)
-        rows = max(height - crop + stride - 1, 0) // stride + 1
-        cols = max(width - crop + stride - 1, 0) // stride + 1
-        for r in range(rows):
-            for c in range(cols):
-                y2, x2 = min(r * stride + crop, height), min(c * stride + crop, width)
-                y1, x1 = max(y2 - crop, 0), max(x2 - crop, 0)
-                tile = batch[:, :, y1:y2, x1:x2]
-                self._prepare_isr((y2 - y1, x2 - x1))
-                out = self.engine_for((y2 - y1, x2 - x1)).infer(tile).float().cpu()
-                out = torch.nn.functional.interpolate(out, size=(y2 - y1, x2 - x1), mode="bilinear",
-                                                      align_corners=False)
-                if canvas is None:
-                    canvas = torch.zeros(1, out.shape[1], height, width)
-                canvas[:, :, y1:y2, x1:x2] += out
-                count[:, :, y1:y2, x1:x2] += 1
-        logits = canvas / count
-        labels, confidence = postprocess.labels_from_logits(
-            logits, prepared.network_size, prepared.image_size, postprocess.LabelMode.OFFICIAL,
-            with_confidence)
+        self._frame_done(self._budget_served(prepared), started)
         return SegmentationResult(labels, self.network, prepared.network_size, self.isr, confidence,
                                   self.untrained)

@@ -64,7 +64,7 @@ class Case:
     backend: str
     height: int
     width: int
-    isr: str | None = None  # ISRSetting text, EDAFormer only
+    isr: str | None = None  # ISRSetting text (networks with ISR)
     batch: int = 4  # for the throughput figure
     device: str = "cpu"
     threads: int = 2
@@ -80,7 +80,7 @@ class Case:
     @property
     def slug(self) -> str:
         """A file-name-safe identity of the case."""
-        isr = ISRSetting.parse(self.isr).slug if self.isr else "noisr"
+        isr = ISRSetting.read(self.isr).slug if self.isr else "noisr"
         e2e = f"_e2e{self.end_to_end[0]}x{self.end_to_end[1]}{'f' if self.fixed_input else ''}" \
             if self.end_to_end else ""
         precision = "" if self.precision == "fp32" else f"_{self.precision}"
@@ -171,7 +171,7 @@ def _network(case: Case) -> torch.nn.Module:
 
 def _with_isr(net: torch.nn.Module, case: Case) -> torch.nn.Module:
     if case.isr and hasattr(net, "set_isr"):
-        net.set_isr(ISRSetting.parse(case.isr))
+        net.set_isr(ISRSetting.read(case.isr))  # validated by the network's own scheme
     return net
 
 
@@ -271,12 +271,12 @@ def network_input_size(case: Case) -> tuple[int, int]:
 def sample_input(case: Case) -> torch.Tensor:
     """The bundled sample photograph, pre-processed for the case's network at the case's size."""
     from .io.sources import read_image_rgb, sample_image
-    from .pipeline.preprocess import preprocess_for
+    from .pipeline.preprocess import preprocess_with
 
     spec = network_spec(case.network)
     with sample_image() as path:
         image = read_image_rgb(path)
-    return preprocess_for(spec.family, spec.dataset, image, (case.height, case.width)).tensor
+    return preprocess_with(spec.preprocessing, image, (case.height, case.width)).tensor
 
 
 def deviation(output: np.ndarray, reference: np.ndarray, task: str) -> float:

@@ -210,7 +210,8 @@ class ModelOptions:
     calibration: tuple[str, ...] | None = None  # int8 calibration images (None = the bundled sample)
     device: str | None = None
     input_size: tuple[int, int] | None = None
-    isr: Any = 1  # ISRSetting or int ratio
+    isr: Any = 1  # ISRSetting, int ratio or its text (networks without ISR: 1 only)
+    inference: str | None = None  # segmentation: "whole" or "slide" (None: the network's official mode)
     depth_scale: float | None = None
     depth_shift: float | None = None
     frame_budget_ms: float = 0.0  # each network holds it (0 = off); see api.frame_budget_problem
@@ -245,8 +246,8 @@ def load_models(options: ModelOptions) -> Models:
                            frame_budget_ms=options.frame_budget_ms)
     seg = Segmenter(options.seg, checkpoint=seg_ckpt.path, backend=options.backend,
                     precision=options.precision, device=options.device,
-                    input_size=options.input_size, isr=options.isr, calibration=options.calibration,
-                    frame_budget_ms=options.frame_budget_ms)
+                    input_size=options.input_size, isr=options.isr, inference=options.inference,
+                    calibration=options.calibration, frame_budget_ms=options.frame_budget_ms)
     return Models(depth, seg, [depth_ckpt.note, seg_ckpt.note])
 
 
@@ -312,7 +313,7 @@ class FrameProcessor:
         try:  # an ISR setting that cannot run is the user's choice, not a bad frame
             seg.check_isr(seg.isr, height, width)
         except ValueError as exc:
-            raise UsageError(f"ISR {seg.isr} cannot run on {width}x{height} frames: {exc}") from None
+            raise UsageError(f"ISR {seg.isr_text(seg.isr)} cannot run on {width}x{height} frames: {exc}") from None
         key = (self._sequence, 0)
         self._sequence += 1
         self._pairing.claim(key)
@@ -321,7 +322,7 @@ class FrameProcessor:
         labels = seg_result.labels
         self.network_sizes["depth"].add(tuple(depth_result.network_size))
         self.network_sizes["seg"].add(tuple(seg_result.network_size))
-        self.isr_frames[str(seg_result.isr)] += 1
+        self.isr_frames[seg.isr_text(seg_result.isr)] += 1
         self._pairing.add("labels", key, labels)
         self._pairing.add("color", key, rgb)
         paired = self._pairing.add_depth(key, depth_result, CLOUD_INPUTS)[-1]
@@ -371,7 +372,7 @@ class FrameProcessor:
         if len(self.isr_frames) > 1:  # the budget switched settings: how many frames each served
             served_isr = ", ".join(f"{setting} ({count} frames)" for setting, count in self.isr_frames.items())
         else:
-            served_isr = str(seg.isr_control.state.served)
+            served_isr = seg.isr_text(seg.isr)
 
         return {
             f"{NOTE_PREFIX}depth_network": depth.network,

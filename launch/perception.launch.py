@@ -1,4 +1,5 @@
-"""Launch depth (DPT), seg (EDAFormer) and cloud: by default all in one process (``perception``).
+"""Launch depth (DPT), seg (semantic segmentation: EDAFormer, SegFormer, PVT, HRViT, ViT-CoMer) and
+cloud: by default all in one process (``perception``).
 
     ros2 launch dense_perception perception.launch.py image:=/camera/color/image_raw \\
         camera_info:=/camera/color/camera_info
@@ -25,7 +26,7 @@ LAUNCH_ARGUMENTS: tuple[tuple[str, str, str], ...] = (
     ("namespace", "", "Namespace of the nodes and their relative output topics"),
     ("config", "", "Parameter YAML file; empty = the package's config/perception.yaml"),
     ("depth", "true", "Run the depth node (DPT)"),
-    ("seg", "true", "Run the seg node (EDAFormer)"),
+    ("seg", "true", "Run the seg node (semantic segmentation)"),
     ("cloud", "true", "Run the cloud node (semantic PointCloud2)"),
     ("backend", "", "Inference backend of depth and seg (auto, torch, onnxruntime, tensorrt); "
      "empty = from config"),

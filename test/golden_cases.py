@@ -1,13 +1,13 @@
-"""Golden cases: outputs of the official DPT, EDAFormer, HRViT and ViT-CoMer code under the seeded weight rule.
+"""Golden cases: outputs of the official DPT, EDAFormer, SegFormer/PVT, HRViT and ViT-CoMer code under the seeded weight rule.
 
 Two forms of the same data, read into one :class:`GoldenCase` and checked by one rule:
 
 * a **full case** (``<case>.keys.json`` + ``<case>.npz`` under ``<reference root>/<family>``, made by
   running the official code; ``shared/reference/README.md``): the seeded input, the official arrays
   (whole, or the leading entries of dim 1 -- channels of a map, tokens of a ``[1, N, C]`` token tensor --
-  where the name ends in ``_ch0_<n>``, the case lists the array under ``stored_channels`` or the array is the
-  input of a module in :data:`CONCATENATING_MODULES`), the official state_dict key list and per-array
-  tolerances. The reference root is ``$DENSE_PERCEPTION_REFERENCE`` or
+  where the name ends in ``_ch0_<n>`` / ``_tok0_<n>``, the case lists the array under ``stored_channels`` or
+  the array is the input of a module in :data:`CONCATENATING_MODULES`), the official state_dict key list and
+  per-array tolerances. The reference root is ``$DENSE_PERCEPTION_REFERENCE`` or
   ``<repo>/../shared/reference``; it exists beside our own checkouts and in CI, not in a user's clone.
 * a **compact case** (``test/golden/<family>/<case>.json`` + ``.npz``, shipped in git) cut from a full
   case by ``test/golden/make_compact.py``: the input is regenerated from its seed rule (and checked by
@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 #: Where the compact cases ship.
 COMPACT_ROOT = REPO / "test" / "golden"
 #: Network families with golden cases.
-FAMILIES = ("dpt", "edaformer", "hrvit", "vit_comer")
+FAMILIES = ("dpt", "edaformer", "hrvit", "sra", "vit_comer")
 #: Set to 1 (CI does) to make a missing full reference folder a test failure instead of a skip.
 REQUIRE_ENV = "DENSE_PERCEPTION_REQUIRE_REFERENCE"
 #: The default tolerance of the reference README for arrays without an entry.
@@ -60,8 +60,9 @@ NEAR_TIE_GAP = "1e-5"
 #: Seed of the reference input: ``torch.randn([1, 3, H, W], generator=torch.Generator().manual_seed(7))``.
 INPUT_SEED = 7
 INPUT_RULE = "torch.randn([1,3,H,W], generator=torch.Generator().manual_seed(7)), float32"
-#: A full-case array name ending like this holds only the leading ``n`` channels of the tensor.
-_LEADING_CHANNELS = re.compile(r"_ch0_(\d+)$")
+#: A full-case array name ending like this holds only the leading ``n`` entries of dim 1 of the tensor
+#: (channels of a ``[1, C, h, w]`` map, tokens of a ``[1, N, C]`` token array).
+_LEADING_CHANNELS = re.compile(r"_(?:ch|tok)0_(\d+)$")
 #: Modules whose first input concatenates the array a case compares with it and more channels, so the
 #: array is that input's leading channels (the reference README's rule): UperNet's PPM ``bottleneck``
 #: takes ``[last backbone level, the pooled maps]``.
@@ -244,7 +245,7 @@ def default_sources(family: str, meta: Mapping) -> dict[str, dict]:
         output["convert"] = "metres"
     # ``pred`` (segmentation cases): labels of the logits, as the official ``encode_decode`` makes them
     sources: dict[str, dict] = {"output": output, "pred": {"module": "", "take": "output", "convert": "labels"}}
-    if family == "edaformer":
+    if family in ("edaformer", "sra"):
         sources.update({f"backbone_stage{i}": {"module": "backbone", "take": "output", "index": i - 1}
                         for i in range(1, 5)})
     sources.update({a: {"module": m, "take": "output"} for a, m in meta.get("compare_hooks", {}).items()})

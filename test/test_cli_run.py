@@ -445,3 +445,28 @@ def test_frame_budget_reaches_both_networks_and_the_summary(tmp_path: Path, caps
     code, _, err = run_cli("run", str(folder), "--out", str(tmp_path / "o2"), "--format", "files",
                            "--frame-budget-ms", "nan", *FAST, capsys=capsys)
     assert code != 0 and "frame budget must be a finite number of milliseconds" in err
+
+
+@pytest.mark.parametrize("seg, mode", [("vit_comer_t_upernet_ade20k", "slide"),
+                                       ("hrvit_b1_segformer_ade20k", "whole")])
+def test_run_bag_with_hrvit_and_vit_comer(tmp_path: Path, capsys, seg: str, mode: str) -> None:
+    """Issue 21's done-when: both networks in ``run`` (untrained, 32x32: the plumbing), each in its
+    official test mode; their labels are the Segmenter's; ISR is refused with the reason."""
+    from dense_perception.api import Segmenter
+
+    stamps = [1_700_000_000 * NS + i * 40_000_000 for i in range(2)]
+    images = write_bag(tmp_path / "bag", stamps)
+    out = tmp_path / "out.mcap"
+    code, stdout, stderr = run_cli("run", str(tmp_path / "bag"), "--out", str(out), "--seg", seg, *FAST,
+                                   capsys=capsys)
+    assert code == 0, stderr
+    topics = read_bag(out)
+    assert len(topics["/seg/labels"]) == 2 and len(topics["/points"]) == 2
+    expected = Segmenter(seg, backend="torch", input_size=(32, 32))
+    assert expected.inference.mode == mode
+    for (_, message), rgb in zip(topics["/seg/labels"], images):
+        np.testing.assert_array_equal(image_array(message), expected.predict(rgb).labels)
+    assert "isr served: no ISR" in stdout.splitlines() and f"UNTRAINED weights: {seg}" in stdout
+    code, _, err = run_cli("run", str(tmp_path / "bag"), "--out", str(tmp_path / "o2.mcap"), "--seg", seg,
+                           "--isr", "2", *FAST, capsys=capsys)
+    assert code == 2 and "ISR does not apply to" in err and not (tmp_path / "o2.mcap").exists()

@@ -228,6 +228,66 @@ def test_isr_ratio_set_through_the_service_applies_at_the_next_frame(ros_context
         {"isr_ratio": 2, "isr_encoder": [0], "isr_decoder": []}) == ISRSetting.from_ratio(2)
 
 
+def seg_status_values(graph, frames: int) -> dict[str, str]:
+    """The newest /seg diagnostics after ``frames`` processed frames ({} before it arrives)."""
+    statuses = [s for msg in graph.received["/diagnostics"] for s in msg.status if s.name.startswith("/seg")
+                and {kv.key: kv.value for kv in s.values}.get("frames processed") == str(frames)]
+    return {kv.key: kv.value for kv in statuses[-1].values} if statuses else {}
+
+
+def test_segformer_takes_isr_ratio_live_like_edaformer(ros_context, harness):
+    """Issue 20's done-when: `ros2 param set /seg isr_ratio 2` with a SegFormer network."""
+    seg = make_seg(ros_context, network="segformer_b0_ade20k", diagnostics_period=0.2)
+    results = []
+    seg.listeners.add(results.append)
+    graph = harness([seg], seg_outputs())
+    assert seg.get_parameter("class_names").value[:2] == ["wall", "building"]  # ADE20K's 150 names
+    graph.image_pub.publish(bgr8_image(1))
+    graph.next("seg/labels", 1)
+    assert graph.spin_until(lambda: len(results) == 1)
+    assert results[-1].result.isr == ISRSetting((8, 4, 2, 1), ())
+
+    accepted = graph.set_parameter("seg", "isr_ratio", "2")
+    assert accepted.successful, accepted.reason
+    graph.image_pub.publish(bgr8_image(2))
+    labels = image_array(graph.next("seg/labels", 2))
+    assert graph.spin_until(lambda: len(results) == 2)
+    # every ratio the backbone can reduce x2; stage 4 (sr 1) has no reduction path and stays 1
+    assert results[-1].result.isr == ISRSetting((16, 8, 4, 1), ()) == seg.segmenter.isr
+    assert np.array_equal(labels, seg.segmenter.predict(RGB).labels)
+    assert graph.spin_until(lambda: seg_status_values(graph, 2).get("isr") == "[16,8,4,1]"), \
+        "/diagnostics does not show the served setting"
+
+    for name, text, reason in (
+            ("isr_ratio", "3", "does not fit a 64x64 input"),  # [24,12,6,1]: 24 > the 16x16 stage-1 map
+            ("isr_encoder", "[16, 8, 2, 2]", "stage 4 has no key/value reduction path"),
+            ("isr_encoder", "[12, 8, 2, 1]", "must be a multiple of 8"),
+            ("isr_decoder", "[2, 4, 8]", "has no decoder attention")):
+        refused = graph.set_parameter("seg", name, text)
+        assert not refused.successful and reason in refused.reason, (name, text, refused.reason)
+    assert seg.get_parameter("isr_ratio").value == 2 and seg.segmenter.isr == ISRSetting((16, 8, 4, 1), ())
+    explicit = graph.set_parameter("seg", "isr_encoder", "[16, 8, 2, 1]")  # the paper's Table 7 setting
+    assert explicit.successful, explicit.reason
+    graph.image_pub.publish(bgr8_image(3))
+    graph.next("seg/labels", 3)
+    assert graph.spin_until(lambda: len(results) == 3)
+    assert results[-1].result.isr == ISRSetting((16, 8, 2, 1), ())
+
+
+def test_hrvit_refuses_isr_with_the_reason_and_keeps_serving(ros_context, harness):
+    seg = make_seg(ros_context, network="hrvit_b1_segformer_cityscapes")
+    graph = harness([seg], seg_outputs())
+    refused = graph.set_parameter("seg", "isr_ratio", "2")
+    assert not refused.successful
+    assert "ISR does not apply to HRViT's cross-shaped stripe attention" in refused.reason
+    assert seg.segmenter.inference.mode == "slide"  # Cityscapes' official test mode
+    graph.image_pub.publish(bgr8_image(1))
+    labels = image_array(graph.next("seg/labels", 1))
+    assert labels.max() < 19 and seg.get_parameter("class_names").value[0] == "road"
+    assert np.array_equal(labels, seg.segmenter.predict(RGB).labels)
+    assert seg.segmenter.isr is None and seg.get_parameter("isr_ratio").value == 1
+
+
 def test_latest_frame_policy_under_a_burst_of_200_frames(ros_context, harness):
     seg = make_seg(ros_context, publish_colored=False)
     graph = harness([seg], {"seg/labels": Image})

@@ -35,14 +35,15 @@ def test_compact_cases_fit_the_size_budget() -> None:
 
 def test_compact_cases_cover_every_network_family() -> None:
     """At least one case per family; EDAFormer-T and -B each with the training ratios and the paper's ISR;
-    DPT hybrid and large, MiDaS and metric; HRViT-b1 with both heads; ViT-CoMer-T square and not."""
+    DPT hybrid and large, MiDaS and metric; HRViT-b1 with both heads; ViT-CoMer-T square and not;
+    SegFormer with and without ISR, PVTv2."""
     assert {family for family, _ in COMPACT} == set(FAMILIES)
-    assert set(FAMILIES) >= {"dpt", "edaformer", "hrvit", "vit_comer"}
+    assert set(FAMILIES) >= {"dpt", "edaformer", "hrvit", "sra", "vit_comer"}
     covered = set()
     for family, name in COMPACT:
         case = read_compact(COMPACT_ROOT / family / name)
         assert case.family == family, (family, name)
-        isr = case.settings.get("isr", {})
+        isr = case.settings.get("isr") or {}
         height, width = case.input_shape[2:]
         covered.add((case.settings["network"], tuple(isr.get("encoder", ())), tuple(isr.get("decoder", ()))))
         covered.add((case.settings["network"], "square" if height == width else "non-square"))
@@ -51,6 +52,9 @@ def test_compact_cases_cover_every_network_family() -> None:
     expected |= {(net, (), ()) for net in ("dpt_hybrid_midas", "dpt_large_midas", "dpt_hybrid_nyu",
                                            "hrvit_b1_segformer_ade20k", "hrvit_b1_upernet_ade20k")}
     expected |= {("vit_comer_t_upernet_ade20k", shape) for shape in ("square", "non-square")}
+    # SegFormer with the training ratios and the paper's Table 7 ISR, PVTv2 + Semantic FPN
+    expected |= {("segformer_b0_ade20k", (), ()), ("segformer_b1_ade20k", (16, 8, 2, 1), ()),
+                 ("pvt_v2_b1_fpn_ade20k", (), ())}
     assert expected <= covered, expected - covered
 
 

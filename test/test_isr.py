@@ -50,8 +50,8 @@ def test_problem_names_level_map_and_ratio() -> None:
     assert isr_problem(ISRSetting.from_ratio(4), 512, 512) is None
     assert isr_problem(ISRSetting.from_ratio(2), 64, 64) is None, "a pool equal to the map side is fine"
     assert isr_problem(ISRSetting.from_ratio(2), 32, 64) == (
-        "ISR [16,8,4,2]-[2,4,8] does not fit a 32x64 input: encoder stage 1 has a 8x16 feature "
-        "map, smaller than its key/value pool ratio 16")
+        "ISR [16,8,4,2]-[2,4,8] does not fit a 32x64 input (it needs at least 61x61): encoder stage 1 has "
+        "a 8x16 feature map, smaller than its key/value pool ratio 16")
     assert "decoder level c3 has a 4x4" in isr_problem(ISRSetting((8, 4, 2, 1), (1, 5, 4)), 64, 64)
 
 
@@ -118,16 +118,19 @@ def test_feature_maps_of_a_single_pixel_and_of_exact_multiples() -> None:
     assert feature_map_sizes(32, 33) == [(8, 9), (4, 5), (2, 3), (1, 2)]
 
 
-@pytest.mark.parametrize("setting, height, width, where", [
-    (ISRSetting((8, 4, 2, 3), (1, 2, 4)), 64, 96, "encoder stage 4 has a 2x3 feature map, smaller than its "
-                                                   "key/value pool ratio 3"),
-    (ISRSetting((8, 4, 2, 1), (3, 2, 4)), 64, 96, "decoder level c4 has a 2x3 feature map, smaller than its "
-                                                   "key/value pool ratio 3"),
-    (ISRSetting((8, 4, 2, 1), (1, 2, 17)), 128, 64, "decoder level c2 has a 16x8 feature map, smaller than "
-                                                     "its key/value pool ratio 17"),
-    (ISRSetting((8, 4, 5, 1), (1, 2, 4)), 64, 32, "encoder stage 3 has a 4x2 feature map, smaller than its "
-                                                   "key/value pool ratio 5"),
+@pytest.mark.parametrize("setting, height, width, needs, where", [
+    # the size needed: stride x (ratio - 1) + 1 at the most demanding level (ceil-like maps)
+    (ISRSetting((8, 4, 2, 3), (1, 2, 4)), 64, 96, 65, "encoder stage 4 has a 2x3 feature map, smaller than its "
+                                                       "key/value pool ratio 3"),
+    (ISRSetting((8, 4, 2, 1), (3, 2, 4)), 64, 96, 65, "decoder level c4 has a 2x3 feature map, smaller than its "
+                                                       "key/value pool ratio 3"),
+    (ISRSetting((8, 4, 2, 1), (1, 2, 17)), 128, 64, 129, "decoder level c2 has a 16x8 feature map, smaller than "
+                                                          "its key/value pool ratio 17"),
+    (ISRSetting((8, 4, 5, 1), (1, 2, 4)), 64, 32, 65, "encoder stage 3 has a 4x2 feature map, smaller than its "
+                                                       "key/value pool ratio 5"),
 ])
-def test_problem_is_the_first_level_whose_shorter_side_is_below_the_pool(setting, height, width, where) -> None:
+def test_problem_is_the_first_level_whose_shorter_side_is_below_the_pool(setting, height, width, needs,
+                                                                         where) -> None:
     assert isr_problem(setting, height, width) == (
-        f"ISR {setting} does not fit a {height}x{width} input: {where}")
+        f"ISR {setting} does not fit a {height}x{width} input (it needs at least {needs}x{needs}): {where}")
+    assert isr_problem(setting, needs, needs) is None

@@ -155,7 +155,7 @@ def test_int8_is_opt_in_and_runs_only_in_onnx_runtime(tmp_path) -> None:
     with pytest.raises(EngineError, match="onnxruntime backend does not run bf16"):
         choose_backend("onnxruntime", cpu, "bf16")
     with pytest.raises(EngineError, match="tensorrt backend does not run int8"):
-        TensorRTFactory(seeded(EDA), H, W, tmp_path, "int8", builder=object(), runtime=object(), gpu=object())
+        TensorRTFactory(seeded(EDA), H, W, tmp_path, "int8", builder=object(), runtime=object())
     with pytest.raises(EngineError, match="torch backend does not run int8"):
         DepthEstimator(DPT, backend="torch", precision="int8")
 

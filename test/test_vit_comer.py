@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from dense_perception.networks import CheckpointError, available_networks, build_network, load_weights
+from dense_perception.networks import CheckpointError, ISRSetting, available_networks, build_network, load_weights
 from dense_perception.networks.common import fill_reference_weights
 from dense_perception.networks.vit_comer import CnnLevels, ViTCoMer, vit_comer_size_problem
 
@@ -106,9 +106,11 @@ def test_small_forward(tiny: ViTCoMer) -> None:
 
 def test_isr_does_not_apply(tiny: ViTCoMer) -> None:
     assert tiny.isr is None
-    assert tiny.set_isr(1).is_training
+    assert tiny.set_isr(1) is None, "ratio 1 is the network as trained: no setting"
     with pytest.raises(ValueError, match="ISR does not apply to ViT-CoMer"):
         tiny.set_isr(3)
+    with pytest.raises(ValueError, match=r"ISR does not apply to ViT-CoMer.*got \[8,4,2,1\]-\[1,2,4\]"):
+        tiny.set_isr(ISRSetting())  # EDAFormer's training setting means nothing here
 
 
 def test_wrong_variant_checkpoint_names_the_keys(tiny: ViTCoMer) -> None:

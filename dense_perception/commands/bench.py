@@ -16,10 +16,11 @@ import numpy as np
 
 from ..benchmark import (BACKENDS, END_TO_END_BACKENDS, FIXED_BATCH_ONE, MIXED_PRECISION_BACKENDS, Case,
                          Measurement, deviation, measure, measure_isr, paired_ratio)
-from ..networks import ISRSetting, available_networks, network_spec
+from ..networks import ISRScheme, available_networks, network_spec
 
 DEFAULT_NETWORKS = ("dpt_hybrid_midas", "edaformer_t_ade20k")
-DEFAULT_SIZES = {"dpt": (384, 384), "edaformer": (512, 512)}
+#: Network input of the bare-network cases without --size, per task.
+DEFAULT_SIZES = {"depth": (384, 384), "segmentation": (512, 512)}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,12 +53,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="bench/out", help="folder for results.json and results.png")
 
 
+def _isr_texts(name: str, scheme: ISRScheme | None, asked: list[str]) -> list[str | None]:
+    """The ISR settings ``asked`` (ratios or lists) that network ``name``'s ``scheme`` can express, as
+    text (the others are left out with a line saying why); None (no setting) for networks without ISR
+    and for an adaptive training grid."""
+    if scheme is None:
+        return [None]
+    texts: list[str | None] = []
+    for text in asked:
+        try:
+            setting = scheme.parse(text)
+        except ValueError as error:
+            print(f"[skipped] {name} ISR {text}: {error}", flush=True)
+            continue
+        texts.append(None if setting is None else str(setting))
+    if not texts:
+        raise ValueError(f"{name}: none of the ISR settings {asked} runs on it")
+    return list(dict.fromkeys(texts))
+
+
 def _cases(args: argparse.Namespace) -> list[Case]:
     cases = []
     for name in args.networks:
         spec = network_spec(name)
-        height, width = args.size or DEFAULT_SIZES[spec.family]
-        settings = [str(ISRSetting.parse(s)) for s in args.isr] if spec.family == "edaformer" else [None]
+        height, width = args.size or DEFAULT_SIZES[spec.task]
+        settings = _isr_texts(name, spec.isr, args.isr)
         for backend in args.backends:
             if backend == "transformers" and spec.family != "dpt":
                 continue

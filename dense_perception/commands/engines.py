@@ -18,8 +18,8 @@ from ..engines.base import BACKEND_PRECISIONS, EngineError
 from ..engines.cache import (CACHE_ENV, EngineCache, default_engine_dir, manifest_path, remove_artefact,
                              untrusted_reason)
 from ..engines.export import read_graph_info
-from ..networks import ISRSetting, available_networks
-from ..networks.isr import isr_problem
+from ..networks import ISRScheme, ISRSetting, available_networks, network_spec
+from ..networks.isr import EDAFORMER_ISR
 from .info import add_isr_arguments, isr_from_args
 
 log = logging.getLogger(__name__)
@@ -49,17 +49,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                        help="only this network's files (default: all)")
 
 
-def parse_isr_list(text: str) -> list[ISRSetting]:
-    """``"1;2;[16,8,2,1]-[2,4,8]"`` -> settings (empty items skipped)."""
-    return [ISRSetting.parse(item) for item in text.split(";") if item.strip()]
+def parse_isr_list(text: str, scheme: ISRScheme = EDAFORMER_ISR) -> list[ISRSetting | None]:
+    """``"1;2;[16,8,2,1]-[2,4,8]"`` -> settings of ``scheme`` (empty items skipped)."""
+    return [scheme.parse(item) for item in text.split(";") if item.strip()]
 
 
 def _settings(args: argparse.Namespace, net: Any) -> list[ISRSetting | None]:
-    if not hasattr(net, "set_isr"):
+    scheme = network_spec(args.network).isr
+    if scheme is None:
+        if hasattr(net, "set_isr"):  # refuses anything but ratio 1, with the reason
+            net.set_isr(isr_from_args(args, None))
+        if args.isr_prebuild:
+            raise ValueError(f"--isr-prebuild: {args.network} has no ISR")
         return [None]
     settings: list[ISRSetting | None] = []
-    for setting in [isr_from_args(args)] + parse_isr_list(args.isr_prebuild):
-        problem = isr_problem(setting, *args.size)
+    for setting in [isr_from_args(args, scheme)] + parse_isr_list(args.isr_prebuild, scheme):
+        problem = scheme.problem(setting, *args.size)
         if problem:
             raise ValueError(problem)
         if setting not in settings:

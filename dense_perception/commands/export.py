@@ -10,7 +10,7 @@ import logging
 from pathlib import Path
 
 from ..engines.export import MIN_OPSET, PRECISIONS, export_onnx, read_graph_info
-from ..networks import available_networks, build_network, load_checkpoint
+from ..networks import available_networks, build_network, load_checkpoint, network_spec
 from .info import add_isr_arguments, isr_from_args
 
 log = logging.getLogger(__name__)
@@ -45,8 +45,8 @@ def main(args: argparse.Namespace) -> int:
 
     height, width = args.size
     net = build_network(args.network)
-    if hasattr(net, "set_isr"):
-        net.set_isr(isr_from_args(args))
+    if hasattr(net, "set_isr"):  # a network without ISR refuses anything but ratio 1, with the reason
+        net.set_isr(isr_from_args(args, network_spec(args.network).isr))
         net.check_isr(height, width)
     elif _isr_requested(args):
         log.warning("%s has no inference spatial reduction; the ISR options are ignored", args.network)

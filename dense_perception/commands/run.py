@@ -18,7 +18,8 @@ from ..io.images import DEFAULT_MAX_INPUT_PIXELS
 from ..io.sources import DEFAULT_FPS, DEFAULT_FRAME_ID, open_source
 from ..io.writers import (BAG_FORMATS, COMPRESSIONS, BagWriter, FilesWriter, OutputError, bag_storage_for,
                           parse_file_kinds)
-from ..networks import available_networks
+from ..networks import available_networks, network_spec
+from ..networks.registry import INFERENCE_MODES
 from ..runner import (DEFAULT_FOV_DEG, NOTE_PREFIX, FrameProcessor, ModelOptions, ProcessOptions,
                       describe_depth, load_models, run_frames)
 from .info import add_isr_arguments, isr_from_args
@@ -92,11 +93,16 @@ def add_model_arguments(parser: argparse.ArgumentParser, depth_default: str,
                        help="MiDaS only: scale of the fit on inverse depth (with --depth-shift)")
     group.add_argument("--depth-shift", type=float, default=None,
                        help="MiDaS only: shift of the fit on inverse depth (with --depth-scale)")
+    group.add_argument("--inference", default=None, choices=INFERENCE_MODES,
+                       help="segmentation: whole (one forward per image; fast) or slide (the network's "
+                       "sliding windows); default: the network's official test mode (slide for the "
+                       "Cityscapes networks and ViT-CoMer, else whole)")
     add_isr_arguments(parser)
     parser.add_argument_group("frame budget").add_argument(
         "--frame-budget-ms", type=float, default=0.0, metavar="MS",
         help="hold this many milliseconds per frame for EACH network (0 = off, the default): the "
-        "segmenter serves the least ISR reduction, the depth network the largest input size, whose "
+        "segmenter serves the least ISR reduction (networks without ISR: the largest input size), the "
+        "depth network the largest input size, whose "
         "measured frame time holds it; the summary says what was served")
     cloud = parser.add_argument_group("camera and point cloud")
     cloud.add_argument("--fov", type=float, default=DEFAULT_FOV_DEG, metavar="DEG",
@@ -115,8 +121,8 @@ def model_options(args: argparse.Namespace) -> ModelOptions:
         download=not args.no_download, backend=args.backend, precision=args.precision,
         calibration=tuple(args.calibration) if args.calibration else None,
         device=args.device, input_size=tuple(args.input_size) if args.input_size else None,
-        isr=isr_from_args(args), depth_scale=args.depth_scale, depth_shift=args.depth_shift,
-        frame_budget_ms=args.frame_budget_ms)
+        isr=isr_from_args(args, network_spec(args.seg).isr), inference=args.inference,
+        depth_scale=args.depth_scale, depth_shift=args.depth_shift, frame_budget_ms=args.frame_budget_ms)
 
 
 def process_options(args: argparse.Namespace) -> ProcessOptions:

@@ -98,7 +98,7 @@ class CacheKey:
         """Readable file-name prefix: network, size, ISR slug, precision, library."""
         from ..networks.isr import ISRSetting
 
-        isr = ISRSetting.parse(self.isr).slug if self.isr else "noisr"
+        isr = ISRSetting.read(self.isr).slug if self.isr else "noisr"
         batch = f"_b{self.batch}" if self.batch != 1 else ""
         return f"{_safe(self.network)}_{self.height}x{self.width}_{isr}_{self.precision}{batch}_{_safe(self.library)}"
 

@@ -94,7 +94,7 @@ class GraphInfo:
 
     @property
     def isr_setting(self) -> ISRSetting | None:
-        return ISRSetting.parse(self.isr) if self.isr else None
+        return ISRSetting.read(self.isr) if self.isr else None
 
     @property
     def isr_slug(self) -> str:

@@ -15,7 +15,7 @@ How (``onnxruntime.quantization``, nothing hand-written):
    loads the graph.
 
 Calibration inputs come from real images through the network family's one pre-processing path
-(:func:`~..pipeline.preprocess.preprocess_for`) at the graph's input size: by default deterministic crops
+(:func:`~..pipeline.preprocess.preprocess_with`) at the graph's input size: by default deterministic crops
 and mirror images of the bundled sample photograph; pass your own camera frames for ranges that fit
 your scenes. The calibration set is part of the graph's identity (its label is in the metadata and the
 graph cache key).
@@ -105,9 +105,9 @@ def calibration_inputs(network: str, height: int, width: int,
                        paths: Sequence[str | os.PathLike] | None = None,
                        count: int = DEFAULT_CALIBRATION_INPUTS) -> list[np.ndarray]:
     """Network inputs ``[1, 3, height, width]`` float32 for calibrating ``network``'s graph: views of the
-    calibration images (see :func:`calibration_files`) through the family's pre-processing."""
+    calibration images (see :func:`calibration_files`) through the network's official pre-processing."""
     from ..io.sources import read_image_rgb
-    from ..pipeline.preprocess import preprocess_for
+    from ..pipeline.preprocess import preprocess_with
 
     spec = network_spec(network)
     inputs = []
@@ -119,7 +119,7 @@ def calibration_inputs(network: str, height: int, width: int,
             except ValueError as exc:
                 raise ValueError(f"calibration image {path}: {exc}") from None
             for view in _views(image, per_image):
-                inputs.append(preprocess_for(spec.family, spec.dataset, view, (height, width)).tensor.numpy())
+                inputs.append(preprocess_with(spec.preprocessing, view, (height, width)).tensor.numpy())
     return inputs
 
 

@@ -359,7 +359,7 @@ class TensorRTEngine:
 
     @property
     def isr(self) -> ISRSetting | None:
-        return ISRSetting.parse(self.key.isr) if self.key.isr else None
+        return ISRSetting.read(self.key.isr) if self.key.isr else None
 
     def infer(self, batch: torch.Tensor) -> torch.Tensor:
         return self.execution.run(batch)

@@ -1,8 +1,9 @@
 """One checkpoint loader for every network: read a file safely, check its keys strictly, load it.
 
 Official files come in a few wrappers: a plain ``state_dict`` (the DPT release files), an mmcv/mmseg
-checkpoint ``{"state_dict": ..., "meta": ...}`` (EDAFormer), or ``{"model": ..., "optimizer": ...}``.
-All are read with ``torch.load(..., weights_only=True)``: no pickled code ever runs.
+checkpoint ``{"state_dict": ..., "meta": ...}`` (EDAFormer, SegFormer), or ``{"model": ..., "optimizer": ...}``.
+All are read with ``torch.load(..., weights_only=True)``: no pickled code ever runs. ``.safetensors`` files
+(Hugging Face) are read with ``safetensors``.
 
 A network may adapt foreign key layouts (for example the Hugging Face DPT) by defining
 ``adapt_state_dict(state_dict) -> state_dict``; the strict comparison runs on the adapted keys.
@@ -90,6 +91,8 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
     problem = file_problem(path)
     if problem is not None:
         raise CheckpointError(f"checkpoint {path!r} {problem}")
+    if path.endswith(".safetensors"):
+        return Checkpoint(state_dict=_read_safetensors(path), source=path)
     damaged = _damaged_zip_member(path)
     if damaged is not None:
         raise CheckpointError(f"checkpoint {path!r} is corrupt: the stored checksum (CRC-32) of {damaged} does "
@@ -100,6 +103,19 @@ def read_checkpoint(path: str | os.PathLike) -> Checkpoint:
         raise CheckpointError(f"{path!r} is not a readable PyTorch checkpoint: "
                               f"{_diagnosis(exc, _starts_like_zip(path))}") from exc
     return unwrap_checkpoint(obj, source=path)
+
+
+def _read_safetensors(path: str) -> dict[str, torch.Tensor]:
+    """The tensors of a ``.safetensors`` file (a format without code: nothing to execute)."""
+    try:
+        from safetensors.torch import load_file
+    except ImportError:
+        raise CheckpointError(f"{path}: reading .safetensors needs the `safetensors` package "
+                              f"(pip install safetensors; it comes with transformers)") from None
+    try:
+        return load_file(path)
+    except Exception as exc:  # safetensors raises its own error types on garbage
+        raise CheckpointError(f"{path}: not a readable .safetensors file: {exc}") from exc
 
 
 def _starts_like_zip(path: str) -> bool:
@@ -219,7 +235,8 @@ def load_weights(net: nn.Module, checkpoint: Checkpoint | Mapping[str, torch.Ten
     """Load weights strictly into ``net`` after the network's own key adaptation, if any.
 
     Raises:
-        CheckpointError: with counts and the first few missing, unexpected and mis-shaped keys.
+        CheckpointError: with counts and the first few missing, unexpected and mis-shaped keys, and the
+            registered network(s) the weights fit instead (or the closest one), if any.
     """
     if not isinstance(checkpoint, Checkpoint):
         checkpoint = unwrap_checkpoint(checkpoint)
@@ -229,9 +246,13 @@ def load_weights(net: nn.Module, checkpoint: Checkpoint | Mapping[str, torch.Ten
         state_dict = adapt(state_dict)
     problem = key_mismatch(net, state_dict)
     if problem:
+        from .identify import Identifier  # the registry's networks; imported here to keep this module low-level
+
+        guess = Identifier().guess(checkpoint.state_dict)
         raise CheckpointError(
             f"{checkpoint.source} does not fit {type(net).__name__}"
             f"{' ' + net.name if isinstance(getattr(net, 'name', None), str) else ''}: {problem}"
+            + (f"; {guess}" if guess else "")
         )
     bad = non_finite_tensors(state_dict)
     if bad:

@@ -5,7 +5,10 @@ Multiply-adds (MACs; one multiply plus one add = 1) are counted by PyTorch's own
 linear layers and the attention matmuls (``scaled_dot_product_attention`` counted as its two matrix
 products, with the true floor-pooled key counts). Norms, activations, softmax, pooling and resizes are
 not counted. This is the "exact MACs" convention of ``shared/design/edaformer.md`` and ``dpt.md``; the
-EDAFormer paper's "GFLOPs" are mmcv multiply-add counts and agree with it within 1 %.
+EDAFormer paper's "GFLOPs" are mmcv multiply-add counts and agree with it within 1 %, as do the SegFormer
+and PVT counts of ``shared/design/sra.md`` section 8.4. Modules that run an exact shortcut of the official
+formulation (attribute ``folded``, e.g. the SegFormer head) are counted unfolded: the counts describe the
+architecture, while such a network computes fewer.
 
 The forward runs on PyTorch's ``meta`` device: shapes only, no memory, no arithmetic, so even
 1024×2048 counts are instant.
@@ -53,6 +56,9 @@ def count_cost(net: nn.Module, height: int, width: int) -> NetworkCost:
     """Parameters and MACs of ``net`` for one ``[1, 3, height, width]`` input."""
     params = count_parameters(net)
     meta_net = copy.deepcopy(net).to("meta").eval()
+    for module in meta_net.modules():  # count the official formulation, not an exact shortcut of it
+        if getattr(module, "folded", False):
+            module.folded = False
     x = torch.zeros(1, 3, height, width, device="meta")
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         meta_net(x)

@@ -10,6 +10,7 @@ Hugging Face ``DPTForDepthEstimation`` state_dicts are converted on load (:meth:
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Mapping
@@ -20,7 +21,7 @@ from torch import nn
 
 from .common import check_image_batch
 from .depth_units import DEPTH_OUTPUTS, DepthOutput
-from .registry import NetworkSpec
+from .registry import NetworkSpec, Preprocessing, WeightsEntry, register_networks
 from .vit import VisionTransformer
 
 #: Channels of every decoder path.
@@ -220,22 +221,45 @@ class DPT(nn.Module):
         return convert_hf_state_dict(state_dict) if is_hf_state_dict(state_dict) else state_dict
 
 
-def build_dpt(backbone: str, dataset: str, name: str | None = None) -> DPT:
-    return DPT(backbone=backbone, dataset=dataset, name=name)
+_DPT_RELEASE = "https://github.com/isl-org/DPT/releases/download/1_0/"
+_MIDAS_V3 = "https://github.com/isl-org/MiDaS/releases/download/v3/"
+#: (backbone, dataset): released file name (its hex part is the published sha256 prefix), fp32 state_dict
+#: bytes, and whether MiDaS v3 mirrors it.
+_RELEASES = {
+    ("hybrid", "midas"): ("dpt_hybrid-midas-501f0c75.pt", 492_587_940, True),
+    ("large", "midas"): ("dpt_large-midas-2f21e586.pt", 1_376_221_860, True),
+    ("hybrid", "nyu"): ("dpt_hybrid_nyu-2ce69ec7.pt", 492_587_940, False),
+    ("hybrid", "kitti"): ("dpt_hybrid_kitti-cb926ef4.pt", 492_587_940, False),
+}
+#: The official keep-aspect resize targets (height, width) per checkpoint dataset.
+_TARGETS = {"midas": (384, 384), "nyu": (480, 640), "kitti": (352, 1216)}
+
+
+def _release(backbone: str, dataset: str) -> WeightsEntry:
+    """The DPT release ``1_0`` catalogue entry."""
+    file_name, size, mirror = _RELEASES[(backbone, dataset)]
+    prefix = re.fullmatch(r".+-([0-9a-f]{8})\.pt", file_name)
+    assert prefix, file_name
+    urls = (_DPT_RELEASE + file_name,) + ((_MIDAS_V3 + file_name,) if mirror else ())
+    source = "isl-org/DPT release 1_0" + (" (mirror: isl-org/MiDaS release v3)" if mirror else "")
+    return WeightsEntry(f"dpt_{backbone}_{dataset}", file_name, urls, prefix[1], size, source)
 
 
 def _specs() -> tuple[NetworkSpec, ...]:
-    entries = (("hybrid", "midas"), ("large", "midas"), ("hybrid", "nyu"), ("hybrid", "kitti"))
     titles = {"hybrid": "DPT-Hybrid (R50 + ViT-B/16)", "large": "DPT-Large (ViT-L/16)"}
     return tuple(
         NetworkSpec(
-            name=f"dpt_{backbone}_{dataset}", task="depth", family="dpt", builder=build_dpt,
+            name=f"dpt_{backbone}_{dataset}", task="depth", family="dpt",
             kwargs={"backbone": backbone, "dataset": dataset}, dataset=dataset,
             description=f"{titles[backbone]} monocular depth, {DEPTH_OUTPUTS[dataset].description}",
-            output=DEPTH_OUTPUTS[dataset],
+            output=DEPTH_OUTPUTS[dataset], input_size=_TARGETS[dataset],
+            preprocessing=Preprocessing("dpt", _TARGETS[dataset]), weights=(_release(backbone, dataset),),
         )
-        for backbone, dataset in entries
+        for backbone, dataset in _RELEASES
     )
 
 
-NETWORKS = _specs()
+@register_networks(*_specs())
+def build_dpt(backbone: str, dataset: str, name: str | None = None) -> DPT:
+    """DPT with a ``backbone`` ("hybrid" or "large") and the output units of ``dataset``."""
+    return DPT(backbone=backbone, dataset=dataset, name=name)

@@ -16,13 +16,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import check_image_batch
-from .isr import ISRSetting, isr_problem
-from .registry import NetworkSpec
+from .blocks import LAYER_NORM_EPS, FeedForward, PatchEmbed, map_to_tokens, tokens_to_map
+from .common import ConvModule, check_image_batch
+from .isr import EDAFORMER_ISR, ISRInterface, ISRSetting
+from .registry import Inference, NetworkSpec, Preprocessing, manual_weights, register_networks
 
 # LayerNorm eps is mixed in the official code (design doc, pitfall 1).
 _ENCODER_EPS = 1e-6
-_DEFAULT_EPS = 1e-5  # patch-embed norms and every decoder norm
+_DEFAULT_EPS = LAYER_NORM_EPS  # patch-embed norms and every decoder norm
+
+__all__ = ["EDAFormer", "EDAFormerConfig", "EmbeddingFreeAttention", "FeedForward", "VARIANTS", "build_edaformer"]
 
 
 @dataclass(frozen=True)
@@ -45,17 +48,6 @@ VARIANTS: dict[str, EDAFormerConfig] = {
     "b": EDAFormerConfig(widths=(64, 128, 256, 512), depths=(3, 3, 22, 3), ffn_ratio=4.0,
                          decoder_ffn_ratio=1, fuse_width=768),
 }
-
-
-def tokens_to_map(x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    """``[B, h·w, C]`` row-major tokens → ``[B, C, h, w]`` without a copy: the result has channels-last
-    strides, which convolutions, pooling and resizes take as they are (and keep)."""
-    return x.reshape(x.shape[0], h, w, x.shape[2]).permute(0, 3, 1, 2)
-
-
-def map_to_tokens(x: torch.Tensor) -> torch.Tensor:
-    """``[B, C, h, w]`` → ``[B, h·w, C]`` row-major tokens (a view when ``x`` is channels-last)."""
-    return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, x.shape[1])
 
 
 class EmbeddingFreeAttention(nn.Module):
@@ -88,52 +80,6 @@ class EmbeddingFreeAttention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(b, n, c))
 
 
-class DepthwiseConv(nn.Module):
-    """3×3 depthwise conv on a ``[B, C, h, w]`` map (the official key nests it twice: ``dwconv.dwconv``)."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.dwconv = nn.Conv2d(dim, dim, 3, 1, 1, groups=dim)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dwconv(x)
-
-
-class FeedForward(nn.Module):
-    """fc1 → (ReLU, encoder only) → depthwise 3×3 → GELU (exact) → fc2.
-
-    Two layouts of the same arithmetic: in torch, linear layers on tokens (the token map is a free
-    channels-last view); in an exported ONNX graph, the whole FFN on the ``[B, C, h, w]`` map with fc1/fc2
-    as the 1×1 convolutions they are, so the layout changes (Transposes in ONNX) touch the block's width
-    rather than the 4-8× wider hidden tensor -- about a tenth of ONNX Runtime fp32 time for EDAFormer-T
-    (bench/RESULTS.md), while in torch oneDNN's 1×1 convolutions are slower than the linear layers.
-    """
-
-    def __init__(self, dim: int, hidden: int, relu: bool) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.relu = relu
-        self.dwconv = DepthwiseConv(hidden)
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        if torch.onnx.is_in_onnx_export():
-            return self.forward_on_map(x, h, w)
-        x = self.fc1(x)
-        if self.relu:
-            x = F.relu(x, inplace=True)  # fc1's output is not needed again: no second buffer
-        x = map_to_tokens(self.dwconv(tokens_to_map(x, h, w)))
-        return self.fc2(F.gelu(x))
-
-    def forward_on_map(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        """The same FFN computed on the token map (the exported graph's layout)."""
-        x = F.conv2d(tokens_to_map(x, h, w), self.fc1.weight[:, :, None, None], self.fc1.bias)
-        if self.relu:
-            x = F.relu(x, inplace=True)
-        x = F.gelu(self.dwconv(x))
-        return map_to_tokens(F.conv2d(x, self.fc2.weight[:, :, None, None], self.fc2.bias))
-
-
 class Block(nn.Module):
     """Pre-norm transformer block: ``x + EFA(LN(x))`` then ``x + FFN(LN(x))``."""
 
@@ -150,20 +96,6 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x), h, w)
 
 
-class PatchEmbed(nn.Module):
-    """Overlapping patch embedding: strided conv + LayerNorm (eps 1e-5)."""
-
-    def __init__(self, in_ch: int, dim: int, kernel: int, stride: int) -> None:
-        super().__init__()
-        self.proj = nn.Conv2d(in_ch, dim, kernel, stride, kernel // 2)
-        self.norm = nn.LayerNorm(dim, eps=_DEFAULT_EPS)
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, int, int]:
-        x = self.proj(x)
-        h, w = x.shape[2:]
-        return self.norm(map_to_tokens(x)), h, w
-
-
 class EmbeddingFreeTransformer(nn.Module):
     """The EFT encoder; returns the four normalised stage maps."""
 
@@ -173,7 +105,7 @@ class EmbeddingFreeTransformer(nn.Module):
         for i, (dim, depth, heads) in enumerate(zip(cfg.widths, cfg.depths, cfg.heads), start=1):
             kernel, stride = (7, 4) if i == 1 else (3, 2)
             hidden = int(cfg.ffn_ratio * dim)
-            pool = ISRSetting().encoder[i - 1]
+            pool = EDAFORMER_ISR.training.encoder[i - 1]
             setattr(self, f"patch_embed{i}", PatchEmbed(in_ch, dim, kernel, stride))
             setattr(self, f"block{i}", nn.ModuleList(
                 Block(dim, heads, hidden, pool, decoder=False) for _ in range(depth)))
@@ -195,18 +127,6 @@ class EmbeddingFreeTransformer(nn.Module):
         return outs
 
 
-class FuseConv(nn.Module):
-    """1×1 conv (no bias) + BatchNorm + ReLU, named like mmcv's ConvModule."""
-
-    def __init__(self, in_ch: int, out_ch: int) -> None:
-        super().__init__()
-        self.conv = nn.Conv2d(in_ch, out_ch, 1, bias=False)
-        self.bn = nn.BatchNorm2d(out_ch, eps=1e-5)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.relu(self.bn(self.conv(x)))
-
-
 class EDAFormerHead(nn.Module):
     """All-attention decoder: 3/2/1 EFA blocks on c4/c3/c2, upsample to c2, concat [c4,c3,c2], fuse, classify."""
 
@@ -217,11 +137,11 @@ class EDAFormerHead(nn.Module):
         super().__init__()
         widths = {"c4": cfg.widths[3], "c3": cfg.widths[2], "c2": cfg.widths[1]}
         for level, heads, depth, pool in zip(self.LEVELS, cfg.decoder_heads, cfg.decoder_depths,
-                                             ISRSetting().decoder):
+                                             EDAFORMER_ISR.training.decoder):
             dim = widths[level]
             for name in self._NAMES[level][:depth]:
                 setattr(self, name, Block(dim, heads, dim * cfg.decoder_ffn_ratio, pool, decoder=True))
-        self.linear_fuse = FuseConv(sum(widths.values()), cfg.fuse_width)
+        self.linear_fuse = ConvModule(sum(widths.values()), cfg.fuse_width)
         self.linear_pred = nn.Conv2d(cfg.fuse_width, num_classes, 1)
         # Created by the mmseg base class, unused in the forward, present in every checkpoint.
         self.conv_seg = nn.Conv2d(128, num_classes, 1)
@@ -245,8 +165,14 @@ class EDAFormerHead(nn.Module):
         return self.linear_pred(self.linear_fuse(torch.cat(outs, dim=1)))
 
 
-class EDAFormer(nn.Module):
-    """EDAFormer segmentation network. ``net(x)`` gives raw logits ``[B, classes, ceil(H/8), ceil(W/8)]``."""
+class EDAFormer(ISRInterface, nn.Module):
+    """EDAFormer segmentation network. ``net(x)`` gives raw logits ``[B, classes, ceil(H/8), ceil(W/8)]``.
+
+    ISR (:class:`~.isr.ISRInterface`): ``set_isr(ratio)`` / ``set_isr(encoder=[...], decoder=[...])`` change
+    the key/value pools of the encoder stages and decoder levels from the next forward on.
+    """
+
+    isr_scheme = EDAFORMER_ISR
 
     def __init__(self, variant: str = "t", num_classes: int = 150, name: str | None = None) -> None:
         super().__init__()
@@ -268,37 +194,15 @@ class EDAFormer(nn.Module):
         levels += [[blk.attn for blk in self.decode_head.level_blocks(lv)] for lv in EDAFormerHead.LEVELS]
         return levels
 
-    @property
-    def isr(self) -> ISRSetting:
-        """The effective key/value pooling ratios now in use (paper notation)."""
+    def _read_isr(self) -> ISRSetting:
         pools = [level[0].pool for level in self._attention_levels()]
         return ISRSetting(tuple(pools[:4]), tuple(pools[4:]))
 
-    def set_isr(
-        self,
-        ratio: int | ISRSetting = 1,
-        encoder: Sequence[int] | None = None,
-        decoder: Sequence[int] | None = None,
-    ) -> ISRSetting:
-        """Change the key/value pooling from the next forward on; no weight changes.
-
-        ``ratio`` multiplies every training pool (1 = training); ``encoder`` (stages 1-4) and
-        ``decoder`` (c4, c3, c2) give effective ratios directly and override the ratio's values;
-        an ``ISRSetting`` may be passed as ``ratio``.
-        Raises ``ValueError`` at once for anything but positive integers.
-        """
-        setting = ratio if isinstance(ratio, ISRSetting) else ISRSetting.make(ratio, encoder, decoder)
+    def _write_isr(self, setting: ISRSetting | None) -> None:
+        assert setting is not None  # EDAFORMER_ISR validates: always a setting
         for level, pool in zip(self._attention_levels(), setting.encoder + setting.decoder):
             for attn in level:
                 attn.pool = pool
-        return setting
-
-    def check_isr(self, height: int, width: int, setting: ISRSetting | None = None) -> None:
-        """Raise ``ValueError`` naming the level, map size and ratio if ``setting`` (default: the
-        current one) has a pool larger than a feature map for a ``height``×``width`` input."""
-        problem = isr_problem(setting or self.isr, height, width)
-        if problem:
-            raise ValueError(problem)
 
     # ---- forward -----------------------------------------------------------------------------
     def forward_features(self, x: torch.Tensor) -> list[torch.Tensor]:
@@ -311,20 +215,38 @@ class EDAFormer(nn.Module):
         return self.decode_head(self.backbone(x)).contiguous()  # channels-last inside, NCHW out
 
 
-def build_edaformer(variant: str, num_classes: int, name: str | None = None) -> EDAFormer:
-    return EDAFormer(variant=variant, num_classes=num_classes, name=name)
+_CLASSES = {"ade20k": 150, "cityscapes": 19, "cocostuff": 171}
+#: The official test pipelines: keep-ratio rescale into (long, short), aligned to 32 except Cityscapes.
+_PREPROCESSING = {"ade20k": Preprocessing("mmseg", (2048, 512), 32),
+                  "cocostuff": Preprocessing("mmseg", (2048, 512), 32),
+                  "cityscapes": Preprocessing("mmseg", (2048, 1024))}
+_INPUT_SIZE = {"ade20k": (512, 512), "cocostuff": (512, 512), "cityscapes": (1024, 2048)}
+#: The official test modes (``shared/design/edaformer.md`` section 6): Cityscapes slides 1024x1024 windows.
+_INFERENCE = {"ade20k": Inference.whole(512), "cocostuff": Inference.whole(512),
+              "cityscapes": Inference.slide(1024, 768)}
+#: fp32 state_dict bytes of the official files (an mmcv file holding optimizer state is larger).
+_FILE_SIZE = {("t", "ade20k"): 19_798_088, ("t", "cityscapes"): 19_662_896, ("t", "cocostuff"): 19_819_760,
+              ("b", "ade20k"): 117_836_216, ("b", "cityscapes"): 117_365_664, ("b", "cocostuff"): 117_911_648}
+EDAFORMER_FOLDER = "https://drive.google.com/drive/u/0/folders/1hiAFQcfH9qd37WOc1_HMB0vKzbY-IWrO"
 
 
 def _specs() -> tuple[NetworkSpec, ...]:
-    classes = {"ade20k": 150, "cityscapes": 19, "cocostuff": 171}
     return tuple(
         NetworkSpec(
             name=f"edaformer_{variant}_{dataset}", task="segmentation", family="edaformer",
-            builder=build_edaformer, kwargs={"variant": variant, "num_classes": n}, dataset=dataset,
+            kwargs={"variant": variant, "num_classes": n}, dataset=dataset, num_classes=n,
             description=f"EDAFormer-{variant.upper()} semantic segmentation, {dataset} ({n} classes)",
+            input_size=_INPUT_SIZE[dataset], preprocessing=_PREPROCESSING[dataset], isr=EDAFORMER_ISR,
+            inference=_INFERENCE[dataset],
+            weights=(manual_weights(f"edaformer_{variant}_{dataset}", _FILE_SIZE[(variant, dataset)],
+                                    "hyunwoo137/EDAFormer README: Google Drive folder (download by hand)",
+                                    EDAFORMER_FOLDER),),
         )
-        for variant in ("t", "b") for dataset, n in classes.items()
+        for variant in ("t", "b") for dataset, n in _CLASSES.items()
     )
 
 
-NETWORKS = _specs()
+@register_networks(*_specs())
+def build_edaformer(variant: str, num_classes: int, name: str | None = None) -> EDAFormer:
+    """EDAFormer ``variant`` ("t" or "b") with a ``num_classes`` head."""
+    return EDAFormer(variant=variant, num_classes=num_classes, name=name)

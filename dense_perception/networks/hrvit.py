@@ -26,8 +26,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .common import ConvModule, resize_bilinear
-from .edaformer import map_to_tokens, tokens_to_map
-from .registry import NetworkSpec
+from .blocks import map_to_tokens, tokens_to_map
+from .registry import Inference, NetworkSpec, Preprocessing, manual_weights, register_networks
 from .segmentor import EncoderDecoderSegmentor
 from .upernet import FCNHead, UPerHead
 
@@ -366,25 +366,41 @@ class HRViT(EncoderDecoderSegmentor):
         return hrvit_size_problem(height, width)
 
 
-def build_hrvit(variant: str, head: str, num_classes: int, name: str | None = None) -> HRViT:
-    return HRViT(variant=variant, head=head, num_classes=num_classes, name=name)
+# ---- registration: default configurations --------------------------------------------------------
+#: HRViT released no checkpoints (``shared/design/hrvit.md`` §8): only files trained with the official code.
+HRVIT_REPO = "https://github.com/facebookresearch/HRViT"
+_CLASSES = {"ade20k": 150, "cityscapes": 19}
+#: (head, dataset) of the official configs; fp32 state_dict bytes of each variant's file.
+_CONFIGS = (("segformer", "ade20k"), ("segformer", "cityscapes"), ("upernet", "ade20k"))
+_FILE_SIZE = {("b1", "segformer", "ade20k"): 32_804_864, ("b1", "segformer", "cityscapes"): 32_670_196,
+              ("b1", "upernet", "ade20k"): 143_930_040, ("b2", "segformer", "ade20k"): 83_365_568,
+              ("b2", "segformer", "cityscapes"): 83_230_900, ("b2", "upernet", "ade20k"): 198_963_576,
+              ("b3", "segformer", "ade20k"): 115_059_760, ("b3", "segformer", "cityscapes"): 114_656_804,
+              ("b3", "upernet", "ade20k"): 223_469_288}
+#: The official test pipelines (design §7): keep-ratio rescale without alignment, then each side rounded
+#: up to one the network runs on; ADE20K whole-image, Cityscapes 1024x1024 windows at stride 768.
+_PIPELINES = {dataset: Preprocessing("mmseg", scale, fit_side=fit_hrvit_side, size_problem=hrvit_size_problem)
+              for dataset, scale in (("ade20k", (2048, 512)), ("cityscapes", (2048, 1024)))}
+_INFERENCE = {"ade20k": Inference.whole(512), "cityscapes": Inference.slide(1024, 768)}
+_INPUT_SIZE = {"ade20k": (512, 512), "cityscapes": (1024, 2048)}
 
 
-# ---- registration ----------------------------------------------------------------------------
-def _specs() -> tuple[NetworkSpec, ...]:
-    configs = [(head, dataset) for head, dataset in
-               (("segformer", "ade20k"), ("segformer", "cityscapes"), ("upernet", "ade20k"))]
-    classes = {"ade20k": 150, "cityscapes": 19}
-    return tuple(
-        NetworkSpec(
-            name=f"hrvit_{variant}_{head}_{dataset}", task="segmentation", family="hrvit",
-            builder=build_hrvit, kwargs={"variant": variant, "head": head, "num_classes": classes[dataset]},
-            dataset=dataset,
-            description=(f"HRViT-{variant} + {'SegFormer-style' if head == 'segformer' else 'UperNet'} head, "
-                         f"{dataset} ({classes[dataset]} classes); no official checkpoints were released"),
-        )
-        for variant in VARIANTS for head, dataset in configs
+def _spec(variant: str, head: str, dataset: str) -> NetworkSpec:
+    name = f"hrvit_{variant}_{head}_{dataset}"
+    classes = _CLASSES[dataset]
+    return NetworkSpec(
+        name=name, task="segmentation", family="hrvit",
+        kwargs={"variant": variant, "head": head, "num_classes": classes}, dataset=dataset, num_classes=classes,
+        description=(f"HRViT-{variant} + {'SegFormer-style' if head == 'segformer' else 'UperNet'} head, "
+                     f"{dataset} ({classes} classes); no official checkpoints were released"),
+        input_size=_INPUT_SIZE[dataset], preprocessing=_PIPELINES[dataset], inference=_INFERENCE[dataset],
+        weights=(manual_weights(name, _FILE_SIZE[(variant, head, dataset)],
+                                "facebookresearch/HRViT: no checkpoints released; train one with the official "
+                                "code (mmcv checkpoint) and bring it", HRVIT_REPO),),
     )
 
 
-NETWORKS = _specs()
+@register_networks(*(_spec(variant, head, dataset) for variant in VARIANTS for head, dataset in _CONFIGS))
+def build_hrvit(variant: str, head: str, num_classes: int, name: str | None = None) -> HRViT:
+    """HRViT-``variant`` (b1, b2, b3) with the ``head`` (segformer, upernet) and ``num_classes`` classes."""
+    return HRViT(variant=variant, head=head, num_classes=num_classes, name=name)

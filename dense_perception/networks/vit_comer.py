@@ -26,9 +26,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .common import resize_bilinear
-from .edaformer import DepthwiseConv, map_to_tokens, tokens_to_map
+from .blocks import DepthwiseConv, map_to_tokens, tokens_to_map
 from .ms_deform_attn import MultiScaleDeformableAttention, level_reference_points
-from .registry import NetworkSpec
+from .registry import Inference, NetworkSpec, Preprocessing, WeightsEntry, manual_weights, register_networks
 from .segmentor import EncoderDecoderSegmentor
 from .upernet import FCNHead, UPerHead
 from .vit import Block, PatchEmbed, resize_pos_embed
@@ -372,16 +372,37 @@ class ViTCoMer(EncoderDecoderSegmentor):
         return vit_comer_size_problem(height, width)
 
 
-def build_vit_comer(variant: str, num_classes: int, name: str | None = None) -> ViTCoMer:
-    return ViTCoMer(variant=variant, num_classes=num_classes, name=name)
+# ---- registration: default configurations --------------------------------------------------------
+#: ViT-CoMer's segmentation README links Baidu Netdisk shares (T and S; B is marked "-"): design §7.
+VIT_COMER_SEGMENTATION = "https://github.com/Traffic-X/ViT-CoMer/tree/main/segmentation"
+_BAIDU = {"t": "https://pan.baidu.com/s/1J_XgJ058PpK8gqz9E0Caig?pwd=k6mf",
+          "s": "https://pan.baidu.com/s/1CDfKeUzCTs5fB0ggy9wYwg?pwd=puqi"}
+#: fp32 state_dict bytes of each variant's file.
+_FILE_SIZE = {"t": 155_035_464, "s": 245_691_720, "b": 579_136_968}
 
 
-# ---- registration ----------------------------------------------------------------------------
-NETWORKS = tuple(
-    NetworkSpec(
+def _weights(variant: str) -> WeightsEntry:
+    name = f"vit_comer_{variant}_upernet_ade20k"
+    if variant in _BAIDU:
+        return manual_weights(name, _FILE_SIZE[variant], "Traffic-X/ViT-CoMer segmentation README: Baidu Netdisk "
+                              "share (download by hand; no file name or hash published)", _BAIDU[variant])
+    return manual_weights(name, _FILE_SIZE[variant], "Traffic-X/ViT-CoMer: not released (README lists no "
+                          "checkpoint); bring your own", VIT_COMER_SEGMENTATION)
+
+
+def _spec(variant: str) -> NetworkSpec:
+    return NetworkSpec(
         name=f"vit_comer_{variant}_upernet_ade20k", task="segmentation", family="vit_comer",
-        builder=build_vit_comer, kwargs={"variant": variant, "num_classes": 150}, dataset="ade20k",
+        kwargs={"variant": variant, "num_classes": 150}, dataset="ade20k", num_classes=150,
         description=f"ViT-CoMer-{variant.upper()} + UperNet, ADE20K (150 classes)",
+        input_size=(512, 512),
+        # keep-ratio rescale into (2048, 512), ResizeToMultiple(32); slide 512x512 windows at stride 341
+        preprocessing=Preprocessing("mmseg", (2048, 512), 32, size_problem=vit_comer_size_problem),
+        inference=Inference.slide(512, 341), weights=(_weights(variant),),
     )
-    for variant in VARIANTS
-)
+
+
+@register_networks(*(_spec(variant) for variant in VARIANTS))
+def build_vit_comer(variant: str, num_classes: int, name: str | None = None) -> ViTCoMer:
+    """ViT-CoMer-``variant`` (t, s, b) + UperNet with ``num_classes`` classes."""
+    return ViTCoMer(variant=variant, num_classes=num_classes, name=name)

@@ -1,9 +1,10 @@
-"""Pre-processing: camera image → normalised network input, one implementation per model family.
+"""Pre-processing: camera image → normalised network input, as each network's official test pipeline does it.
 
-Shared by every backend (torch, onnxruntime, tensorrt). Each function follows the official inference
-(``shared/design/dpt.md`` section 8, ``shared/design/edaformer.md`` section 6, ``hrvit.md`` §7,
-``vit_comer.md`` §6) and uses OpenCV the way
-the official code does, so the network input is the official one bit for bit.
+Shared by every backend (torch, onnxruntime, tensorrt). A network's pipeline is data in its registry entry
+(:class:`~..networks.registry.Preprocessing`: ``spec.preprocessing``) and runs here: :func:`preprocess_with`
+and :func:`network_size_with`. Each kind follows the official inference (``shared/design/dpt.md`` section
+8, ``edaformer.md`` section 6, ``sra.md`` section 5, ``hrvit.md`` §7, ``vit_comer.md`` §6) and uses OpenCV
+the way the official code does, so the network input is the official one bit for bit.
 
 Input images are RGB ``uint8`` ``[H, W, 3]`` (see :func:`as_rgb_uint8` for what else is accepted).
 """
@@ -11,23 +12,37 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Callable, Mapping
 
 import cv2
 import numpy as np
 import torch
 
-from ..networks.hrvit import fit_hrvit_side, hrvit_size_problem
+from ..networks.registry import Preprocessing, registered_networks
 
-#: EDAFormer / mmseg ImageNet statistics on the 0-255 scale, RGB order.
+#: mmseg's ImageNet statistics on the 0-255 scale, RGB order.
 IMAGENET_MEAN = (123.675, 116.28, 103.53)
 IMAGENET_STD = (58.395, 57.12, 57.375)
+#: mmseg's ``AlignedResize``: each side rounded up to a multiple of this.
+ALIGN = 32
+
+
+def _family_pipelines(family: str) -> dict[str, Preprocessing]:
+    """The registered networks' pipelines of one family, by checkpoint dataset."""
+    return {spec.dataset: spec.preprocessing for spec in registered_networks().values()
+            if spec.family == family and spec.preprocessing is not None}
+
+
 #: DPT network targets (height, width) of the official keep-aspect resize, per checkpoint dataset.
-DPT_TARGETS = {"midas": (384, 384), "nyu": (480, 640), "kitti": (352, 1216)}
+DPT_TARGETS: Mapping[str, tuple[int, int]] = MappingProxyType(
+    {dataset: p.scale for dataset, p in _family_pipelines("dpt").items()})
 #: EDAFormer official test scales (long side, short side) and whether sides are aligned to 32.
-EDAFORMER_SCALES = {"ade20k": ((2048, 512), True), "cocostuff": ((2048, 512), True),
-                    "cityscapes": ((2048, 1024), False)}
+EDAFORMER_SCALES: Mapping[str, tuple[tuple[int, int], bool]] = MappingProxyType(
+    {dataset: (p.scale, p.align == ALIGN) for dataset, p in _family_pipelines("edaformer").items()})
 #: HRViT official test scales (long side, short side), per dataset (no alignment in the configs).
-HRVIT_SCALES = {"ade20k": (2048, 512), "cityscapes": (2048, 1024)}
+HRVIT_SCALES: Mapping[str, tuple[int, int]] = MappingProxyType(
+    {dataset: p.scale for dataset, p in _family_pipelines("hrvit").items()})
 
 
 class ImageError(ValueError):
@@ -136,7 +151,7 @@ def check_input_size(size: tuple[int, int], multiple: int = 1) -> tuple[int, int
     return height, width
 
 
-# ---- EDAFormer ---------------------------------------------------------------------------------
+# ---- mmseg (EDAFormer, SegFormer, PVT) ------------------------------------------------------------
 def rescale_size(height: int, width: int, scale: tuple[int, int]) -> tuple[int, int]:
     """mmcv ``rescale_size`` with ``keep_ratio``: the largest size within (long, short), ``int(x + 0.5)``."""
     long_edge, short_edge = max(scale), min(scale)
@@ -144,13 +159,19 @@ def rescale_size(height: int, width: int, scale: tuple[int, int]) -> tuple[int, 
     return max(1, int(height * factor + 0.5)), max(1, int(width * factor + 0.5))
 
 
-def edaformer_network_size(height: int, width: int, dataset: str) -> tuple[int, int]:
-    """The official test-time size for an image (aligned resize for ADE20K/COCO-Stuff)."""
-    scale, align = EDAFORMER_SCALES[dataset]
+def mmseg_network_size(height: int, width: int, scale: tuple[int, int], align: int = 1,
+                       fit_side: Callable[[int], int] | None = None) -> tuple[int, int]:
+    """The official test-time size: keep-ratio rescale into ``scale``, sides rounded up to ``align``, then
+    (a network with a size rule, HRViT) each side rounded up by ``fit_side`` to one the network runs on."""
     new_h, new_w = rescale_size(height, width, scale)
-    if align:
-        new_h, new_w = math.ceil(new_h / 32) * 32, math.ceil(new_w / 32) * 32
-    return new_h, new_w
+    aligned = math.ceil(new_h / align) * align, math.ceil(new_w / align) * align
+    return aligned if fit_side is None else (fit_side(aligned[0]), fit_side(aligned[1]))
+
+
+def edaformer_network_size(height: int, width: int, dataset: str) -> tuple[int, int]:
+    """EDAFormer's official test-time size for an image (aligned resize for ADE20K/COCO-Stuff)."""
+    scale, align = EDAFORMER_SCALES[dataset]
+    return mmseg_network_size(height, width, scale, ALIGN if align else 1)
 
 
 def normalise_imagenet(image_rgb: np.ndarray) -> np.ndarray:
@@ -167,31 +188,45 @@ def normalise_imagenet(image_rgb: np.ndarray) -> np.ndarray:
     return image
 
 
-def preprocess_edaformer(image_rgb: np.ndarray, dataset: str = "ade20k",
-                         input_size: tuple[int, int] | None = None) -> NetworkInput:
-    """EDAFormer input as the official test pipeline builds it.
-
-    ADE20K / COCO-Stuff: keep-ratio rescale into (2048, 512) with OpenCV bilinear on the uint8 image,
-    then each side rounded up to a multiple of 32 and resized again (mmseg's ``AlignedResize``).
-    Cityscapes: keep-ratio rescale into (2048, 1024), no alignment. ``input_size`` forces an exact size.
-    Then ImageNet mean/std normalisation, float32 NCHW.
+def preprocess_mmseg(image_rgb: np.ndarray, scale: tuple[int, int], align: int = 1,
+                     input_size: tuple[int, int] | None = None,
+                     fit_side: Callable[[int], int] | None = None) -> NetworkInput:
+    """The mmseg test pipeline: keep-ratio rescale into ``scale`` = (long, short) with OpenCV bilinear on the
+    uint8 image, then (``align`` > 1) each side rounded up to a multiple of ``align`` and resized again
+    (``AlignedResize``); ImageNet mean/std, float32 NCHW. ``fit_side`` (HRViT's size rule) rounds each side
+    up to one the network runs on, with a second bilinear resize where that changes the size.
+    ``input_size`` forces an exact size instead.
     """
-    if dataset not in EDAFORMER_SCALES:
-        raise ValueError(f"unknown dataset {dataset!r}; choose from {sorted(EDAFORMER_SCALES)}")
     rgb = as_rgb_uint8(image_rgb)
     height, width = rgb.shape[:2]
     if input_size is not None:
         net_h, net_w = check_input_size(input_size)
         image = cv2.resize(rgb, (net_w, net_h), interpolation=cv2.INTER_LINEAR)
     else:
-        scale, align = EDAFORMER_SCALES[dataset]
         new_h, new_w = rescale_size(height, width, scale)
         image = cv2.resize(rgb, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-        if align:
-            aligned = (math.ceil(new_h / 32) * 32, math.ceil(new_w / 32) * 32)
-            image = cv2.resize(image, (aligned[1], aligned[0]), interpolation=cv2.INTER_LINEAR)
+        net_h, net_w = mmseg_network_size(height, width, scale, align, fit_side)
+        if align > 1 or (net_h, net_w) != (new_h, new_w):
+            image = cv2.resize(image, (net_w, net_h), interpolation=cv2.INTER_LINEAR)
     normalised = normalise_imagenet(image)
     return NetworkInput(_to_batch(normalised), (height, width), normalised.shape[:2])
+
+
+def _family_pipeline(family: str, dataset: str, title: str) -> Preprocessing:
+    pipelines = _family_pipelines(family)
+    if dataset not in pipelines:
+        raise ValueError(f"unknown dataset {dataset!r}{title}; choose from {sorted(pipelines)}")
+    return pipelines[dataset]
+
+
+def preprocess_edaformer(image_rgb: np.ndarray, dataset: str = "ade20k",
+                         input_size: tuple[int, int] | None = None) -> NetworkInput:
+    """EDAFormer input as the official test pipeline builds it (:func:`preprocess_mmseg`).
+
+    ADE20K / COCO-Stuff: keep-ratio rescale into (2048, 512), aligned to 32 (``AlignedResize``).
+    Cityscapes: keep-ratio rescale into (2048, 1024), no alignment. ``input_size`` forces an exact size.
+    """
+    return preprocess_with(_family_pipeline("edaformer", dataset, ""), image_rgb, input_size)
 
 
 # ---- HRViT --------------------------------------------------------------------------------------
@@ -199,10 +234,7 @@ def hrvit_network_size(height: int, width: int, dataset: str) -> tuple[int, int]
     """HRViT's test-time size: the official keep-ratio rescale (``HRVIT_SCALES``), then each side
     rounded up to the nearest size the network runs on (``H mod 32 ∈ {0, 29, 30, 31}``); a side that
     already satisfies the rule -- every size the official pipeline can run -- is left as it is."""
-    if dataset not in HRVIT_SCALES:
-        raise ValueError(f"unknown dataset {dataset!r} for HRViT; choose from {sorted(HRVIT_SCALES)}")
-    new_h, new_w = rescale_size(height, width, HRVIT_SCALES[dataset])
-    return fit_hrvit_side(new_h), fit_hrvit_side(new_w)
+    return network_size_with(_family_pipeline("hrvit", dataset, " for HRViT"), height, width)
 
 
 def preprocess_hrvit(image_rgb: np.ndarray, dataset: str = "ade20k",
@@ -212,55 +244,61 @@ def preprocess_hrvit(image_rgb: np.ndarray, dataset: str = "ade20k",
     :func:`hrvit_network_size` when the rescaled image breaks the size rule (the official code would
     fail on it: design note §7). ``input_size`` forces an exact size, which must satisfy the rule
     (``ValueError`` naming it otherwise)."""
-    rgb = as_rgb_uint8(image_rgb)
-    height, width = rgb.shape[:2]
-    if input_size is not None:
-        net_h, net_w = check_input_size(input_size)
-        problem = hrvit_size_problem(net_h, net_w)
-        if problem:
-            raise ValueError(f"input_size {net_h}x{net_w}: {problem}")
-        image = cv2.resize(rgb, (net_w, net_h), interpolation=cv2.INTER_LINEAR)
-    else:
-        net_h, net_w = hrvit_network_size(height, width, dataset)
-        new_h, new_w = rescale_size(height, width, HRVIT_SCALES[dataset])
-        image = cv2.resize(rgb, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-        if (net_h, net_w) != (new_h, new_w):
-            image = cv2.resize(image, (net_w, net_h), interpolation=cv2.INTER_LINEAR)
-    normalised = normalise_imagenet(image)
-    return NetworkInput(_to_batch(normalised), (height, width), normalised.shape[:2])
+    return preprocess_with(_family_pipeline("hrvit", dataset, " for HRViT"), image_rgb, input_size)
 
 
 # ---- ViT-CoMer ----------------------------------------------------------------------------------
 def vit_comer_network_size(height: int, width: int) -> tuple[int, int]:
     """ViT-CoMer's official test-time size (ADE20K): keep-ratio rescale into (2048, 512), then each
     side rounded up to a multiple of 32 (mmseg ``ResizeToMultiple``)."""
-    return edaformer_network_size(height, width, "ade20k")
+    return network_size_with(_family_pipelines("vit_comer")["ade20k"], height, width)
 
 
 def preprocess_vit_comer(image_rgb: np.ndarray, dataset: str = "ade20k",
                          input_size: tuple[int, int] | None = None) -> NetworkInput:
     """ViT-CoMer input as its official ADE20K test pipeline builds it: keep-ratio rescale into
-    (2048, 512), ``ResizeToMultiple(32)`` (both OpenCV bilinear on the uint8 image), ImageNet mean/std.
-    That is step for step EDAFormer's ADE20K pipeline (``AlignedResize`` rounds up to 32 the same
-    way), so it is reused. ``input_size`` forces an exact size: multiples of 32, else ``ValueError``.
+    (2048, 512), ``ResizeToMultiple(32)`` (both OpenCV bilinear on the uint8 image), ImageNet mean/std
+    -- step for step EDAFormer's ADE20K pipeline (``AlignedResize`` rounds up to 32 the same way).
+    ``input_size`` forces an exact size: multiples of 32, else ``ValueError``.
     """
     if dataset != "ade20k":
         raise ValueError(f"ViT-CoMer is configured for ade20k only, got dataset {dataset!r}")
-    if input_size is not None:
-        check_input_size(input_size, 32)
-    return preprocess_edaformer(image_rgb, "ade20k", input_size)
+    return preprocess_with(_family_pipelines("vit_comer")["ade20k"], image_rgb, input_size)
+
+
+# ---- by configuration ---------------------------------------------------------------------------
+def _forced_size(pipeline: Preprocessing, input_size: tuple[int, int]) -> tuple[int, int]:
+    """A forced ``input_size`` checked against the network's size rule (``ValueError`` naming it)."""
+    size = check_input_size(input_size, 32 if pipeline.kind == "dpt" else 1)
+    if pipeline.size_problem is not None and (problem := pipeline.size_problem(*size)):
+        raise ValueError(f"input_size {size[0]}x{size[1]}: {problem}")
+    return size
+
+
+def preprocess_with(pipeline: Preprocessing, image_rgb: np.ndarray,
+                    input_size: tuple[int, int] | None = None) -> NetworkInput:
+    """Run a network's official pipeline (``network_spec(name).preprocessing``) on an RGB image;
+    ``input_size`` forces an exact network size (checked against the network's size rule: DPT and
+    ViT-CoMer multiples of 32, HRViT its own)."""
+    forced = None if input_size is None else _forced_size(pipeline, input_size)
+    if pipeline.kind == "dpt":
+        return preprocess_dpt(image_rgb, pipeline.scale, forced)
+    return preprocess_mmseg(image_rgb, pipeline.scale, pipeline.align, forced, pipeline.fit_side)
+
+
+def network_size_with(pipeline: Preprocessing, height: int, width: int) -> tuple[int, int]:
+    """The network input size ``pipeline`` gives an image of ``height``×``width``."""
+    if pipeline.kind == "dpt":
+        return dpt_network_size(height, width, pipeline.scale)
+    return mmseg_network_size(height, width, pipeline.scale, pipeline.align, pipeline.fit_side)
 
 
 def preprocess_for(family: str, dataset: str, image_rgb: np.ndarray,
                    input_size: tuple[int, int] | None = None) -> NetworkInput:
-    """The pre-processing of a network family (``dpt``, ``edaformer``, ``hrvit``, ``vit_comer``) for its
-    checkpoint's dataset: the one dispatch used by the predictors, int8 calibration and the benchmark."""
-    if family == "dpt":
-        return preprocess_dpt(image_rgb, DPT_TARGETS[dataset], input_size)
-    if family == "edaformer":
-        return preprocess_edaformer(image_rgb, dataset, input_size)
-    if family == "hrvit":
-        return preprocess_hrvit(image_rgb, dataset, input_size)
-    if family == "vit_comer":
-        return preprocess_vit_comer(image_rgb, dataset, input_size)
-    raise ValueError(f"unknown network family {family!r}; choose from dpt, edaformer, hrvit, vit_comer")
+    """The pipeline of a network family (``dpt``, ``edaformer``, ``segformer``, ``hrvit``, ...) for a
+    checkpoint dataset, as the registered networks declare it (prefer :func:`preprocess_with` with the
+    network's own spec)."""
+    families = sorted({s.family for s in registered_networks().values() if s.preprocessing is not None})
+    if family not in families:
+        raise ValueError(f"unknown network family {family!r}; choose from {', '.join(families)}")
+    return preprocess_with(_family_pipeline(family, dataset, f" for {family}"), image_rgb, input_size)

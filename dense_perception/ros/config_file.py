@@ -19,7 +19,7 @@ from .params import ParamSpec
 from .seg_node import SEG_LISTS, SEG_PARAMETERS
 
 HEADER = """\
-# Parameters of the dense_perception nodes: depth (DPT), seg (EDAFormer) and cloud.
+# Parameters of the dense_perception nodes: depth (DPT), seg (EDAFormer, SegFormer, PVT, HRViT, ViT-CoMer) and cloud.
 # Used by launch/perception.launch.py (argument config:=...) for the one-process `perception`
 # executable and for the separate `depth`, `seg`, `cloud` executables alike: each node reads its
 # own section, in any namespace (/**/<node name>).

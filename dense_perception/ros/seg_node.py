@@ -1,5 +1,7 @@
-"""The ``seg`` node: semantic segmentation with EDAFormer and live ISR
-(:class:`dense_perception.api.Segmenter`).
+"""The ``seg`` node: semantic segmentation with any registered segmenter (``network``: EDAFormer,
+SegFormer, PVTv2/PVT, HRViT, ViT-CoMer) and live ISR where the network has it
+(:class:`dense_perception.api.Segmenter`). Class names and palette are the network's dataset's (or the
+checkpoint's own); ``inference`` runs the network's official test mode, whole-image or sliding windows.
 
 Subscribes ``image`` (any encoding :mod:`dense_perception.io.images` reads), or
 ``image/compressed`` with ``compressed:=true``. Publishes, each with the input image's header:
@@ -9,10 +11,12 @@ Subscribes ``image`` (any encoding :mod:`dense_perception.io.images` reads), or
   vision_msgs is installed. The names are always also the read-only ``class_names`` parameter.
 ``/diagnostics`` — frame rate, latency, dropped frames and the ISR setting in use.
 
-ISR (Inference Spatial Reduction) is dynamic: ``isr_ratio`` (k multiplies every training pooling
-ratio), or explicit ``isr_encoder`` / ``isr_decoder`` in the paper's notation (e.g. [16,8,2,1] and
-[2,4,8], decoder listed c4, c3, c2); empty (or [0], which ``ros2 param set`` can send) = from
-``isr_ratio``. A setting whose pooling exceeds a feature map is rejected with the reason -- at the
+ISR (Inference Spatial Reduction) is dynamic: ``isr_ratio`` (k multiplies every training key/value
+ratio the network can reduce: SegFormer's stage 4 has no reduction path and stays 1, so 2 serves
+[16,8,4,1]), or explicit ``isr_encoder`` / ``isr_decoder`` in the paper's notation (e.g. [16,8,2,1] and
+[2,4,8], decoder listed c4, c3, c2; EDAFormer only); empty (or [0], which ``ros2 param set`` can send) =
+from ``isr_ratio``. Settings the network cannot express are rejected with the reason, and networks
+without ISR (HRViT, ViT-CoMer) accept only ``isr_ratio`` 1 ("ISR does not apply to ..."). A setting whose pooling exceeds a feature map is rejected with the reason -- at the
 fixed ``input_size`` if set, else at the last image's network size. A change applies from the next
 frame on. The state lives in the segmenter's :class:`~dense_perception.isr_control.ISRControl`; every
 change is logged, and ``/diagnostics`` shows what is asked and what serves. The parameters always
@@ -39,8 +43,8 @@ from std_msgs.msg import Header
 from ..api import SegmentationResult, Segmenter
 from ..defaults import DEFAULT_SEG_NETWORK
 from ..isr_control import ISREvent
-from ..networks.isr import ISRSetting
-from ..networks.registry import available_networks
+from ..networks.isr import EDAFORMER_ISR, ISRScheme, ISRSetting
+from ..networks.registry import INFERENCE_MODES, available_networks
 from ..pipeline.colormap import colorize_labels, overlay
 from .inference_node import INPUT_SIZE, Frame, InferenceNode, Listeners, optional_size, predictor_options
 from .messages import copy_header, to_image_msg
@@ -54,8 +58,12 @@ except ImportError:  # pragma: no cover - depends on the installation
     LabelInfo = VisionClass = None
 
 SEG_PARAMETERS: tuple[ParamSpec, ...] = (
-    ParamSpec("network", DEFAULT_SEG_NETWORK, "EDAFormer network (size t/b, dataset)",
+    ParamSpec("network", DEFAULT_SEG_NETWORK, "Segmentation network (EDAFormer, SegFormer, PVTv2/PVT, HRViT, "
+              "ViT-CoMer; variant and dataset in the name)",
               read_only=True, choices=tuple(available_networks("segmentation"))),
+    ParamSpec("inference", "official", "official: the network's official test mode (sliding windows for "
+              "Cityscapes networks and ViT-CoMer, else whole-image); whole: one forward per image (fast); "
+              "slide: the network's sliding windows", read_only=True, choices=("official",) + INFERENCE_MODES),
     ParamSpec("label_mode", "official", "official: logits resized to the image, then argmax; "
               "fast: argmax at network resolution, labels resized (nearest)", read_only=True,
               choices=("official", "fast")),
@@ -105,13 +113,17 @@ class SegSettings:
     overlay_alpha: float
 
 
-def isr_from_values(values: Mapping[str, Any]) -> ISRSetting:
-    """The ISR setting the parameters ask for (``ValueError`` with the reason if invalid)."""
+def isr_from_values(values: Mapping[str, Any], scheme: ISRScheme | None = EDAFORMER_ISR) -> ISRSetting | int | None:
+    """The ISR setting the parameters ask for, of the network's ``scheme`` (``ValueError`` with the
+    reason if it cannot express it). Without a scheme (no ISR) what was asked is returned as it is --
+    the ratio, or the explicit ratios as a setting -- for the network to refuse unless ratio 1."""
     def explicit(ratios: Sequence[int]) -> list[int] | None:
         return None if len(ratios) == 0 or list(ratios) == [0] else list(ratios)
 
-    return ISRSetting.make(values["isr_ratio"], explicit(values["isr_encoder"]),
-                           explicit(values["isr_decoder"]))
+    encoder, decoder = explicit(values["isr_encoder"]), explicit(values["isr_decoder"])
+    if scheme is None:
+        return ISRSetting(encoder or (), decoder or ()) if encoder or decoder else values["isr_ratio"]
+    return scheme.make(values["isr_ratio"], encoder, decoder)
 
 
 def label_info_message(names: Sequence[str], header: Any) -> Any:
@@ -135,7 +147,8 @@ class SegNode(InferenceNode):
         self.listeners: Listeners[SegFrame] = Listeners()
         #: told of each required frame that was not segmented, with the reason
         self.skipped_listeners: Listeners[tuple[Frame, str]] = Listeners()
-        self.segmenter.isr_control.listeners.append(self._on_isr_event)
+        if self.segmenter.isr_control is not None:
+            self.segmenter.isr_control.listeners.append(self._on_isr_event)
         self.frames_sub = None
         if follow_topic and self.get_parameter("follow_depth_frames").value:
             self.frames_sub = self.create_subscription(
@@ -153,7 +166,9 @@ class SegNode(InferenceNode):
     # -- InferenceNode hooks ----------------------------------------------------------------------
 
     def build(self, values: Mapping[str, Any]) -> None:
-        self.segmenter = Segmenter(values["network"], label_mode=values["label_mode"], **predictor_options(values))
+        inference = None if values["inference"] == "official" else values["inference"]
+        self.segmenter = Segmenter(values["network"], label_mode=values["label_mode"], inference=inference,
+                                   **predictor_options(values))
 
     @property
     def predictor(self) -> Segmenter:
@@ -163,7 +178,10 @@ class SegNode(InferenceNode):
         """ISR values that make a setting, and whose pools fit the network's feature maps; no ISR
         change by hand while a frame budget chooses it."""
         try:
-            setting = isr_from_values(values)
+            setting = isr_from_values(values, self.segmenter.isr_scheme)
+            if not self.segmenter.has_isr:
+                self.segmenter.set_isr(setting)  # a no-op for ratio 1; the reason otherwise
+                return None
         except ValueError as error:
             return str(error)
         if values["frame_budget_ms"] > 0 and not self._writing_isr and self._isr_values_change(values):
@@ -189,12 +207,15 @@ class SegNode(InferenceNode):
 
     def apply_parameters(self, values: Mapping[str, Any]) -> None:
         self._settings = SegSettings(values["publish_colored"], values["overlay_alpha"])
-        setting = isr_from_values(values)
-        if setting != self.segmenter.isr_control.state.requested:
+        control = self.segmenter.isr_control
+        if control is None:
+            return  # no ISR: only ratio 1 passed the check
+        setting = isr_from_values(values, control.scheme)
+        if setting != control.state.requested:
             try:
                 self.segmenter.set_isr(setting)
             except ValueError as error:  # checked already; only a new image size can get here
-                self.warnings.warn("isr", f"ISR {setting} not taken: {error}")
+                self.warnings.warn("isr", f"ISR {control.scheme.text(setting)} not taken: {error}")
 
     def process(self, rgb: np.ndarray, header: Any) -> None:
         settings = self._settings
@@ -212,10 +233,13 @@ class SegNode(InferenceNode):
         self.skipped_listeners.emit((frame, reason))
 
     def diagnostic_values(self) -> dict[str, Any]:
-        state = self.segmenter.isr_control.state
-        return {"network": self.segmenter.network, "backend": self.segmenter.backend,
-                "isr": str(state.served), **state.describe(),
-                "classes": len(self.segmenter.class_names), "untrained": self.segmenter.untrained}
+        seg = self.segmenter
+        isr = {"isr": "does not apply"}
+        if seg.isr_control is not None:
+            state = seg.isr_control.state
+            isr = {"isr": state.text(state.served), **state.describe()}
+        return {"network": seg.network, "backend": seg.backend, "inference": seg.inference.mode, **isr,
+                "classes": len(seg.class_names), "untrained": seg.untrained}
 
     # -- depth's frames ---------------------------------------------------------------------------
 
@@ -243,13 +267,18 @@ class SegNode(InferenceNode):
         elif event.kind == "requested" and event.by == "governor":
             self._write_isr_parameters(event.state.requested, event.message)
 
-    def _write_isr_parameters(self, setting: ISRSetting, reason: str) -> None:
-        """Set the ISR parameters to ``setting`` (its explicit ratios)."""
+    def _write_isr_parameters(self, setting: ISRSetting | None, reason: str) -> None:
+        """Set the ISR parameters to ``setting`` (its explicit ratios; None, an adaptive training grid:
+        ``isr_ratio`` 1 and no explicit ratios)."""
+        if setting is None:
+            parameters = [Parameter("isr_ratio", value=1), Parameter("isr_encoder", value=[0]),
+                          Parameter("isr_decoder", value=[0])]
+        else:
+            parameters = [Parameter("isr_encoder", value=list(setting.encoder)),
+                          Parameter("isr_decoder", value=list(setting.decoder) or [0])]
         self._writing_isr = True
         try:
-            result = self.set_parameters_atomically([
-                Parameter("isr_encoder", value=list(setting.encoder)),
-                Parameter("isr_decoder", value=list(setting.decoder))])
+            result = self.set_parameters_atomically(parameters)
         finally:
             self._writing_isr = False
         if not result.successful:

@@ -7,27 +7,15 @@ import torch
 
 from ..atomic import atomic_path
 from ..networks.checkpoint import CheckpointError, key_mismatch, read_checkpoint
+from ..networks.identify import skeleton
 from ..networks.registry import network_spec
 from .catalogue import HF_IMPORT_SUFFIX, models_dir
 from .digests import sha256_file
 from .pins import _write_pin
-from .verification import _skeleton
 
 
 def read_hf_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """Tensors of a HF ``pytorch_model.bin`` (read with ``weights_only``) or ``.safetensors`` file."""
-    if path.suffix == ".safetensors":
-        try:
-            from safetensors.torch import load_file
-        except ImportError:
-            raise CheckpointError(f"{path}: reading .safetensors needs the `safetensors` package "
-                                  f"(pip install safetensors; it comes with transformers)") from None
-        if not path.is_file():
-            raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
-        try:
-            return load_file(str(path))
-        except Exception as exc:  # safetensors raises its own error types on garbage
-            raise CheckpointError(f"{path}: not a readable .safetensors file: {exc}") from exc
     return read_checkpoint(path).state_dict
 
 
@@ -57,7 +45,7 @@ def import_hf(path: Path | str, name: str | None = None, dest: Path | None = Non
     name = name or ("dpt_hybrid_midas" if hybrid else "dpt_large_midas")
     if network_spec(name).family != "dpt":
         raise ValueError(f"{name} is not a DPT network; Hugging Face import is for DPT only")
-    problem = key_mismatch(_skeleton(name), converted)
+    problem = key_mismatch(skeleton(name), converted)
     if problem:
         raise CheckpointError(f"{path}: the converted weights do not fit {name}: {problem}")
     dest = Path(dest) if dest else models / (name + HF_IMPORT_SUFFIX)

@@ -3,13 +3,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping
+from typing import Mapping
 
 import torch
 
 from ..atomic import atomic_path
 from ..networks.checkpoint import CheckpointError, key_mismatch, non_finite_tensors, read_checkpoint
-from ..networks.registry import build_network, network_spec
+from ..networks.identify import Identifier, adapted
 from .catalogue import CATALOGUE, HF_IMPORT_SUFFIX, WeightsEntry, catalogue_entry, checkpoint_path, download_hint, models_dir
 from .digests import _hash_matches, sha256_file
 from .pins import SIDECAR_NAME, _pin_is_current, _pin_key, _write_pin, read_pins
@@ -43,62 +43,22 @@ class VerifyReport:
         return head + (": " + "; ".join(details) if details else "")
 
 
-def _skeleton(name: str) -> torch.nn.Module:
-    """``name`` built on the meta device: its keys and shapes, instantly, without memory."""
-    with torch.device("meta"):
-        return build_network(name)
-
-
-def _adapted(net: torch.nn.Module, state_dict: Mapping[str, torch.Tensor]) -> Mapping[str, torch.Tensor] | str:
-    """``state_dict`` after ``net``'s own key adaptation (e.g. of Hugging Face DPT keys), or why it failed."""
-    adapt = getattr(net, "adapt_state_dict", None)
-    try:
-        return adapt(state_dict) if adapt else state_dict
-    except ValueError as exc:  # e.g. a HF state dict with keys that have no official counterpart
-        return str(exc)
-
-
-def _net(nets: dict[str, torch.nn.Module], name: str) -> torch.nn.Module:
-    """The skeleton of ``name`` from ``nets``, built on first use."""
-    if name not in nets:
-        nets[name] = _skeleton(name)
-    return nets[name]
-
-
-def _fit(name: str, state_dict: Mapping[str, torch.Tensor], nets: dict[str, torch.nn.Module]) -> str | None:
+def _fit(name: str, state_dict: Mapping[str, torch.Tensor], identifier: Identifier) -> str | None:
     """``key_mismatch`` of ``state_dict`` (after the network's adaptation) against ``name``; None = fits."""
-    net = _net(nets, name)
-    adapted = _adapted(net, state_dict)
-    return adapted if isinstance(adapted, str) else key_mismatch(net, adapted)
-
-
-def _top_level(keys: Iterable[str]) -> set[str]:
-    return {str(k).split(".", 1)[0] for k in keys}
+    net = identifier.net(name)
+    result = adapted(net, state_dict)
+    return result if isinstance(result, str) else key_mismatch(net, result)
 
 
 def identify(state_dict: Mapping[str, torch.Tensor], catalogue: tuple[WeightsEntry, ...] = CATALOGUE,
-             nets: dict[str, torch.nn.Module] | None = None) -> tuple[str, ...]:
+             identifier: Identifier | None = None) -> tuple[str, ...]:
     """Catalogue networks whose keys and shapes ``state_dict`` fits exactly (several when they share an
-    architecture, e.g. the three DPT-Hybrid networks).
-
-    Per family, the state dict is adapted once by the family's ``adapt_state_dict`` (e.g. Hugging Face DPT
-    keys) and its top-level key names are compared with the family's; only a matching family's networks
-    are compared key by key. ``nets`` caches skeletons between calls of one verification.
-    """
-    nets = {} if nets is None else nets
-    adapted_by_family: dict[str, Mapping[str, torch.Tensor] | None] = {}
-    fits = []
-    for entry in catalogue:
-        family = network_spec(entry.network).family
-        if family not in adapted_by_family:
-            first = _net(nets, entry.network)
-            adapted = _adapted(first, state_dict)
-            same_family = not isinstance(adapted, str) and _top_level(adapted) == _top_level(first.state_dict())
-            adapted_by_family[family] = adapted if same_family else None  # type: ignore[assignment]
-        adapted = adapted_by_family[family]
-        if adapted is not None and key_mismatch(_net(nets, entry.network), adapted) is None:
-            fits.append(entry.network)
-    return tuple(fits)
+    architecture, e.g. the three DPT-Hybrid networks); Hugging Face layouts are adapted by each family's
+    ``adapt_state_dict`` (:class:`~..networks.identify.Identifier`). ``identifier`` keeps skeletons
+    between calls of one verification."""
+    names = [e.network for e in catalogue]
+    fits = (identifier or Identifier(names)).fits(state_dict)
+    return tuple(n for n in fits if n in names)
 
 
 def verify(path: Path | str, name: str | None = None, *, models: Path | None = None,
@@ -179,25 +139,28 @@ def _check_keys(path: Path, name: str | None, catalogue: tuple[WeightsEntry, ...
         problems.append(f"not a usable checkpoint: {exc}")
         return name, (), False
     from ..networks.dpt_hf import is_hf_state_dict
+    from ..networks.sra.hf import is_hf_segformer
 
-    hf = is_hf_state_dict(state_dict)
-    if hf:
+    hf = is_hf_state_dict(state_dict) or is_hf_segformer(state_dict)
+    if is_hf_state_dict(state_dict):
         notes.append("Hugging Face DPT layout (converted on load; `dense-perception weights import-hf` "
                      "saves it in the official layout)")
+    elif hf:
+        notes.append("Hugging Face SegFormer layout (converted on load)")
     bad = non_finite_tensors(state_dict)
     if bad:
         more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
         problems.append(f"tensor {bad[0]} holds non-finite values (NaN or infinity){more}")
-    nets: dict[str, torch.nn.Module] = {}
+    identifier = Identifier([e.network for e in catalogue])
     if name is not None:
-        problem = _fit(name, state_dict, nets)
+        problem = _fit(name, state_dict, identifier)
         if problem is None:
             return name, (name,), hf
-        actual = identify(state_dict, catalogue, nets)
+        actual = identify(state_dict, catalogue, identifier)
         fits = f"; its weights fit {', '.join(actual)}" if actual else ""
         problems.append(f"not a checkpoint of {name}: {problem}{fits}")
         return name, actual, hf
-    candidates = identify(state_dict, catalogue, nets)
+    candidates = identify(state_dict, catalogue, identifier)
     if not candidates:
         problems.append("its keys fit none of the catalogued networks: "
                         + ", ".join(e.network for e in catalogue))

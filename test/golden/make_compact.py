@@ -127,6 +127,21 @@ CUTS: dict[str, dict[str, list[Cut]]] = {
         "pred": [crop(16 * KIB)],
     },
 }
+#: SegFormer / PVTv2 (shared/reference/sra): the arrays of each case by name. Token arrays ([1, N, C],
+#: leading tokens) keep their first tokens; maps keep leading channels and a crop. At most about 0.45 MiB
+#: (the PVT case), so that every family's cases fit the 10 MB budget together.
+_SRA_MAPS = ("backbone_stage1_ch0_8", "backbone_stage2_ch0_32", "backbone_stage3_ch0_128", "backbone_stage4",
+             "backbone_stage1_ch0_4", "backbone_stage2_ch0_16", "backbone_stage3_ch0_64", "backbone_stage4_ch0_256",
+             "head_fuse_ch0_8", "fpn_out1_ch0_4", "fpn_out2_ch0_16", "fpn_out3_ch0_64", "fpn_out4_ch0_256",
+             "head_sum_ch0_4")
+_SRA_TOKENS = ("block1_0_norm1_tok0_4096", "block1_0_norm1_tok0_2048", "block1_0_gelu_out_tok0_1024",
+               "block1_0_gelu_out_tok0_512", "block1_0_gelu_out_tok0_256", "kv_input_stage1", "kv_input_stage2")
+CUTS["sra"] = {
+    "output": [lead(96 * KIB), crop(48 * KIB)],
+    "pred": [crop(16 * KIB)],
+    **{name: [lead(16 * KIB), crop(8 * KIB)] for name in _SRA_MAPS},
+    **{name: [lead(16 * KIB)] for name in _SRA_TOKENS},
+}
 #: Fields of a full case's JSON not copied into the compact one (the key list is kept as a hash).
 BULKY = ("keys", "state_dict", "intermediate_stats", "arrays")
 

@@ -1,0 +1,1 @@
+"""Decode heads shared by several network families."""
