@@ -539,16 +539,17 @@ def _weighted(windows: torch.Tensor, row_weights: torch.Tensor, col_weights: tor
 
 
 def _top_two(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The largest and second largest of ``values`` ``[C, ...]`` over C (a power of two, at most 128),
-    and the position of a largest (uint8): a tournament of elementwise operations on contiguous halves,
-    which is faster than a reduction over a short dimension."""
+    """The largest and second largest of ``values`` ``[C, ...]`` over C (a power of two), and the position
+    of a largest (uint8, or int32 beyond 256 candidates): a tournament of elementwise operations on
+    contiguous halves, which is faster than a reduction over a short dimension."""
     half = values.shape[0] // 2
+    dtype = torch.uint8 if values.shape[0] <= 256 else torch.int32
     if half == 0:
-        return values[0], torch.full_like(values[0], -torch.inf), torch.zeros_like(values[0], dtype=torch.uint8)
+        return values[0], torch.full_like(values[0], -torch.inf), torch.zeros_like(values[0], dtype=dtype)
     low, high = values[:half], values[half:]
     top, second = torch.maximum(low, high), torch.minimum(low, high)
-    slots = torch.arange(half, dtype=torch.uint8, device=values.device).view(half, *([1] * (values.dim() - 1)))
-    position = (high > low).to(torch.uint8) * half + slots
+    slots = torch.arange(half, dtype=dtype, device=values.device).view(half, *([1] * (values.dim() - 1)))
+    position = (high > low).to(dtype) * half + slots
     while half > 1:
         half //= 2
         low_top, high_top = top[:half], top[half:]
