@@ -288,3 +288,15 @@ def test_cuda_matches_the_official_computation_on_cuda() -> None:
         same = labels.long() == resized.argmax(0)
         assert labels.is_cuda and bool(same[strict].all()) and float(same.float().mean()) >= AGREEMENT
         assert float((confidence - resized.softmax(0).amax(0)).abs().max()) <= 1e-5
+
+
+def test_more_than_256_candidates_in_a_cell() -> None:
+    """300 classes that differ by less than the pruning slack (1e-8 steps on a common map): every class is
+    a candidate in every cell, and the kernel's rounding decides (exact evaluation, 512-wide buckets)."""
+    common = torch.from_numpy(np.random.default_rng(4).standard_normal((1, 1, 3, 4)).astype(np.float32))
+    logits = common + 1e-8 * torch.arange(300, dtype=torch.float32).view(1, 300, 1, 1)
+    labels, _ = official_labels(logits, (24, 32), (17, 29))
+    literal = literal_official(logits, (24, 32), (17, 29))
+    assert labels.dtype == torch.int32
+    assert np.array_equal(labels.numpy(), literal.labels)
+    assert len(np.unique(literal.labels)) > 1, "rounding should split the classes"

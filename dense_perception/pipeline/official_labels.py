@@ -252,6 +252,35 @@ def official_labels(logits: torch.Tensor, network_size: tuple[int, int], image_s
     return image, official_confidence(values, network_size, image_size, arithmetic.source_fused, budget)
 
 
+#: Classes whose window extremes are computed together (small buffers, reused by the allocator).
+_BOUNDS_CLASSES = 16
+
+
+def cell_bounds(values: torch.Tensor, window_rows: int, window_cols: int, row_starts: torch.Tensor,
+                col_starts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For contiguous ``values`` ``[K, r, c]`` and the cells whose windows start at ``row_starts`` x
+    ``col_starts``: each class's window maximum ``[K, Ur, Uc]``, the largest window minimum of any class
+    ``[Ur, Uc]`` and a class that has it ``[Ur, Uc]`` (int64). A few classes at a time, so that only the
+    maxima take memory of the logits' size."""
+    classes = values.shape[0]
+    upper = values.new_empty((classes, row_starts.numel(), col_starts.numel()))
+    best_lower = reference = None
+    for first in range(0, classes, _BOUNDS_CLASSES):
+        part = values[first:first + _BOUNDS_CLASSES]
+        part_upper, part_lower = window_extremes(part, window_rows, window_cols)
+        upper[first:first + part.shape[0]] = _take(_take(part_upper, 1, row_starts), 2, col_starts)
+        part_lower = _take(_take(part_lower, 1, row_starts), 2, col_starts)
+        part_best = part_lower.amax(0)
+        part_reference = _a_maximiser(part_lower, part_best) + first
+        if best_lower is None:
+            best_lower, reference = part_best, part_reference
+        else:
+            higher = part_best > best_lower
+            reference = torch.where(higher, part_reference, reference)
+            best_lower = torch.maximum(best_lower, part_best)
+    return upper, best_lower, reference
+
+
 def window_extremes(values: torch.Tensor, window_rows: int, window_cols: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Maximum and minimum of contiguous ``values`` ``[K, r, c]`` over every ``window_rows x
     window_cols`` window: ``[K, r - window_rows + 1, c - window_cols + 1]`` each.
@@ -348,13 +377,9 @@ class _Labeller:
         rows, cols = self.rows, self.cols
         logit_row = int(rows.cell_start[first_cell])
         part = self.values[:, logit_row:int(rows.cell_start[end_cell - 1]) + rows.window].contiguous()
-        upper, lower = window_extremes(part, rows.window, cols.window)
-        row_starts = rows.cell_start[first_cell:end_cell] - logit_row
-        upper = _take(_take(upper, 1, row_starts), 2, cols.cell_start)  # [K, row cells, column cells]
-        lower = _take(_take(lower, 1, row_starts), 2, cols.cell_start)
-        best_lower = lower.amax(0)  # some class is at least this high at every pixel of the cell ...
-        reference = _a_maximiser(lower, best_lower).flatten()  # ... this one
-        del lower
+        upper, best_lower, reference = cell_bounds(part, rows.window, cols.window,
+                                                   rows.cell_start[first_cell:end_cell] - logit_row, cols.cell_start)
+        reference = reference.flatten()
         self._fill(first_cell, end_cell, reference)
         candidate = (upper >= best_lower - self.slack).flatten(1)  # [K, cells]
         del upper
@@ -539,16 +564,17 @@ def _weighted(windows: torch.Tensor, row_weights: torch.Tensor, col_weights: tor
 
 
 def _top_two(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The largest and second largest of ``values`` ``[C, ...]`` over C (a power of two, at most 128),
-    and the position of a largest (uint8): a tournament of elementwise operations on contiguous halves,
-    which is faster than a reduction over a short dimension."""
+    """The largest and second largest of ``values`` ``[C, ...]`` over C (a power of two), and the position
+    of a largest (uint8, or int32 beyond 256 candidates): a tournament of elementwise operations on
+    contiguous halves, which is faster than a reduction over a short dimension."""
     half = values.shape[0] // 2
+    dtype = torch.uint8 if values.shape[0] <= 256 else torch.int32
     if half == 0:
-        return values[0], torch.full_like(values[0], -torch.inf), torch.zeros_like(values[0], dtype=torch.uint8)
+        return values[0], torch.full_like(values[0], -torch.inf), torch.zeros_like(values[0], dtype=dtype)
     low, high = values[:half], values[half:]
     top, second = torch.maximum(low, high), torch.minimum(low, high)
-    slots = torch.arange(half, dtype=torch.uint8, device=values.device).view(half, *([1] * (values.dim() - 1)))
-    position = (high > low).to(torch.uint8) * half + slots
+    slots = torch.arange(half, dtype=dtype, device=values.device).view(half, *([1] * (values.dim() - 1)))
+    position = (high > low).to(dtype) * half + slots
     while half > 1:
         half //= 2
         low_top, high_top = top[:half], top[half:]
