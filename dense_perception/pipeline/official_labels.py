@@ -127,9 +127,9 @@ class AxisPlan:
 
 def axis_plan(stages: Stages, n_logit: int, n_image: int, device: torch.device | str = "cpu",
               max_tile: int = MAX_TILE) -> AxisPlan:
-    """Cells and tiles of one axis (built on the host: small arrays). Tiles are at most
-    ``ceil(n_image / n_logit)`` long (so the long cells at the clamped edges do not set the tile size)
-    and at most ``max_tile``."""
+    """Cells and tiles of one axis (built on the host: small arrays). A cell away from the clamped edges
+    is at most ``ceil(n_image / n_logit)`` long; it is cut into equal tiles of at most ``max_tile`` (the
+    longer cells at the edges into more tiles, so they do not set the tile length)."""
     first0, first1 = _read(stages.first)
     if stages.second is None:
         net0 = net1 = np.arange(n_image)
@@ -144,7 +144,8 @@ def axis_plan(stages: Stages, n_logit: int, n_image: int, device: torch.device |
     new_cell = np.r_[True, start[1:] != start[:-1]]
     cell_of = np.cumsum(new_cell) - 1
     cell_first = np.maximum.accumulate(np.where(new_cell, positions, 0))
-    length = max(1, min(-(-n_image // n_logit), max_tile))
+    typical = -(-n_image // n_logit)  # a cell's length away from the clamped edges (at most)
+    length = -(-typical // -(-typical // max_tile))  # cut into equal tiles of at most max_tile
     tile_of = np.cumsum(new_cell | ((positions - cell_first) % length == 0)) - 1
     tiles = int(tile_of[-1]) + 1
     tile_first = np.searchsorted(tile_of, np.arange(tiles))
