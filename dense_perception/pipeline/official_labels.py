@@ -127,9 +127,9 @@ class AxisPlan:
 
 def axis_plan(stages: Stages, n_logit: int, n_image: int, device: torch.device | str = "cpu",
               max_tile: int = MAX_TILE) -> AxisPlan:
-    """Cells and tiles of one axis (built on the host: small arrays). Tiles are at most
-    ``ceil(n_image / n_logit)`` long (so the long cells at the clamped edges do not set the tile size)
-    and at most ``max_tile``."""
+    """Cells and tiles of one axis (built on the host: small arrays). A cell away from the clamped edges
+    is at most ``ceil(n_image / n_logit)`` long; it is cut into equal tiles of at most ``max_tile`` (the
+    longer cells at the edges into more tiles, so they do not set the tile length)."""
     first0, first1 = _read(stages.first)
     if stages.second is None:
         net0 = net1 = np.arange(n_image)
@@ -144,7 +144,8 @@ def axis_plan(stages: Stages, n_logit: int, n_image: int, device: torch.device |
     new_cell = np.r_[True, start[1:] != start[:-1]]
     cell_of = np.cumsum(new_cell) - 1
     cell_first = np.maximum.accumulate(np.where(new_cell, positions, 0))
-    length = max(1, min(-(-n_image // n_logit), max_tile))
+    typical = -(-n_image // n_logit)  # a cell's length away from the clamped edges (at most)
+    length = -(-typical // -(-typical // max_tile))  # cut into equal tiles of at most max_tile
     tile_of = np.cumsum(new_cell | ((positions - cell_first) % length == 0)) - 1
     tiles = int(tile_of[-1]) + 1
     tile_first = np.searchsorted(tile_of, np.arange(tiles))
@@ -355,6 +356,27 @@ def _taps_of(taps_: GatheredTaps, tile: torch.Tensor) -> GatheredTaps:
                                                                    taps_.weight1)))
 
 
+@dataclass(frozen=True)
+class _Tiles:
+    """Tiles with their candidates: window logits ``[T, C, Sr, Sc]``, classes ``[T, C]`` (increasing, then
+    padding: class K with :data:`PAD_LOGIT` logits), row and column tile numbers ``[T]``."""
+
+    windows: torch.Tensor
+    classes: torch.Tensor
+    row_tile: torch.Tensor
+    col_tile: torch.Tensor
+
+    def take(self, index: torch.Tensor) -> _Tiles:
+        return _Tiles(*(part.index_select(0, index) for part in (self.windows, self.classes, self.row_tile,
+                                                                  self.col_tile)))
+
+    def items(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One item per (tile, candidate): windows ``[T * C, Sr, Sc]``, classes, row and column tiles."""
+        count = self.classes.shape[1]
+        return (self.windows.flatten(0, 1), self.classes.flatten(), self.row_tile.repeat_interleave(count),
+                self.col_tile.repeat_interleave(count))
+
+
 @dataclass
 class _Labeller:
     """Labels one band of row cells at a time into ``labels``, the flat image with one spare element
@@ -468,6 +490,7 @@ class _Labeller:
         windows = self._windows(cls, row_cell.index_select(0, cell_rank), col_cell.index_select(0, cell_rank))
         slot = torch.arange(cell.numel(), device=cell.device) - first_pair.index_select(0, cell_rank)
         capacity = _capacity(count)
+        doubtful = []
         for size in torch.unique(capacity).tolist():
             in_bucket = capacity == size  # [cells]
             chosen = torch.nonzero(in_bucket.index_select(0, cell_rank))[:, 0]
@@ -478,36 +501,54 @@ class _Labeller:
             dense.index_copy_(0, place, windows.index_select(0, chosen))
             classes = cls.new_full((cells.numel() * size,), self.values.shape[0])
             classes.index_copy_(0, place, cls.index_select(0, chosen))
-            self._label_tiles(dense.view(-1, size, *windows.shape[1:]), classes.view(-1, size),
-                              row_cell.index_select(0, cells), col_cell.index_select(0, cells))
+            doubtful.append(self._label_tiles(dense.view(-1, size, *windows.shape[1:]), classes.view(-1, size),
+                                              row_cell.index_select(0, cells), col_cell.index_select(0, cells)))
+        self._relabel_exactly([tiles for tiles in doubtful if tiles.classes.numel()])
 
     def _label_tiles(self, windows: torch.Tensor, classes: torch.Tensor, row_cell: torch.Tensor,
-                     col_cell: torch.Tensor) -> None:
+                     col_cell: torch.Tensor) -> _Tiles:
         """Label every tile of the cells (``row_cell[i]``, ``col_cell[i]``) from their candidates
-        ``classes[i]`` (increasing, then padding) and window logits ``windows[i]`` ``[C, Sr, Sc]``: all
-        candidates with the composed weights; where a tile's top two come within the slack (rounding
-        could order them either way, ties included), again exactly as the kernel computes them. The
-        label is the argmax, the lowest class among equal maxima like ``torch.argmax``."""
+        ``classes[i]`` (increasing, then padding) and window logits ``windows[i]`` ``[C, Sr, Sc]``, all
+        candidates with the composed weights. Returns the tiles whose top two come within the slack
+        somewhere (rounding could order them either way, ties included), for :meth:`_relabel_exactly`."""
         rows, cols = self.rows, self.cols
         row_tile, col_tile, of_cell = self._tiles(row_cell, col_cell)
         if of_cell is not None:
             windows, classes = windows.index_select(0, of_cell), classes.index_select(0, of_cell)
-        tiles, count = classes.shape
+        tiles = classes.shape[0]
         values = _weighted(windows, rows.composed.index_select(0, row_tile), cols.composed.index_select(0, col_tile))
         top, second, position = _top_two(values)  # [Lr, Lc, T] each; exact ties are doubtful below
-        doubtful = torch.nonzero((top - second).flatten(0, 1).amin(0) <= self.slack)[:, 0]
-        chunks = consecutive_chunks(torch.full_like(doubtful, count * self._exact_size()), self.budget) \
-            if doubtful.numel() else []
-        for begin, end in chunks:
-            redo = doubtful[begin:end]
-            exact = self._resized(windows[redo].flatten(0, 1), classes[redo].flatten(),
-                                  row_tile[redo].repeat_interleave(count), col_tile[redo].repeat_interleave(count))
-            # argmax: the first maximum, as torch.argmax on the official tensor
-            first = exact.view(redo.numel(), count, -1).argmax(1).to(position.dtype)  # [redo, Lr * Lc]
-            position[:, :, redo] = first.t().view(rows.tile_length, cols.tile_length, -1)
         slots = position.long() * tiles + torch.arange(tiles, device=position.device)
         label = classes.t().reshape(-1).index_select(0, slots.view(-1)).to(self.labels.dtype)
         self.labels.scatter_(0, self._targets(row_tile, col_tile).reshape(-1), label)
+        doubtful = torch.nonzero((top - second).flatten(0, 1).amin(0) <= self.slack)[:, 0]
+        return _Tiles(windows, classes, row_tile, col_tile).take(doubtful)
+
+    def _relabel_exactly(self, groups: list[_Tiles]) -> None:
+        """Label the tiles of ``groups`` from their candidates' values as the kernel computes them, the
+        argmax being the first maximum as ``torch.argmax`` takes it on the official tensor. The groups
+        go through one evaluation when the budget allows (its operations cost more than its arithmetic
+        here), else group by group in chunks of whole tiles."""
+        if not groups:
+            return
+        sizes = [tiles.classes.numel() for tiles in groups]
+        if sum(sizes) * self._exact_size() > self.budget:
+            for tiles in groups:
+                count = tiles.classes.shape[1]
+                for begin, end in consecutive_chunks(torch.full((tiles.classes.shape[0],), count * self._exact_size()),
+                                                     self.budget):
+                    self._relabel_exactly_at_once([tiles.take(torch.arange(begin, end, device=tiles.classes.device))])
+            return
+        self._relabel_exactly_at_once(groups)
+
+    def _relabel_exactly_at_once(self, groups: list[_Tiles]) -> None:
+        items = [tiles.items() for tiles in groups]
+        exact = self._resized(*(torch.cat(field) for field in zip(*items)))
+        for tiles, values in zip(groups, exact.split([item[1].numel() for item in items])):
+            count, pixels = tiles.classes.shape[1], values.shape[1] * values.shape[2]
+            position = values.view(-1, count, pixels).argmax(1)  # [T, Lr * Lc]
+            label = tiles.classes.gather(1, position).to(self.labels.dtype).t()  # [Lr * Lc, T]
+            self.labels.scatter_(0, self._targets(tiles.row_tile, tiles.col_tile).reshape(-1), label.reshape(-1))
 
     def _tiles(self, row_cell: torch.Tensor, col_cell: torch.Tensor,
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
