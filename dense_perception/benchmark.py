@@ -20,8 +20,8 @@ Backends measured side by side:
 - ``onnxruntime``: the exported fp32 graph in ONNX Runtime;
 - ``onnxruntime-int8``: the statically quantised graph (:mod:`.engines.quantize`), calibrated on the
   bundled sample photograph;
-- ``transformers`` (DPT only): Hugging Face's ``DPTForDepthEstimation`` with the same weights (fp16/bf16
-  under the same autocast as ours).
+- ``transformers`` (DPT and SegFormer): Hugging Face's ``DPTForDepthEstimation`` /
+  ``SegformerForSemanticSegmentation`` with the same weights (fp16/bf16 under the same autocast as ours).
 
 On a GPU :func:`measure_in_process` can also measure several cases in one process (``scripts/gpu_report.py``
 does): the peak memory figure is then ``torch.cuda.max_memory_allocated`` since the case began.
@@ -211,61 +211,92 @@ def _runner(case: Case, net: torch.nn.Module, workdir: str) -> Callable[[torch.T
         precision = "int8" if case.backend.endswith("int8") else "fp32"
         return onnx_engine_for_network(net, case.height, case.width, workdir, precision, threads=case.threads).infer
     if case.backend == "transformers":
-        from .networks.dpt_hf import hf_model_with_weights_of
-
-        model = hf_model_with_weights_of(net).to(device).eval()
+        model, output = _transformers_peer(net)
+        model = model.to(device).eval()
 
         def hf(x: torch.Tensor) -> Any:
             with torch.no_grad(), _autocast(case):
-                return model(pixel_values=x.to(device)).predicted_depth
+                return getattr(model(pixel_values=x.to(device)), output)
         return hf
     raise ValueError(f"unknown backend {case.backend!r}; choose from {', '.join(BACKENDS)}")
 
 
-def _end_to_end_runner(case: Case, net: torch.nn.Module, workdir: str) -> Callable[[np.ndarray], Any]:
-    """Image → depth at the image's size, each implementation with its own documented pipeline:
-    ours through :class:`~.api.DepthEstimator` (official keep-aspect MiDaS size, or
-    ``case.height``×``case.width`` with ``fixed_input``; its own initial weights -- the arithmetic, and
-    so the time, is that of any checkpoint), ``transformers`` through ``DPTImageProcessor`` (it squashes
-    to 384×384)."""
-    device = torch.device(case.device)
-    if case.backend == "transformers":
-        from transformers import DPTImageProcessor
-
+def _transformers_peer(net: torch.nn.Module) -> tuple[torch.nn.Module, str]:
+    """Hugging Face's implementation of ``net``'s architecture carrying its weights, and the name of its
+    output: ``DPTForDepthEstimation`` (DPT) or ``SegformerForSemanticSegmentation`` (SegFormer)."""
+    family = network_spec(net.name).family
+    if family == "dpt":
         from .networks.dpt_hf import hf_model_with_weights_of
 
-        model = hf_model_with_weights_of(net).to(device).eval()
-        processor = DPTImageProcessor()
+        return hf_model_with_weights_of(net), "predicted_depth"
+    if family == "segformer":
+        from .networks.sra.hf import hf_segformer_with_weights_of
 
-        def hf(image: np.ndarray) -> Any:
-            inputs = processor(images=image, return_tensors="pt").to(device)
+        return hf_segformer_with_weights_of(net), "logits"
+    raise ValueError(f"transformers has no peer of {net.name} here (DPT and SegFormer only)")
+
+
+def _end_to_end_runner(case: Case, net: torch.nn.Module, workdir: str) -> Callable[[np.ndarray], Any]:
+    """Image → depth or labels at the image's size, each implementation with its own documented pipeline:
+    ours through :class:`~.api.DepthEstimator` / :class:`~.api.Segmenter` (the official input size --
+    DPT's keep-aspect size, mmseg's aligned keep-ratio resize -- or ``case.height``×``case.width`` with
+    ``fixed_input``; whole-image inference; its own initial weights: the arithmetic, and so the time, is
+    that of any checkpoint), ``transformers`` through ``DPTImageProcessor`` (it squashes to 384×384) or
+    ``SegformerImageProcessor`` (512×512) and their post-processing."""
+    device = torch.device(case.device)
+    task = network_spec(case.network).task
+    if case.backend == "transformers":
+        model, _ = _transformers_peer(net)
+        model = model.to(device).eval()
+        if task == "depth":
+            from transformers import DPTImageProcessor
+
+            processor = DPTImageProcessor()
+
+            def hf_depth(image: np.ndarray) -> Any:
+                inputs = processor(images=image, return_tensors="pt").to(device)
+                with torch.no_grad(), _autocast(case):
+                    out = model(**inputs)
+                return processor.post_process_depth_estimation(out, target_sizes=[image.shape[:2]])[0][
+                    "predicted_depth"].cpu().numpy()
+            return hf_depth
+        from transformers import SegformerImageProcessor
+
+        seg_processor = SegformerImageProcessor()
+
+        def hf_labels(image: np.ndarray) -> Any:
+            inputs = seg_processor(images=image, return_tensors="pt").to(device)
             with torch.no_grad(), _autocast(case):
                 out = model(**inputs)
-            return processor.post_process_depth_estimation(out, target_sizes=[image.shape[:2]])[0][
-                "predicted_depth"].cpu().numpy()
-        return hf
-    from .api import DepthEstimator
+            return seg_processor.post_process_semantic_segmentation(out, target_sizes=[image.shape[:2]])[0].cpu().numpy()
+        return hf_labels
+    from .api import DepthEstimator, Segmenter
 
     torch.manual_seed(0)  # the same initial weights in every round, so cached graphs are reused
     if case.backend not in END_TO_END_BACKENDS:
         raise ValueError(f"end to end runs {', '.join(END_TO_END_BACKENDS)}, not {case.backend}")
     backend, _, precision = case.backend.partition("-")
-    estimator = DepthEstimator(case.network, backend=backend, precision=precision or case.precision, device=device,
-                               input_size=(case.height, case.width) if case.fixed_input else None,
-                               engine_dir=workdir)
-    return lambda image: estimator.predict(image).depth
+    options = dict(backend=backend, precision=precision or case.precision, device=device, engine_dir=workdir,
+                   input_size=(case.height, case.width) if case.fixed_input else None)
+    if task == "depth":
+        estimator = DepthEstimator(case.network, **options)
+        return lambda image: estimator.predict(image).depth
+    segmenter = Segmenter(case.network, inference="whole", isr=ISRSetting.read(case.isr) if case.isr else 1,
+                          **options)
+    return lambda image: segmenter.predict(image).labels
 
 
 def network_input_size(case: Case) -> tuple[int, int]:
     """The size the network runs at: the case's, except end to end, where ``transformers`` squashes to
-    384×384 and ours keeps the official keep-aspect size unless ``fixed_input``."""
+    384×384 (DPT) or 512×512 (SegFormer) and ours keeps the official size unless ``fixed_input``."""
+    spec = network_spec(case.network)
     if case.end_to_end and case.backend == "transformers":
-        return 384, 384
+        return (384, 384) if spec.task == "depth" else (512, 512)
     if not case.end_to_end or case.fixed_input:
         return case.height, case.width
-    from .pipeline.preprocess import DPT_TARGETS, dpt_network_size
+    from .pipeline.preprocess import network_size_with
 
-    return dpt_network_size(*case.end_to_end, DPT_TARGETS[network_spec(case.network).dataset])
+    return network_size_with(spec.preprocessing, *case.end_to_end)
 
 
 def sample_input(case: Case) -> torch.Tensor:
