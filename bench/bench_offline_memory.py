@@ -57,7 +57,7 @@ def main() -> None:
     stage(f"labels ({args.label_mode} label mode)", t)
     t = time.perf_counter()
     outputs = processor.process(frame)
-    stage("whole frame again (views, cloud)", t)
+    stage("whole frame again (views)", t)
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or Path(tmp) / "out.mcap"
         t = time.perf_counter()

@@ -23,6 +23,12 @@ Backends measured side by side:
 - ``transformers`` (DPT and SegFormer): Hugging Face's ``DPTForDepthEstimation`` /
   ``SegformerForSemanticSegmentation`` with the same weights (fp16/bf16 under the same autocast as ours).
 
+End to end (``Case.end_to_end``): an image in, the result at the image's size out, through our API
+(``DepthEstimator``, ``Segmenter`` with its label mode) or ``transformers``' DPT or SegFormer pipeline, each frame's
+pre-processing, network and post-processing timed separately (:data:`STAGES`); the ISR settings of a
+segmentation network are then timed in turn too, so the end-to-end ISR gain and the network-only gain
+come from the same frames.
+
 On a GPU :func:`measure_in_process` can also measure several cases in one process (``scripts/gpu_report.py``
 does): the peak memory figure is then ``torch.cuda.max_memory_allocated`` since the case began.
 """
@@ -76,6 +82,8 @@ class Case:
     #: ``torch``/``torch-compile``/``transformers``: fp32, or fp16/bf16 under autocast (CUDA); ``eager`` and
     #: the ``onnxruntime`` backends are fp32 here (int8 is the ``onnxruntime-int8`` backend)
     precision: str = "fp32"
+    #: end to end, segmentation: the Segmenter's label mode (``official`` or ``fast``)
+    label_mode: str = "official"
 
     @property
     def slug(self) -> str:
@@ -84,8 +92,14 @@ class Case:
         e2e = f"_e2e{self.end_to_end[0]}x{self.end_to_end[1]}{'f' if self.fixed_input else ''}" \
             if self.end_to_end else ""
         precision = "" if self.precision == "fp32" else f"_{self.precision}"
+        labels = f"_{self.label_mode}" if self.end_to_end and self.segments else ""
         return (f"{self.network}_{self.backend}{precision}_{self.height}x{self.width}_{isr}_{self.device}"
-                f"{e2e}").replace(":", "")
+                f"{e2e}{labels}").replace(":", "")
+
+    @property
+    def segments(self) -> bool:
+        """Whether the network is a segmentation network (label modes apply end to end)."""
+        return network_spec(self.network).task == "segmentation"
 
     @property
     def label(self) -> str:
@@ -113,6 +127,10 @@ class Measurement:
     #: batch-1 timings taken in one process alternating with the other ISR settings of the same
     #: network and backend (:func:`measure_isr_interleaved`); empty when not measured
     interleaved_ms: list[float] = field(default_factory=list)
+    #: end to end: each frame's time per stage (:data:`STAGES`), in the order of ``latency_ms``
+    stage_ms: dict[str, list[float]] = field(default_factory=dict)
+    #: end to end, ISR settings timed in turn: the stages of the frames of ``interleaved_ms``
+    interleaved_stage_ms: dict[str, list[float]] = field(default_factory=dict)
 
     def merge(self, other: "Measurement") -> "Measurement":
         """This round's figures pooled with another round's of the same case."""
@@ -120,8 +138,15 @@ class Measurement:
             return other if not self.latency_ms else self
         if self.error or not self.latency_ms:
             return other
+        stages = {stage: self.stage_ms.get(stage, []) + other.stage_ms.get(stage, [])
+                  for stage in {**self.stage_ms, **other.stage_ms}}
         return Measurement(self.case, self.latency_ms + other.latency_ms, self.batch_ms + other.batch_ms,
-                           max(self.peak_mib, other.peak_mib), self.gmacs)
+                           max(self.peak_mib, other.peak_mib), self.gmacs, stage_ms=stages)
+
+    def stage_p50(self, stage: str) -> float:
+        """Median milliseconds of one stage of an end-to-end frame (NaN when not measured)."""
+        times = self.stage_ms.get(stage)
+        return statistics.median(times) if times else float("nan")
 
     @property
     def p50(self) -> float:
@@ -156,6 +181,37 @@ def _timed(fn: Callable[[], Any], warmup: int, runs: int, sync: Callable[[], Non
         sync()
         times.append((time.perf_counter() - t0) * 1e3)
     return times
+
+
+#: The stages of an end-to-end frame, timed separately.
+STAGES = ("preprocess", "network", "postprocess")
+
+
+def staged(steps: Sequence[Callable[[Any], Any]], sync: Callable[[], None]) -> Callable[[Any], dict[str, float]]:
+    """A frame function: runs ``steps`` (one per :data:`STAGES`, each taking the previous one's result,
+    the first the image) and returns each stage's milliseconds and their ``total``; ``sync`` waits for
+    queued device work after each stage, so a stage's time is its own."""
+    def frame(image: Any) -> dict[str, float]:
+        times, value = {}, image
+        for stage, step in zip(STAGES, steps, strict=True):
+            started = time.perf_counter()
+            value = step(value)
+            sync()
+            times[stage] = (time.perf_counter() - started) * 1e3
+        times["total"] = sum(times[stage] for stage in STAGES)
+        return times
+    return frame
+
+
+def time_frames(frame: Callable[[], dict[str, float]], warmup: int, runs: int) -> dict[str, list[float]]:
+    """Stage and total milliseconds of ``runs`` frames after ``warmup``."""
+    for _ in range(warmup):
+        frame()
+    timings: dict[str, list[float]] = {}
+    for _ in range(runs):
+        for key, value in frame().items():
+            timings.setdefault(key, []).append(value)
+    return timings
 
 
 def _synchronizer(device: str) -> Callable[[], None]:
@@ -236,41 +292,43 @@ def _transformers_peer(net: torch.nn.Module) -> tuple[torch.nn.Module, str]:
     raise ValueError(f"transformers has no peer of {net.name} here (DPT and SegFormer only)")
 
 
-def _end_to_end_runner(case: Case, net: torch.nn.Module, workdir: str) -> Callable[[np.ndarray], Any]:
-    """Image → depth or labels at the image's size, each implementation with its own documented pipeline:
-    ours through :class:`~.api.DepthEstimator` / :class:`~.api.Segmenter` (the official input size --
-    DPT's keep-aspect size, mmseg's aligned keep-ratio resize -- or ``case.height``×``case.width`` with
-    ``fixed_input``; whole-image inference; its own initial weights: the arithmetic, and so the time, is
-    that of any checkpoint), ``transformers`` through ``DPTImageProcessor`` (it squashes to 384×384) or
-    ``SegformerImageProcessor`` (512×512) and their post-processing."""
+def _end_to_end_runner(case: Case, net: torch.nn.Module, workdir: str) -> Callable[[np.ndarray], dict[str, float]]:
+    """Image → result at the image's size, each implementation with its own documented pipeline, as a
+    :func:`staged` frame function: ours through :class:`~.api.DepthEstimator` or :class:`~.api.Segmenter`
+    (whole-image; the stages of their ``predict``: ``preprocess``, the engine for the input size, the
+    post-processing; the official input size -- DPT's keep-aspect size, mmseg's aligned keep-ratio
+    resize -- or ``case.height``×``case.width`` with ``fixed_input``; their own initial weights -- the
+    arithmetic, and so the time, is that of any checkpoint), ``transformers`` through
+    ``DPTImageProcessor`` (it squashes to 384×384) or ``SegformerImageProcessor`` (512×512) and their
+    post-processing."""
     device = torch.device(case.device)
-    task = network_spec(case.network).task
+    sync = _synchronizer(case.device)
     if case.backend == "transformers":
         model, _ = _transformers_peer(net)
         model = model.to(device).eval()
-        if task == "depth":
-            from transformers import DPTImageProcessor
 
-            processor = DPTImageProcessor()
-
-            def hf_depth(image: np.ndarray) -> Any:
-                inputs = processor(images=image, return_tensors="pt").to(device)
-                with torch.no_grad(), _autocast(case):
-                    out = model(**inputs)
-                return processor.post_process_depth_estimation(out, target_sizes=[image.shape[:2]])[0][
-                    "predicted_depth"].cpu().numpy()
-            return hf_depth
-        from transformers import SegformerImageProcessor
-
-        seg_processor = SegformerImageProcessor()
-
-        def hf_labels(image: np.ndarray) -> Any:
-            inputs = seg_processor(images=image, return_tensors="pt").to(device)
+        def network(inputs: Any) -> tuple[Any, Any]:
             with torch.no_grad(), _autocast(case):
-                out = model(**inputs)
-            return seg_processor.post_process_semantic_segmentation(out, target_sizes=[image.shape[:2]])[0].cpu().numpy()
-        return hf_labels
+                return inputs, model(**inputs)
+        if case.segments:
+            from transformers import SegformerImageProcessor
+
+            seg_processor = SegformerImageProcessor()
+            return lambda image: staged([
+                lambda _: seg_processor(images=image, return_tensors="pt").to(device),
+                network,
+                lambda done: seg_processor.post_process_semantic_segmentation(
+                    done[1], target_sizes=[image.shape[:2]])[0].cpu().numpy()], sync)(image)
+        from transformers import DPTImageProcessor
+
+        processor = DPTImageProcessor()
+        return lambda image: staged([
+            lambda _: processor(images=image, return_tensors="pt").to(device),
+            network,
+            lambda done: processor.post_process_depth_estimation(done[1], target_sizes=[image.shape[:2]])[0][
+                "predicted_depth"].cpu().numpy()], sync)(image)
     from .api import DepthEstimator, Segmenter
+    from .pipeline import postprocess
 
     torch.manual_seed(0)  # the same initial weights in every round, so cached graphs are reused
     if case.backend not in END_TO_END_BACKENDS:
@@ -278,12 +336,35 @@ def _end_to_end_runner(case: Case, net: torch.nn.Module, workdir: str) -> Callab
     backend, _, precision = case.backend.partition("-")
     options = dict(backend=backend, precision=precision or case.precision, device=device, engine_dir=workdir,
                    input_size=(case.height, case.width) if case.fixed_input else None)
-    if task == "depth":
-        estimator = DepthEstimator(case.network, **options)
-        return lambda image: estimator.predict(image).depth
-    segmenter = Segmenter(case.network, inference="whole", isr=ISRSetting.read(case.isr) if case.isr else 1,
-                          **options)
-    return lambda image: segmenter.predict(image).labels
+    if case.segments:
+        predictor: Any = Segmenter(case.network, label_mode=case.label_mode, inference="whole",
+                                   isr=ISRSetting.read(case.isr) if case.isr else 1, **options)
+
+        def finish(done: tuple[Any, torch.Tensor]) -> np.ndarray:
+            prepared, logits = done
+            return postprocess.labels_from_logits(logits, prepared.network_size, prepared.image_size,
+                                                  predictor.label_mode)[0]
+    else:
+        predictor = DepthEstimator(case.network, **options)
+
+        def finish(done: tuple[Any, torch.Tensor]) -> np.ndarray:
+            prepared, raw = done
+            return postprocess.depth_to_image(raw, prepared.image_size, predictor.output)
+    return staged([predictor.preprocess,
+                   lambda prepared: (prepared, predictor.engine_for(prepared.network_size).infer(prepared.tensor)),
+                   finish], sync)
+
+
+def camera_frame(height: int, width: int) -> np.ndarray:
+    """The bundled sample photograph resized to ``height`` x ``width``: an end-to-end input whose labels
+    have real regions and boundaries (the post-processing cost depends on them)."""
+    from PIL import Image
+
+    from .io.sources import read_image_rgb, sample_image
+
+    with sample_image() as path:
+        image = read_image_rgb(path)
+    return np.asarray(Image.fromarray(image).resize((width, height), Image.BILINEAR))
 
 
 def network_input_size(case: Case) -> tuple[int, int]:
@@ -337,9 +418,11 @@ def measure_in_process(case: Case, warmup: int, runs: int, workdir: str,
     x1 = torch.randn(1, 3, case.height, case.width, generator=gen)
     xb = torch.randn(case.batch, 3, case.height, case.width, generator=gen)
     if case.end_to_end:
-        image = np.random.default_rng(7).integers(0, 256, (*case.end_to_end, 3), dtype=np.uint8)
-        run_image = _end_to_end_runner(case, net, workdir)
-        result.latency_ms = _timed(lambda: run_image(image), warmup, runs, sync)
+        image = camera_frame(*case.end_to_end)
+        frame = _end_to_end_runner(case, net, workdir)
+        timings = time_frames(partial(frame, image), warmup, runs)
+        result.latency_ms = timings.pop("total")
+        result.stage_ms = timings
         result.peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         return result
     run = _runner(case, net, workdir)
@@ -373,6 +456,30 @@ def measure_isr_interleaved(cases: list[Case], warmup: int, runs: int, workdir: 
     nets = [_network(case) if net is None else _with_isr(copy.deepcopy(net), case) for case in cases]
     runners = [_runner(case, case_net, workdir) for case, case_net in zip(cases, nets)]
     return time_in_turn([partial(run, x1) for run in runners], warmup, runs, _synchronizer(cases[0].device))
+
+
+def measure_frames_interleaved(cases: list[Case], warmup: int, runs: int, workdir: str,
+                               ) -> list[dict[str, list[float]]]:
+    """:func:`measure_isr_interleaved` for end-to-end cases (the ISR settings of one segmentation network,
+    backend, label mode and image size): whole frames in turn, each timed per stage, so the end-to-end
+    gain of a setting and its network-only gain come from the same frames. Per case: each stage's and
+    the total's milliseconds per turn."""
+    if len({c.isr_group for c in cases}) != 1 or any(not c.end_to_end or not c.isr for c in cases):
+        raise ValueError("interleaved end-to-end timing takes ISR settings of one network, backend, label mode "
+                         "and image size")
+    torch.set_num_threads(cases[0].threads)
+    image = camera_frame(*cases[0].end_to_end)
+    frames = [partial(_end_to_end_runner(case, _network(case), workdir), image) for case in cases]
+    timings: list[dict[str, list[float]]] = [{} for _ in cases]
+    for turn in range(warmup + runs):
+        for frame, timed in zip(frames, timings):
+            frame()  # warm, right after itself
+            if turn >= warmup:
+                for key, value in frame().items():
+                    timed.setdefault(key, []).append(value)
+            else:
+                frame()
+    return timings
 
 
 def time_in_turn(calls: Sequence[Callable[[], Any]], warmup: int, turns: int,
@@ -424,14 +531,16 @@ def measure(case: Case, warmup: int = 2, runs: int = 10, timeout: float = 1800,
     data = _in_subprocess(asdict(case), warmup, runs, timeout, workdir)
     if data.get("error"):
         return Measurement(case, error=data["error"])
-    return Measurement(case, data["latency_ms"], data["batch_ms"], data["peak_mib"], data["gmacs"])
+    return Measurement(case, data["latency_ms"], data["batch_ms"], data["peak_mib"], data["gmacs"],
+                       stage_ms=data.get("stage_ms", {}))
 
 
 def measure_isr(cases: list[Case], warmup: int, runs: int, workdir: str | os.PathLike,
-                timeout: float = 1800) -> list[list[float]] | str:
-    """:func:`measure_isr_interleaved` in a fresh subprocess: per case its timings, or the error text."""
+                timeout: float = 1800) -> list[dict[str, list[float]]] | str:
+    """:func:`measure_isr_interleaved` (bare networks) or :func:`measure_frames_interleaved` (end to end) in a
+    fresh subprocess: per case its timings by stage (``total`` only for bare networks), or the error text."""
     data = _in_subprocess([asdict(case) for case in cases], warmup, runs, timeout, workdir)
-    return data.get("error") or data["interleaved_ms"]
+    return data.get("error") or data["interleaved"]
 
 
 def case_from_json(data: dict[str, Any]) -> Case:
@@ -446,7 +555,11 @@ def _main(argv: list[str]) -> None:
     warmup, runs, workdir = int(argv[1]), int(argv[2]), argv[3]
     if isinstance(request, list):
         cases = [case_from_json(data) for data in request]
-        print(json.dumps({"interleaved_ms": measure_isr_interleaved(cases, warmup, runs, workdir)}))
+        if cases[0].end_to_end:
+            timings = measure_frames_interleaved(cases, warmup, runs, workdir)
+        else:
+            timings = [{"total": timed} for timed in measure_isr_interleaved(cases, warmup, runs, workdir)]
+        print(json.dumps({"interleaved": timings}))
         return
     print(json.dumps(measure_in_process(case_from_json(request), warmup, runs, workdir).to_json()))
 

@@ -22,6 +22,7 @@ frame source → depth + labels (:mod:`dense_perception.api`) → coloured views
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import signal
@@ -41,6 +42,7 @@ from .cli import COMMANDS, UsageError
 from .defaults import DEFAULT_DEPTH_NETWORK, DEFAULT_SEG_NETWORK
 from .io.sources import BadFrame, CameraInfoData, Frame, Source
 from .io.writers import FrameOutputs, Writer
+from .engines.host_memory import give_back_freed_memory
 from .pipeline.cloud import CameraModel, build_cloud
 from .pipeline.colormap import StableRange, colorize_depth, colorize_labels, overlay
 from .pipeline.pairing import FramePairing
@@ -249,6 +251,12 @@ def load_models(options: ModelOptions) -> Models:
     return Models(depth, seg, [depth_ckpt.note, seg_ckpt.note])
 
 
+#: Frames of at least this many pixels (4 MP) hand the memory malloc keeps for the next frame back
+#: before they are written (:func:`~dense_perception.engines.host_memory.give_back_freed_memory`):
+#: their cloud alone is 80 MB or more, and the storage writer holds several copies of it.
+LARGE_FRAME_PIXELS = 4_000_000
+
+
 # -- one frame -------------------------------------------------------------------------------------
 
 
@@ -334,15 +342,15 @@ class FrameProcessor:
             seg_colored = stamp_untrained(seg_colored)
         camera, self.camera_source = camera_for_image(frame.camera_info, width, height,
                                                       self.options.fov_deg)
-        cloud = None
-        if depth_result.is_metric:
-            cloud = build_cloud(paired.depth.depth.astype(np.float32, copy=False),
-                                np.asarray(camera.k, dtype=np.float64).reshape(3, 3),
-                                rgb=paired.items["color"], labels=paired.items["labels"],
-                                stride=self.options.cloud_stride,
-                                min_depth=self.options.min_depth, max_depth=self.options.max_depth)
+        make_cloud = None
+        if depth_result.is_metric:  # built by each writer that needs it (FrameOutputs.make_cloud)
+            make_cloud = functools.partial(
+                build_cloud, paired.depth.depth.astype(np.float32, copy=False),
+                np.asarray(camera.k, dtype=np.float64).reshape(3, 3), rgb=paired.items["color"],
+                labels=paired.items["labels"], stride=self.options.cloud_stride,
+                min_depth=self.options.min_depth, max_depth=self.options.max_depth)
         return FrameOutputs(frame, camera, depth, depth_result.kind, depth_colored, labels,
-                            seg_colored, cloud)
+                            seg_colored, make_cloud)
 
 
     def notes(self) -> dict[str, str]:
@@ -562,10 +570,12 @@ def _handle(item: Frame | BadFrame, writer: Writer, processor: FrameProcessor,
         summary.skipped.append((item.index, _one_line(exc)))
         log.debug("skipped frame %d: %s", item.index, exc)
         return
+    if outputs.frame.rgb.shape[0] * outputs.frame.rgb.shape[1] >= LARGE_FRAME_PIXELS:
+        give_back_freed_memory()  # the writer's copies of a large cloud would stack on the kept heap
     with interrupts.protected():
         writer.write(outputs)
         summary.written += 1
-        summary.clouds += outputs.cloud is not None
+        summary.clouds += outputs.make_cloud is not None
 
 
 def _one_line(exc: BaseException) -> str:

@@ -3,6 +3,7 @@ eager, ISR gains and the end-to-end comparison (real figures: bench/RESULTS.md, 
 from __future__ import annotations
 
 import json
+import statistics
 
 import numpy as np
 import pytest
@@ -12,9 +13,21 @@ from dense_perception.benchmark import Case, Measurement, deviation
 from dense_perception.cli import main
 
 
+STAGE_TABLE = "End to end, by stage"
+
+
 def rows_of(out: str, network: str) -> list[list[str]]:
-    return [[cell.strip() for cell in line.strip("|").split("|")] for line in out.splitlines()
+    """The main table's rows of ``network`` (the stage table, printed after it, excluded)."""
+    return [[cell.strip() for cell in line.strip("|").split("|")] for line in out.split(STAGE_TABLE)[0].splitlines()
             if line.startswith(f"| {network}")]
+
+
+def stage_rows(out: str, network: str) -> list[dict[str, str]]:
+    """The end-to-end stage table's rows of ``network``, by column name."""
+    lines = [line for line in out.split(STAGE_TABLE)[1].splitlines() if line.startswith("|")]
+    head = [cell.strip() for cell in lines[0].strip("|").split("|")]
+    return [dict(zip(head, (cell.strip() for cell in line.strip("|").split("|"))))
+            for line in lines[2:] if line.startswith(f"| {network}")]
 
 
 def test_bench_prints_a_table_with_deviation_and_isr_gain_and_writes_json(tmp_path, capsys) -> None:
@@ -62,6 +75,77 @@ def test_bench_end_to_end_runs_our_api_beside_transformers(tmp_path, capsys) -> 
     # ratios are against transformers end to end; multiply-adds at each implementation's network input
     assert rows[2][10] == "1.00" and float(rows[0][10]) > 0
     assert float(rows[0][9]) < float(rows[2][9])
+    # each frame's stages, for ours and for transformers' pipeline alike
+    stages = stage_rows(out, "dpt_hybrid_midas")
+    assert [row["backend"] for row in stages] == ["torch", "onnxruntime", "transformers"]
+    for row in stages:
+        parts = [float(row[f"{stage} ms"]) for stage in ("pre-processing", "network", "post-processing")]
+        # one frame each: the stages add up to the frame (printed to 0.1 ms)
+        assert min(parts) >= 0 and parts[1] > 0 and sum(parts) == pytest.approx(float(row["frame p50 ms"]), abs=0.3)
+        assert row["labels"] == "–" and row["ISR gain end to end"] == "–"
+
+
+@pytest.mark.slow
+def test_bench_end_to_end_segmentation_times_stages_per_label_mode_and_isr_gains(tmp_path, capsys) -> None:
+    code = main(["bench", "--networks", "edaformer_t_ade20k", "--backends", "torch", "--isr", "1", "2",
+                 "--end-to-end", "48", "64", "--size", "64", "64", "--label-modes", "official", "fast",
+                 "--runs", "2", "--rounds", "1", "--warmup", "0", "--batch", "1", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    rows = rows_of(out, "edaformer_t_ade20k")
+    assert [row[1] for row in rows] == [f"48x64 image, input 64x64, {mode} labels" for mode in
+                                        ("official", "official", "fast", "fast")]
+    stages = stage_rows(out, "edaformer_t_ade20k")
+    assert [(row["labels"], row["ISR"]) for row in stages] == [
+        (mode, isr) for mode in ("official", "fast") for isr in ("[8,4,2,1]-[1,2,4]", "[16,8,4,2]-[2,4,8]")]
+    for row in stages:
+        parts = [float(row[f"{stage} ms"]) for stage in ("pre-processing", "network", "post-processing")]
+        # medians of two frames are their means: the stages add up to the frame (printed to 0.1 ms)
+        assert min(parts) >= 0 and parts[1] > 0 and sum(parts) == pytest.approx(float(row["frame p50 ms"]), abs=0.3)
+    # the second setting of each label mode: its gain end to end beside the network's alone, and their ratio
+    for row in stages[1::2]:
+        whole, network = (float(row[key].rstrip("%")) / 100 for key in ("ISR gain end to end",
+                                                                        "ISR gain network only"))
+        # the gains print to 0.1 % (±0.0005) and the ratio to 0.01: the ratio of the printed gains may
+        # differ from the printed ratio by the propagated rounding of both
+        rounding = 0.0005 / abs(network) * (1 + abs(whole / network)) + 0.005
+        assert float(row["end to end / network only"]) == pytest.approx(whole / network, abs=rounding)
+    assert all(row["ISR gain end to end"] == "–" for row in stages[0::2])
+    # one interleaved group per label mode, its frames timed by stage
+    assert out.count("ISR interleaved]") == 2
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert all(sorted(r["stage_ms"]) == ["network", "postprocess", "preprocess"] for r in results)
+    assert all(len(r["interleaved_stage_ms"]["network"]) == 2 == len(r["interleaved_ms"]) for r in results)
+
+
+def test_staged_frames_time_each_stage_and_pass_results_along() -> None:
+    from dense_perception.benchmark import STAGES, staged, time_frames
+
+    synced = []
+    frame = staged([lambda image: image + 1, lambda x: x * 10, lambda x: x - 3], lambda: synced.append(1))
+    timings = frame(2)
+    assert list(timings) == [*STAGES, "total"] and len(synced) == 3
+    assert timings["total"] == pytest.approx(sum(timings[stage] for stage in STAGES))
+    results = []
+    frame = staged([lambda image: image, lambda x: x, results.append], lambda: None)
+    pooled = time_frames(lambda: frame("photo"), warmup=1, runs=3)
+    assert results == ["photo"] * 4 and all(len(values) == 3 for values in pooled.values())
+
+
+def test_isr_gain_of_a_stage_uses_that_stages_interleaved_frames() -> None:
+    from dense_perception.commands.bench import isr_gain
+
+    case = Case("edaformer_t_ade20k", "torch", 64, 64, "[8,4,2,1]-[1,2,4]", end_to_end=(48, 64))
+    first = Measurement(case, [120.0, 120.0], interleaved_ms=[120.0, 130.0],
+                        interleaved_stage_ms={"network": [100.0, 110.0]})
+    second = Measurement(case, [90.0, 90.0], interleaved_ms=[100.0, 104.0],
+                         interleaved_stage_ms={"network": [80.0, 80.0]})
+    assert isr_gain(second, first) == pytest.approx(statistics.median([1.2, 1.25]) - 1)
+    assert isr_gain(second, first, "network") == pytest.approx(statistics.median([1.25, 1.375]) - 1)
+    # without interleaved frames: the medians of the cases' own rounds
+    second.stage_ms, first.stage_ms = {"network": [50.0]}, {"network": [100.0]}
+    second.interleaved_stage_ms = {}
+    assert isr_gain(second, first, "network") == pytest.approx(1.0)
 
 
 def test_measurements_pool_rounds_and_keep_a_failure_only_when_nothing_ran() -> None:
@@ -70,6 +154,8 @@ def test_measurements_pool_rounds_and_keep_a_failure_only_when_nothing_ran() -> 
     second = Measurement(case, [11.0], [31.0], 120.0, 0.06)
     pooled = first.merge(second)
     assert pooled.latency_ms == [10.0, 12.0, 11.0] and pooled.peak_mib == 120.0 and pooled.p50 == 11.0
+    first.stage_ms, second.stage_ms = {"network": [8.0, 9.0]}, {"network": [7.0], "preprocess": [1.0]}
+    assert first.merge(second).stage_ms == {"network": [8.0, 9.0, 7.0], "preprocess": [1.0]}
     failed = Measurement(case, error="boom")
     assert first.merge(failed) is first and Measurement(case).merge(failed).error == "boom"
 
@@ -147,6 +233,9 @@ def test_bench_segformer_beside_transformers_network_and_end_to_end(tmp_path, ca
     assert code == 0, out
     rows = rows_of(out, "segformer_b0_ade20k")
     assert [(row[1], row[2]) for row in rows] == [
-        ("48x64 image, input official aligned resize", "torch"),
-        ("48x64 image, input 512x512 (SegformerImageProcessor)", "transformers")]
+        ("48x64 image, input official aligned resize, official labels", "torch"),
+        ("48x64 image, input 512x512 (SegformerImageProcessor), its own labels", "transformers")]
     assert all(float(row[4]) > 0 for row in rows), rows
+    stages = stage_rows(out, "segformer_b0_ade20k")
+    assert [(row["backend"], row["labels"]) for row in stages] == [("torch", "official"), ("transformers", "its own")]
+    assert all(float(row["network ms"]) > 0 for row in stages)

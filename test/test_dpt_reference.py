@@ -2,8 +2,6 @@
 cases of ../shared/reference/dpt where that folder exists), plus structural checks."""
 from __future__ import annotations
 
-import functools
-
 import numpy as np
 import pytest
 import torch
@@ -12,7 +10,8 @@ from torch import nn
 
 from golden_cases import (
     COMPACT_ROOT, Forwards, GoldenCase, assert_matches, capture_arrays, case_params, check_input,
-    check_state_dict, load_case, mismatches, read_compact, sources,
+    check_state_dict, load_case, mismatches, read_compact, reference_network, sources,
+    tanh_gelu,
 )
 from dense_perception.networks import CheckpointError, available_networks, build_network, load_weights, network_spec
 from dense_perception.networks.common import fill_reference_weights
@@ -23,18 +22,7 @@ from dense_perception.networks.resnet import StdConv2dSame, pad_same, same_paddi
 from dense_perception.networks.vit import resize_pos_embed
 
 CASES = case_params("dpt")
-#: float32 noise on the layer arrays, from the cases' own notes ("float32 CPU noise vs float64 ...
-#: <=4e-5 relative to max|ref| on layer1..4"). On this AVX2-only CPU the hybrid's layer3/layer4 land at
-#: 1.96e-5 / 2.1e-5 (JSON bound 2e-5), and merely switching oneDNN off or ATen to its scalar kernels
-#: moves them to 3-4e-5: oneDNN/ATen accumulation order, not the network. Porting mistakes move these
-#: arrays by 2e-3..1e-2 (notes), so 4e-5 still catches them; pre_relu and output keep the JSON bound.
-FLOAT32_NOISE_LAYERS = 4e-5
 DPT_NAMES = ("dpt_hybrid_kitti", "dpt_hybrid_midas", "dpt_hybrid_nyu", "dpt_large_midas")
-
-
-def layer_noise_floor(array: str, rel: float) -> float:
-    """A case's bound, widened to :data:`FLOAT32_NOISE_LAYERS` on the layer arrays."""
-    return max(rel, FLOAT32_NOISE_LAYERS) if array.startswith("layer") else rel
 
 
 @pytest.fixture(scope="module")
@@ -47,9 +35,7 @@ def hybrid() -> DPT:
 
 def network_for(case: GoldenCase) -> DPT:
     """The case's network with the reference weights."""
-    net = build_network(case.settings["network"])
-    load_weights(net, fill_reference_weights(net))
-    return net
+    return reference_network(case.settings)
 
 
 @pytest.fixture(scope="module")
@@ -62,12 +48,12 @@ def forwards() -> Forwards:
 def test_matches_official_output(case_id: str, forwards: Forwards) -> None:
     """``output`` (metres for the metric heads: the official invert step), ``pre_relu`` (the final
     conv before the ReLU: under the weight rule the output itself is constant) and the inputs of
-    ``scratch.layer1..4_rn``."""
+    ``scratch.layer1..4_rn`` (held to at least their float32 noise, ``golden_cases.FLOAT32_NOISE_FLOOR``)."""
     case = load_case("dpt", case_id)
     check_input(case)
     keys, ours = forwards(case)
     check_state_dict(case, keys)
-    assert_matches(case, ours, tolerance=layer_noise_floor)
+    assert_matches(case, ours)
 
 
 # --- the compact cases still catch eps-level porting mistakes --------------------------------------
@@ -77,13 +63,6 @@ def _stdconv_eps(net: nn.Module, monkeypatch: pytest.MonkeyPatch) -> None:
     for module in net.modules():
         if isinstance(module, StdConv2dSame):
             monkeypatch.setattr(module, "eps", 1e-8)
-
-
-def _tanh_gelu(net: nn.Module, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(F, "gelu", functools.partial(F.gelu, approximate="tanh"))
-    for module in net.modules():
-        if isinstance(module, nn.GELU):
-            monkeypatch.setattr(module, "approximate", "tanh")
 
 
 def _flip_align_corners(net: nn.Module, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -106,7 +85,7 @@ def _pos_embed_align_corners(net: nn.Module, monkeypatch: pytest.MonkeyPatch) ->
 
 MISTAKES = {
     "stdconv_eps_1e-8": ("dpt_hybrid_midas_384x384", _stdconv_eps),
-    "gelu_tanh": ("dpt_hybrid_midas_384x384", _tanh_gelu),
+    "gelu_tanh": ("dpt_hybrid_midas_384x384", tanh_gelu),
     "decoder_align_corners_false": ("dpt_hybrid_midas_384x384", _flip_align_corners),
     "pos_embed_align_corners_true": ("dpt_hybrid_nyu_480x640", _pos_embed_align_corners),
 }
@@ -120,7 +99,7 @@ def test_compact_case_catches_porting_mistakes(mistake: str, monkeypatch: pytest
     net = network_for(case)
     inject(net, monkeypatch)
     ours = capture_arrays(net, check_input(case), sources(case))
-    assert mismatches(case, ours, tolerance=layer_noise_floor), f"{mistake} passed {case.id}"
+    assert mismatches(case, ours), f"{mistake} passed {case.id}"
 
 
 # --- registry, keys, parameters ------------------------------------------------------------------

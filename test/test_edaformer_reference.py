@@ -2,20 +2,18 @@
 (always) and the full cases of ../shared/reference/edaformer (where that folder exists)."""
 from __future__ import annotations
 
-import functools
-
 import pytest
 import torch.nn.functional as F
 from torch import nn
 
 from golden_cases import (
     COMPACT_ROOT, Forwards, GoldenCase, assert_matches, capture_arrays, case_params, check_input,
-    check_state_dict, load_case, mismatches, read_compact, sources,
+    check_state_dict, load_case, mismatches, read_compact, reference_network, sources,
+    tanh_gelu,
 )
 from dense_perception.engines.onednn import onednn_linear_available
 from dense_perception.engines.torch_engine import TorchEngine
-from dense_perception.networks import ISRSetting, build_network, load_weights
-from dense_perception.networks.common import fill_reference_weights
+from dense_perception.networks import ISRSetting
 from dense_perception.networks.edaformer import EDAFormer
 
 pytestmark = pytest.mark.golden
@@ -33,9 +31,7 @@ def isr_of(case: GoldenCase) -> ISRSetting:
 
 def network_for(case: GoldenCase) -> EDAFormer:
     """The case's network with the reference weights and ISR setting."""
-    net = build_network(case.settings["network"])
-    load_weights(net, fill_reference_weights(net))
-    net.set_isr(isr_of(case))
+    net = reference_network(case.settings)
     assert net.isr == isr_of(case)
     return net
 
@@ -75,10 +71,6 @@ def _encoder_layernorm_eps(net: nn.Module, monkeypatch: pytest.MonkeyPatch) -> N
             monkeypatch.setattr(module, "eps", 1e-5)
 
 
-def _tanh_gelu(net: nn.Module, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(F, "gelu", functools.partial(F.gelu, approximate="tanh"))
-
-
 def _stage1_pool_plus_one(net: nn.Module, monkeypatch: pytest.MonkeyPatch) -> None:
     for block in net.backbone.block1:
         monkeypatch.setattr(block.attn, "pool", block.attn.pool + 1)
@@ -90,7 +82,7 @@ def _align_corners(net: nn.Module, monkeypatch: pytest.MonkeyPatch) -> None:
                         lambda *args, **kwargs: interpolate(*args, **{**kwargs, "align_corners": True}))
 
 
-@pytest.mark.parametrize("mistake", [_encoder_layernorm_eps, _tanh_gelu, _stage1_pool_plus_one, _align_corners],
+@pytest.mark.parametrize("mistake", [_encoder_layernorm_eps, tanh_gelu, _stage1_pool_plus_one, _align_corners],
                          ids=["layernorm_eps_1e-5", "gelu_tanh", "stage1_pool_9", "align_corners_true"])
 def test_compact_case_catches_porting_mistakes(mistake, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each mistake moves the logits by 1.5x (LayerNorm eps) to 1e5x (align_corners) the compact bound."""

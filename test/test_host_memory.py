@@ -67,3 +67,25 @@ def test_the_cpu_torch_engine_keeps_freed_memory_for_the_next_frame() -> None:
 def test_the_tuning_can_be_left_out() -> None:
     left = page_faults("engine", DENSE_PERCEPTION_MALLOC="system")
     assert not left["tuned"] and sum(left["faults"][2:]) > 1000, left
+
+
+TRIM_CHILD = """
+import json
+from dense_perception.engines.host_memory import give_back_freed_memory, keep_freed_memory
+def rss_mib():
+    return int(open("/proc/self/statm").read().split()[1]) * 4096 / 2**20
+assert keep_freed_memory()
+blocks = [bytearray(8 * 2**20) for _ in range(40)]  # 320 MiB in heap blocks (below the mmap threshold)
+used = rss_mib()
+del blocks
+kept = rss_mib()
+released = give_back_freed_memory()
+print(json.dumps({"used": used, "kept": kept, "after": rss_mib(), "released": released}))
+"""
+
+
+def test_freed_memory_kept_for_frames_is_given_back_before_a_large_write() -> None:
+    out = subprocess.run([sys.executable, "-c", TRIM_CHILD], capture_output=True, text=True, check=True).stdout
+    rss = json.loads(out.strip().splitlines()[-1])
+    assert rss["kept"] > rss["used"] - 32, rss  # the tuned heap keeps the freed 320 MiB
+    assert rss["released"] and rss["after"] < rss["kept"] - 256, rss  # malloc_trim hands it back

@@ -27,7 +27,7 @@ import onnx
 import pytest
 import torch
 
-from conftest import assert_close_rel
+from golden_cases import assert_close_rel
 from dense_perception.engines.export import export_onnx
 from dense_perception.engines.onnx_engine import OnnxRuntimeEngine
 from dense_perception.networks import ISRSetting, available_networks, build_network, network_spec

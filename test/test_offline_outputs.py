@@ -59,12 +59,13 @@ class FakeProcessor:
         depth = 1.0 + rgb[..., 1].astype(np.float32) / 64.0
         labels = (rgb[..., 0] // 32).astype(np.uint8)
         camera = CameraInfoData(rgb.shape[1], rgb.shape[0], K, (0.0,) * 5, "plumb_bob")
-        cloud = build_cloud(depth, np.asarray(K).reshape(3, 3), rgb=rgb, labels=labels) if self.cloud else None
+        make_cloud = (lambda: build_cloud(depth, np.asarray(K).reshape(3, 3), rgb=rgb, labels=labels)) \
+            if self.cloud else None
         self.done += 1
         if self.interrupts is not None and self.done == self.stop_after:
             self.interrupts.handle(15, None)  # SIGTERM while this frame is processed
         return FrameOutputs(frame, camera, depth, "metric" if self.cloud else "relative_inverse",
-                            rgb.copy(), labels, rgb.copy(), cloud)
+                            rgb.copy(), labels, rgb.copy(), make_cloud)
 
     def notes(self) -> dict[str, str]:
         return {"dense_perception.seg_weights": "untrained (seed 0), weights sha256 0123",

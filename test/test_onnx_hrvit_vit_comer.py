@@ -14,7 +14,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from conftest import assert_close_rel
+from golden_cases import assert_close_rel
 from dense_perception.engines.export import export_onnx, read_graph_info
 from dense_perception.engines.tensorrt_ops import unsupported_ops
 from dense_perception.networks import build_network, load_weights

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import assert_close_rel
+from golden_cases import assert_close_rel
 from dense_perception import weights as W
 from dense_perception.networks import CheckpointError, build_network, load_checkpoint, read_checkpoint
 from dense_perception.networks.checkpoint import key_mismatch

@@ -561,7 +561,7 @@ def test_real_tensorrt_engine_matches_torch(eda, graphs, image, tmp_path) -> Non
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])
 def test_real_tensorrt_agrees_with_onnxruntime(eda, graphs, image, tmp_path, precision) -> None:
     """The engine TensorRT builds from our exported ONNX graph against ONNX Runtime (CPU) on that graph."""
-    from conftest import assert_close_rel
+    from golden_cases import assert_close_rel
     from dense_perception.engines.onnx_engine import OnnxRuntimeEngine
 
     if precision == "fp16":

@@ -1,7 +1,9 @@
 """``dense-perception bench``: latency, throughput, memory and MACs per network, backend and ISR setting,
 side by side with what a user would run instead (plain eager fp32; ``transformers``' DPT), with each
 backend's deviation from eager fp32 and, for EDAFormer, each ISR setting's frame-rate gain beside its
-multiply-add cut."""
+multiply-add cut. End to end (``--end-to-end H W``), each frame's pre-processing, network and
+post-processing are timed separately, per label mode for segmentation, and an ISR setting's end-to-end
+gain is shown next to its network-only gain from the same frames."""
 from __future__ import annotations
 
 import argparse
@@ -14,7 +16,7 @@ import torch
 
 import numpy as np
 
-from ..benchmark import (BACKENDS, END_TO_END_BACKENDS, FIXED_BATCH_ONE, MIXED_PRECISION_BACKENDS, Case,
+from ..benchmark import (BACKENDS, END_TO_END_BACKENDS, FIXED_BATCH_ONE, MIXED_PRECISION_BACKENDS, STAGES, Case,
                          Measurement, deviation, measure, measure_isr, paired_ratio)
 from ..networks import ISRScheme, available_networks, network_spec
 
@@ -50,10 +52,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--batch", type=int, default=4, help="batch size of the throughput figure (1 = skip)")
     parser.add_argument("--end-to-end", type=int, nargs=2, metavar=("H", "W"), default=None,
-                        help="time image -> result on an HxW camera frame (pre-processing, network, "
-                             f"post-processing) instead of the bare network, with "
-                             f"{'/'.join(END_TO_END_BACKENDS)}; ours at the network's official input size "
-                             "(whole-image), or at --size when given; transformers with its own image processor")
+                        help="time image -> result on an HxW camera frame (the bundled photograph, resized) "
+                             "instead of the bare network, pre-processing, network and post-processing "
+                             f"separately; {'/'.join(END_TO_END_BACKENDS)} (transformers: DPT and SegFormer, "
+                             "with its own image processor); ours at the network's official input size "
+                             "(whole-image), or at --size when given")
+    parser.add_argument("--label-modes", nargs="+", default=["official"], choices=("official", "fast"),
+                        help="segmentation end to end: the Segmenter's label modes to time (default: official)")
     parser.add_argument("--out", default="bench/out", help="folder for results.json and results.png")
 
 
@@ -91,13 +96,18 @@ def _cases(args: argparse.Namespace) -> list[Case]:
             if args.end_to_end and backend not in END_TO_END_BACKENDS:
                 continue
             precisions = args.precisions if backend in MIXED_PRECISION_BACKENDS else ["fp32"]
-            # transformers has no ISR: it runs the training ratios (its rows compare with ours at those)
+            # transformers has no ISR and its own post-processing: the training ratios (its rows compare
+            # with ours at those), one label mode
             training = None if spec.isr is None or spec.isr.training is None else str(spec.isr.training)
+            segments_end_to_end = args.end_to_end and spec.task == "segmentation" and backend != "transformers"
+            modes = args.label_modes if segments_end_to_end else ["official"]
             for precision in precisions:
-                for isr in ([training] if backend == "transformers" else settings):
-                    cases.append(Case(name, backend, height, width, isr, args.batch, args.device, args.threads,
-                                      tuple(args.end_to_end) if args.end_to_end else None,
-                                      fixed_input=bool(args.end_to_end and args.size), precision=precision))
+                for mode in modes:
+                    for isr in ([training] if backend == "transformers" else settings):
+                        cases.append(Case(name, backend, height, width, isr, args.batch, args.device, args.threads,
+                                          tuple(args.end_to_end) if args.end_to_end else None,
+                                          fixed_input=bool(args.end_to_end and args.size), precision=precision,
+                                          label_mode=mode))
     return cases
 
 
@@ -114,13 +124,54 @@ def _isr_columns(m: Measurement, baselines: dict[Case, Measurement]) -> tuple[st
     first = baselines.get(c.isr_group)
     if not c.isr or first is None or first is m:
         return "–", "–"
-    if m.interleaved_ms and len(m.interleaved_ms) == len(first.interleaved_ms):
-        gain = paired_ratio(first.interleaved_ms, m.interleaved_ms) - 1
-    else:
-        gain = m.fps / first.fps - 1
+    gain = isr_gain(m, first)
     cut = 1 - m.gmacs / first.gmacs
     verdict = "≥ cut" if gain >= cut else "< cut"
     return f"{gain:+.0%} ({verdict})", f"−{cut:.1%}"
+
+
+def isr_gain(m: Measurement, first: Measurement, stage: str | None = None) -> float:
+    """Frame-rate gain of ``m`` over ``first`` (the first ISR setting of the same group): whole frames, or
+    one stage of end-to-end frames. From the interleaved timings when taken -- the median over turns of
+    each turn's time ratio -- else from the cases' own rounds."""
+    if stage is None:
+        mine, theirs = m.interleaved_ms, first.interleaved_ms
+    else:
+        mine, theirs = m.interleaved_stage_ms.get(stage, []), first.interleaved_stage_ms.get(stage, [])
+    if mine and len(mine) == len(theirs):
+        return paired_ratio(theirs, mine) - 1
+    if stage is None:
+        return m.fps / first.fps - 1
+    return first.stage_p50(stage) / m.stage_p50(stage) - 1
+
+
+def stage_table(results: list[Measurement]) -> str:
+    """Markdown table of the end-to-end cases: each stage's median milliseconds, and each ISR setting's
+    end-to-end gain next to its network-only gain (against the first setting of the same backend and
+    label mode, from the same interleaved frames)."""
+    first_isr: dict[Case, Measurement] = {}
+    for m in results:
+        if not m.error:
+            first_isr.setdefault(m.case.isr_group, m)
+    lines = ["| network | image | backend | labels | ISR | pre-processing ms | network ms | post-processing ms "
+             "| frame p50 ms | post / network | ISR gain end to end | ISR gain network only | end to end / network only |",
+             "|" + "---|" * 13]
+    for m in results:
+        c = m.case
+        if not c.end_to_end or m.error:
+            continue
+        pre, net, post = (m.stage_p50(stage) for stage in STAGES)
+        first = first_isr[c.isr_group]
+        if c.isr and first is not m:
+            whole, network = isr_gain(m, first), isr_gain(m, first, "network")
+            gains = f"{whole:+.1%} | {network:+.1%} | {whole / network:.2f}" if network else f"{whole:+.1%} | – | –"
+        else:
+            gains = "– | – | –"
+        labels = ("its own" if c.backend == "transformers" else c.label_mode) if c.segments else "–"
+        lines.append(f"| {c.network} | {c.end_to_end[0]}x{c.end_to_end[1]} | {c.label} | {labels} | {c.isr or '–'} "
+                     f"| {_fmt(pre)} | {_fmt(net)} | {_fmt(post)} | {_fmt(m.p50)} | {_fmt(post / net, '.1%')} "
+                     f"| {gains} |")
+    return "\n".join(lines)
 
 
 def table(results: list[Measurement]) -> str:
@@ -153,6 +204,8 @@ def table(results: list[Measurement]) -> str:
             official = "official keep-aspect" if task == "depth" else "official aligned resize"
             network_input = processor if c.backend == "transformers" else size if c.fixed_input else official
             size = f"{c.end_to_end[0]}x{c.end_to_end[1]} image, input {network_input}"
+            if c.segments:
+                size += f", {c.label_mode} labels" if c.backend != "transformers" else ", its own labels"
         if m.error:
             lines.append(f"| {c.network} | {size} | {c.label} | {c.isr or '–'} "
                          f"| failed: {m.error} ||||||||||")
@@ -179,11 +232,12 @@ def add_deviations(results: list[Measurement], workdir: Path) -> None:
 
 
 def isr_groups(cases: list[Case]) -> list[list[int]]:
-    """Indices of the cases that are ISR settings of one network, backend, size and device, per group of
-    two or more: each group is timed interleaved in one process for the "ISR fps gain" column."""
+    """Indices of the cases that are ISR settings of one network, backend, size and device (and image size
+    and label mode end to end), per group of two or more: each group is timed interleaved in one process
+    for the "ISR fps gain" columns."""
     groups: dict[Case, list[int]] = {}
     for i, c in enumerate(cases):
-        if c.isr and not c.end_to_end:
+        if c.isr:
             groups.setdefault(c.isr_group, []).append(i)
     return [indices for indices in groups.values() if len(indices) > 1]
 
@@ -227,7 +281,7 @@ def main(args: argparse.Namespace) -> int:
             print(f"[preparing] {case.network} {case.backend} {case.isr or ''} graph ...", flush=True)
             measure(case, warmup=0, runs=1, workdir=workdir)
     groups = isr_groups(cases)
-    interleaved: dict[int, list[float]] = {}
+    interleaved: dict[int, dict[str, list[float]]] = {}
     for round_ in range(1, rounds + 1):
         for i, case in enumerate(cases):
             print(f"[round {round_}/{rounds}, {i + 1}/{len(cases)}] {case.network} {case.label} "
@@ -245,11 +299,17 @@ def main(args: argparse.Namespace) -> int:
                 print(f"    failed: {timings}", flush=True)
                 continue
             for i, timed in zip(indices, timings):
-                interleaved.setdefault(i, []).extend(timed)
+                pooled = interleaved.setdefault(i, {})
+                for key, values in timed.items():
+                    pooled.setdefault(key, []).extend(values)
     for i, timed in interleaved.items():
-        results[i].interleaved_ms = timed
+        results[i].interleaved_ms = timed.pop("total")
+        results[i].interleaved_stage_ms = timed
     add_deviations(results, workdir)
     print(table(results))
+    if any(m.stage_ms for m in results):
+        print("\nEnd to end, by stage (medians; ISR gains from the settings' frames timed in turn):")
+        print(stage_table(results))
     if any(m.interleaved_ms for m in results):
         print("ISR fps gain: against the first ISR setting of the same backend, the settings timed in turn "
               "in one process (each turn: one untimed forward, then one timed); median of the turns' ratios")

@@ -135,12 +135,12 @@ class DemoWriter:
         write_png(self.path / "labels_overlay.png", outputs.seg_colored)
         write_png(self.path / "summary.png", summary_image(
             outputs, self.depth_name, self.seg_name, self.names, self.palette, self.untrained))
-        if outputs.cloud is not None:
+        if outputs.make_cloud is not None:
             comments = [f"dense_perception demo: depth {self.depth_name}, labels {self.seg_name}",
                         "frame: camera optical frame (x right, y down, z forward), metres",
                         "label: class id (65535 = none)"]
             comments += [f"UNTRAINED weights: {name}" for name in self.untrained]
-            self.points = write_ply(self.path / "cloud.ply", outputs.cloud, comments)
+            self.points = write_ply(self.path / "cloud.ply", outputs.make_cloud(), comments)
         self.bag.write(outputs)
 
 

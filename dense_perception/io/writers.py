@@ -57,8 +57,10 @@ class FrameOutputs:
 
     ``depth``: float32 [H, W] (metres, or relative inverse depth — ``depth_kind``); ``labels``:
     uint8/uint16 [H, W] class ids; ``depth_colored``/``seg_colored``: RGB uint8 [H, W, 3] views;
-    ``cloud``: a :data:`~dense_perception.pipeline.cloud.CLOUD_DTYPE` array, or None when the depth
-    is not metric; ``camera``: the intrinsics the cloud was built with.
+    ``make_cloud``: builds the frame's :data:`~dense_perception.pipeline.cloud.CLOUD_DTYPE` array on
+    demand (None when the depth is not metric), so a writer holds a cloud only while it writes it —
+    at 12 megapixels one cloud is 240 MB and a storage writer copies it several times; ``camera``: the
+    intrinsics the cloud is built with.
     """
 
     frame: Frame
@@ -68,7 +70,7 @@ class FrameOutputs:
     depth_colored: np.ndarray
     labels: np.ndarray
     seg_colored: np.ndarray
-    cloud: np.ndarray | None
+    make_cloud: Callable[[], np.ndarray] | None
 
 
 
@@ -247,8 +249,8 @@ class BagWriter:
             ("/seg/labels", lambda: self._image(outputs.labels, label_encoding(outputs.labels), header)),
             ("/seg/colored", lambda: self._image(outputs.seg_colored, "rgb8", header)),
         ]
-        if outputs.cloud is not None:
-            builders.append(("/points", lambda: self._pointcloud2(outputs.cloud, header)))
+        if outputs.make_cloud is not None:
+            builders.append(("/points", lambda: self._pointcloud2(outputs.make_cloud(), header)))
         try:
             for topic, build in builders:
                 data = self._types.serialize_cdr(build(), TOPICS[topic])
@@ -426,8 +428,8 @@ class FilesWriter:
         if "npy" in self.kinds:
             np.save(target("depth.npy"), outputs.depth.astype(np.float32, copy=False))
             np.save(target("labels.npy"), outputs.labels)
-        if "ply" in self.kinds and outputs.cloud is not None:
-            write_ply(target("cloud.ply"), outputs.cloud, comments=_comments(self.notes))
+        if "ply" in self.kinds and outputs.make_cloud is not None:
+            write_ply(target("cloud.ply"), outputs.make_cloud(), comments=_comments(self.notes))
         record = {"index": outputs.frame.index, "stamp_ns": outputs.frame.stamp_ns,
                   "frame_id": outputs.frame.frame_id, "width": outputs.camera.width,
                   "height": outputs.camera.height, "K": list(outputs.camera.k),

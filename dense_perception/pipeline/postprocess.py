@@ -5,8 +5,10 @@ to the host.
 
 Segmentation (``shared/design/edaformer.md`` section 6): the official path resizes the stride-8 logits
 bilinearly (align_corners=False) to the network input size, then to the image size, then takes the
-argmax (``LabelMode.OFFICIAL``). ``LabelMode.FAST`` takes the argmax at network resolution and upsamples
-the labels by nearest neighbour: far less memory and time, differing only along class boundaries.
+argmax (``LabelMode.OFFICIAL``); :mod:`.official_labels` gives those labels without the full-resolution
+K-channel tensor (:func:`resize_logits` is that tensor, kept as the literal reference).
+``LabelMode.FAST`` takes the argmax at network resolution and upsamples the labels by nearest
+neighbour: less time still, differing along class boundaries.
 
 Depth (``shared/design/dpt.md`` section 9): metric networks are converted to metres at network
 resolution first (:mod:`dense_perception.networks.depth_units`), then resized bicubically
@@ -21,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from ..networks.depth_units import DepthOutput
+from .official_labels import official_labels
 
 
 class LabelMode(str, enum.Enum):
@@ -52,19 +55,20 @@ def labels_from_logits(
     """Labels ``[H, W]`` (uint8, or uint16 above 256 classes) and optionally the per-pixel confidence
     (the top class's softmax probability, float32) from logits ``[1, K, h, w]``."""
     mode = LabelMode(mode)
-    logits = logits.float()
+    dtype = label_dtype(logits.shape[1])
     if mode is LabelMode.OFFICIAL:
-        logits = resize_logits(logits, network_size, image_size)
+        labels, confidence = official_labels(logits, network_size, image_size, with_confidence)
+        confidence_np = None if confidence is None else confidence.cpu().numpy()
+        return labels.cpu().numpy().astype(dtype, copy=False), confidence_np
+    logits = logits.float()
     if with_confidence:
         confidence, labels = logits.softmax(dim=1).max(dim=1)
     else:
         labels, confidence = logits.argmax(dim=1), None
-    if mode is LabelMode.FAST:
-        stacked = labels[:, None].float() if confidence is None else torch.stack([labels.float(), confidence], 1)
-        stacked = F.interpolate(stacked, size=image_size, mode="nearest")
-        labels = stacked[:, 0].long()
-        confidence = None if confidence is None else stacked[:, 1]
-    dtype = label_dtype(logits.shape[1])
+    stacked = labels[:, None].float() if confidence is None else torch.stack([labels.float(), confidence], 1)
+    stacked = F.interpolate(stacked, size=image_size, mode="nearest")
+    labels = stacked[:, 0].long()
+    confidence = None if confidence is None else stacked[:, 1]
     labels_np = labels[0].to(torch.int32).cpu().numpy().astype(dtype)
     confidence_np = None if confidence is None else confidence[0].cpu().numpy().astype(np.float32)
     return labels_np, confidence_np

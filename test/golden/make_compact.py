@@ -9,7 +9,9 @@ A full case is ``<source>/<family>/<case>.keys.json`` + ``.npz`` as the official
 
 What is kept of each array is set by :data:`CUTS`, in bytes, so the cases stay small whatever the input
 size: the leading channels over the whole map (shapes, borders, every pixel of a few channels), a
-centred crop over every channel (channel mixing, every channel), a strided grid for one-channel maps.
+centred crop over every channel (channel mixing, every channel), a strided grid of a map (every channel,
+borders, all of the map sparsely), the first and the last tokens of a ``[1, N, C]`` token tensor with
+every channel (heads, and the end of the map where stripes and windows are padded).
 Each array also keeps ``max|ref|`` over the whole reference array, so the tolerance rule keeps exactly
 the full case's bound.
 """
@@ -36,13 +38,26 @@ KIB = 1024
 Cut = tuple[str, Callable[[tuple[int, ...], int], list[list[int]]]]
 
 
+def _entries_of_dim1(shape: tuple[int, ...], itemsize: int, budget: int) -> int:
+    """How many entries of dim 1 (with everything after it) fit in ``budget`` bytes (≥ 1)."""
+    return max(1, min(shape[1], budget // (itemsize * math.prod(shape[2:]))))
+
+
 def lead(budget: int) -> Cut:
-    """The first k channels (dim 1) over everything else, k as large as ``budget`` bytes allow (≥ 1)."""
+    """The first k entries of dim 1 (channels, or tokens) over everything else, k as large as ``budget``
+    bytes allow (≥ 1)."""
     def slices(shape: tuple[int, ...], itemsize: int) -> list[list[int]]:
-        per_channel = itemsize * math.prod(shape[2:])
-        k = max(1, min(shape[1], budget // per_channel))
+        k = _entries_of_dim1(shape, itemsize, budget)
         return [[0, shape[0], 1], [0, k, 1]] + [[0, n, 1] for n in shape[2:]]
     return "lead", slices
+
+
+def tail(budget: int) -> Cut:
+    """The last k entries of dim 1 (of those the full case holds) over everything else (≥ 1)."""
+    def slices(shape: tuple[int, ...], itemsize: int) -> list[list[int]]:
+        k = _entries_of_dim1(shape, itemsize, budget)
+        return [[0, shape[0], 1], [shape[1] - k, shape[1], 1]] + [[0, n, 1] for n in shape[2:]]
+    return "tail", slices
 
 
 def crop(budget: int) -> Cut:
@@ -63,7 +78,30 @@ def grid(budget: int) -> Cut:
     return "grid", slices
 
 
-#: Per family, per array: the pieces kept. About 0.9 MiB per case.
+def map_pieces(budget: int) -> list[Cut]:
+    """A ``[1, C, h, w]`` map: a strided grid and a centred crop, every channel in both."""
+    return [grid(budget // 2), crop(budget // 2)]
+
+
+def token_pieces(budget: int) -> list[Cut]:
+    """A ``[1, N, C]`` token tensor: its first and its last tokens, every channel."""
+    return [lead(budget // 2), tail(budget // 2)]
+
+
+#: HRViT's intermediate arrays (both heads), as the shared cases name them.
+HRVIT_TOKENS = ("s1_b0_attn_pre_out", "s1_b0_ffn_gelu", "block_s1_b0", "s3_b2_attn_pre_out", "block_s3_b2_last",
+                "s5_b3_attn_pre_out")
+HRVIT_MAPS = ("stem", "fusion_s5_new_b3", "backbone_out0", "backbone_out1", "backbone_out2", "backbone_out3",
+              "head_fusion_conv", "head_psp_bottleneck", "head_fpn_bottleneck")
+#: ViT-CoMer's: the CNN/ViT token tensors through the interactions, and the maps of the SPM and the head.
+VIT_COMER_TOKENS = ("mrfp0", "cti_tov0_deform_sampled", "cti_tov0", "vit_block2", "cti_toc0", "vit_block5",
+                    "vit_block8", "mrfp3", "cti_tov3", "vit_block11", "cti_toc3", "extra_cti3")
+VIT_COMER_MAPS = ("spm_c1", "spm_c4", "patch_embed", "backbone_out0", "backbone_out1", "backbone_out2",
+                  "backbone_out3", "head_psp_bottleneck", "head_fpn_bottleneck")
+
+#: Per family, per array: the pieces kept. About 0.9 MiB per case for EDAFormer and DPT; about 0.4 MiB
+#: for HRViT and ViT-CoMer, whose many intermediate arrays each catch some porting mistake best (the
+#: cases' tolerance studies), so every one is kept, smaller.
 CUTS: dict[str, dict[str, list[Cut]]] = {
     "edaformer": {
         "output": [lead(192 * KIB), crop(128 * KIB)],
@@ -75,6 +113,18 @@ CUTS: dict[str, dict[str, list[Cut]]] = {
         "pre_relu": [grid(160 * KIB)],
         **{name: [lead(144 * KIB), crop(48 * KIB)]
            for name in ("layer1_ch0_64", "layer2_ch0_64", "layer3", "layer4")},
+    },
+    "hrvit": {
+        "output": map_pieces(64 * KIB),
+        **{name: map_pieces(24 * KIB) for name in HRVIT_MAPS},
+        **{name: token_pieces(24 * KIB) for name in HRVIT_TOKENS},
+        "pred": [crop(16 * KIB)],
+    },
+    "vit_comer": {
+        "output": map_pieces(64 * KIB),
+        **{name: map_pieces(16 * KIB) for name in VIT_COMER_MAPS},
+        **{name: token_pieces(16 * KIB) for name in VIT_COMER_TOKENS},
+        "pred": [crop(16 * KIB)],
     },
 }
 #: SegFormer / PVTv2 (shared/reference/sra): the arrays of each case by name. Token arrays ([1, N, C],
@@ -121,6 +171,8 @@ def compact(family: str, stem: Path) -> tuple[dict, dict[str, np.ndarray]]:
             "shape": list(full.shape), "leading_channels": ref.leading_channels, "exact": ref.exact,
             "pieces": pieces,
         }
+        if ref.exact and "pred_notes" in case.meta:  # cases that count their near ties
+            arrays[name]["near_ties"] = ref.near_ties
     npz = stem.with_name(stem.name + ".npz")
     meta = {
         "format": "dense_perception compact golden case, version 1 (test/golden/README.md)",
