@@ -20,11 +20,11 @@ Backends measured side by side:
 - ``onnxruntime``: the exported fp32 graph in ONNX Runtime;
 - ``onnxruntime-int8``: the statically quantised graph (:mod:`.engines.quantize`), calibrated on the
   bundled sample photograph;
-- ``transformers`` (DPT only): Hugging Face's ``DPTForDepthEstimation`` with the same weights (fp16/bf16
-  under the same autocast as ours).
+- ``transformers`` (DPT and SegFormer): Hugging Face's ``DPTForDepthEstimation`` /
+  ``SegformerForSemanticSegmentation`` with the same weights (fp16/bf16 under the same autocast as ours).
 
 End to end (``Case.end_to_end``): an image in, the result at the image's size out, through our API
-(``DepthEstimator``, ``Segmenter`` with its label mode) or ``transformers``' DPT pipeline, each frame's
+(``DepthEstimator``, ``Segmenter`` with its label mode) or ``transformers``' DPT or SegFormer pipeline, each frame's
 pre-processing, network and post-processing timed separately (:data:`STAGES`); the ISR settings of a
 segmentation network are then timed in turn too, so the end-to-end ISR gain and the network-only gain
 come from the same frames.
@@ -267,37 +267,61 @@ def _runner(case: Case, net: torch.nn.Module, workdir: str) -> Callable[[torch.T
         precision = "int8" if case.backend.endswith("int8") else "fp32"
         return onnx_engine_for_network(net, case.height, case.width, workdir, precision, threads=case.threads).infer
     if case.backend == "transformers":
-        from .networks.dpt_hf import hf_model_with_weights_of
-
-        model = hf_model_with_weights_of(net).to(device).eval()
+        model, output = _transformers_peer(net)
+        model = model.to(device).eval()
 
         def hf(x: torch.Tensor) -> Any:
             with torch.no_grad(), _autocast(case):
-                return model(pixel_values=x.to(device)).predicted_depth
+                return getattr(model(pixel_values=x.to(device)), output)
         return hf
     raise ValueError(f"unknown backend {case.backend!r}; choose from {', '.join(BACKENDS)}")
+
+
+def _transformers_peer(net: torch.nn.Module) -> tuple[torch.nn.Module, str]:
+    """Hugging Face's implementation of ``net``'s architecture carrying its weights, and the name of its
+    output: ``DPTForDepthEstimation`` (DPT) or ``SegformerForSemanticSegmentation`` (SegFormer)."""
+    family = network_spec(net.name).family
+    if family == "dpt":
+        from .networks.dpt_hf import hf_model_with_weights_of
+
+        return hf_model_with_weights_of(net), "predicted_depth"
+    if family == "segformer":
+        from .networks.sra.hf import hf_segformer_with_weights_of
+
+        return hf_segformer_with_weights_of(net), "logits"
+    raise ValueError(f"transformers has no peer of {net.name} here (DPT and SegFormer only)")
 
 
 def _end_to_end_runner(case: Case, net: torch.nn.Module, workdir: str) -> Callable[[np.ndarray], dict[str, float]]:
     """Image → result at the image's size, each implementation with its own documented pipeline, as a
     :func:`staged` frame function: ours through :class:`~.api.DepthEstimator` or :class:`~.api.Segmenter`
-    (the stages of their ``predict``: ``preprocess``, the engine for the input size, the post-processing;
-    official keep-aspect size, or ``case.height``×``case.width`` with ``fixed_input``; their own initial
-    weights -- the arithmetic, and so the time, is that of any checkpoint), ``transformers`` through
-    ``DPTImageProcessor`` (it squashes to 384×384)."""
+    (whole-image; the stages of their ``predict``: ``preprocess``, the engine for the input size, the
+    post-processing; the official input size -- DPT's keep-aspect size, mmseg's aligned keep-ratio
+    resize -- or ``case.height``×``case.width`` with ``fixed_input``; their own initial weights -- the
+    arithmetic, and so the time, is that of any checkpoint), ``transformers`` through
+    ``DPTImageProcessor`` (it squashes to 384×384) or ``SegformerImageProcessor`` (512×512) and their
+    post-processing."""
     device = torch.device(case.device)
     sync = _synchronizer(case.device)
     if case.backend == "transformers":
-        from transformers import DPTImageProcessor
-
-        from .networks.dpt_hf import hf_model_with_weights_of
-
-        model = hf_model_with_weights_of(net).to(device).eval()
-        processor = DPTImageProcessor()
+        model, _ = _transformers_peer(net)
+        model = model.to(device).eval()
 
         def network(inputs: Any) -> tuple[Any, Any]:
             with torch.no_grad(), _autocast(case):
                 return inputs, model(**inputs)
+        if case.segments:
+            from transformers import SegformerImageProcessor
+
+            seg_processor = SegformerImageProcessor()
+            return lambda image: staged([
+                lambda _: seg_processor(images=image, return_tensors="pt").to(device),
+                network,
+                lambda done: seg_processor.post_process_semantic_segmentation(
+                    done[1], target_sizes=[image.shape[:2]])[0].cpu().numpy()], sync)(image)
+        from transformers import DPTImageProcessor
+
+        processor = DPTImageProcessor()
         return lambda image: staged([
             lambda _: processor(images=image, return_tensors="pt").to(device),
             network,
@@ -313,8 +337,8 @@ def _end_to_end_runner(case: Case, net: torch.nn.Module, workdir: str) -> Callab
     options = dict(backend=backend, precision=precision or case.precision, device=device, engine_dir=workdir,
                    input_size=(case.height, case.width) if case.fixed_input else None)
     if case.segments:
-        predictor: Any = Segmenter(case.network, label_mode=case.label_mode,
-                                   isr=ISRSetting.parse(case.isr) if case.isr else 1, **options)
+        predictor: Any = Segmenter(case.network, label_mode=case.label_mode, inference="whole",
+                                   isr=ISRSetting.read(case.isr) if case.isr else 1, **options)
 
         def finish(done: tuple[Any, torch.Tensor]) -> np.ndarray:
             prepared, logits = done
@@ -345,17 +369,15 @@ def camera_frame(height: int, width: int) -> np.ndarray:
 
 def network_input_size(case: Case) -> tuple[int, int]:
     """The size the network runs at: the case's, except end to end, where ``transformers`` squashes to
-    384×384 and ours keeps the official keep-aspect size unless ``fixed_input``."""
+    384×384 (DPT) or 512×512 (SegFormer) and ours keeps the official size unless ``fixed_input``."""
+    spec = network_spec(case.network)
     if case.end_to_end and case.backend == "transformers":
-        return 384, 384
+        return (384, 384) if spec.task == "depth" else (512, 512)
     if not case.end_to_end or case.fixed_input:
         return case.height, case.width
-    from .pipeline.preprocess import DPT_TARGETS, dpt_network_size, edaformer_network_size
+    from .pipeline.preprocess import network_size_with
 
-    spec = network_spec(case.network)
-    if case.segments:
-        return edaformer_network_size(*case.end_to_end, spec.dataset)
-    return dpt_network_size(*case.end_to_end, DPT_TARGETS[spec.dataset])
+    return network_size_with(spec.preprocessing, *case.end_to_end)
 
 
 def sample_input(case: Case) -> torch.Tensor:

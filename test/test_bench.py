@@ -211,3 +211,31 @@ def test_precision_is_part_of_a_case_for_the_mixed_precision_backends_only(tmp_p
                                       "transformers", "--precisions", "fp32", "fp16"]))
     assert [c.label for c in cases] == ["eager", "torch", "torch fp16", "onnxruntime", "transformers",
                                         "transformers fp16"]
+
+
+def test_bench_segformer_beside_transformers_network_and_end_to_end(tmp_path, capsys) -> None:
+    """SegFormer's peer is Hugging Face's SegformerForSemanticSegmentation with the same weights: its
+    labels equal ours on the sample (deviation 0 % up to eps-level ties), ISR settings read by SegFormer's
+    own scheme; end to end it runs SegformerImageProcessor (512x512) beside our Segmenter."""
+    pytest.importorskip("transformers", reason="the comparison needs transformers (installed in CI)")
+    common = ["--runs", "1", "--rounds", "1", "--warmup", "0", "--batch", "1"]
+    code = main(["bench", "--networks", "segformer_b0_ade20k", "--backends", "eager", "transformers",
+                 "--isr", "1", "2", "--size", "64", "64", "--out", str(tmp_path / "net"), *common])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    rows = {(row[2], row[3]): row for row in rows_of(out, "segformer_b0_ade20k")}
+    assert set(rows) == {("eager", "[8,4,2,1]"), ("eager", "[16,8,4,1]"), ("transformers", "[8,4,2,1]")}
+    assert float(rows[("transformers", "[8,4,2,1]")][11].split("%")[0]) < 1.0, "same weights, same labels"
+    assert "cut)" in rows[("eager", "[16,8,4,1]")][12]
+    code = main(["bench", "--networks", "segformer_b0_ade20k", "--backends", "torch", "transformers",
+                 "--isr", "1", "--end-to-end", "48", "64", "--out", str(tmp_path / "e2e"), *common])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    rows = rows_of(out, "segformer_b0_ade20k")
+    assert [(row[1], row[2]) for row in rows] == [
+        ("48x64 image, input official aligned resize, official labels", "torch"),
+        ("48x64 image, input 512x512 (SegformerImageProcessor), its own labels", "transformers")]
+    assert all(float(row[4]) > 0 for row in rows), rows
+    stages = stage_rows(out, "segformer_b0_ade20k")
+    assert [(row["backend"], row["labels"]) for row in stages] == [("torch", "official"), ("transformers", "its own")]
+    assert all(float(row["network ms"]) > 0 for row in stages)

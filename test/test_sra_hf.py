@@ -18,7 +18,9 @@ from dense_perception import weights as W
 from dense_perception.networks import CheckpointError, build_network, load_checkpoint, read_checkpoint
 from dense_perception.networks.checkpoint import key_mismatch
 from dense_perception.networks.common import fill_reference_weights
-from dense_perception.networks.sra.hf import convert_hf_segformer, official_to_hf_segformer
+from dense_perception.networks.sra.hf import (
+    convert_hf_segformer, hf_segformer_config, hf_segformer_with_weights_of, official_to_hf_segformer,
+)
 
 transformers = pytest.importorskip("transformers", reason="transformers is not installed (pip install transformers)")
 
@@ -28,10 +30,9 @@ H, W_ = 96, 128
 
 def _hf_model(num_labels: int = 150) -> nn.Module:
     """HF's SegFormer-B0 as the hub's ``nvidia/segformer-b0-finetuned-ade-512-512`` configures it."""
-    config = transformers.SegformerConfig(
-        num_labels=num_labels, hidden_sizes=[32, 64, 160, 256], depths=[2, 2, 2, 2], num_attention_heads=[1, 2, 5, 8],
-        sr_ratios=[8, 4, 2, 1], mlp_ratios=[4, 4, 4, 4], decoder_hidden_size=256, patch_sizes=[7, 3, 3, 3],
-        strides=[4, 2, 2, 2], hidden_act="gelu")
+    config = hf_segformer_config("b0", num_labels)
+    assert (config.hidden_sizes, config.num_attention_heads, config.decoder_hidden_size) == (
+        [32, 64, 160, 256], [1, 2, 5, 8], 256), "the hub file's B0 configuration"
     model = transformers.SegformerForSemanticSegmentation(config).eval()
     model.load_state_dict(fill_reference_weights(model))
     return model
@@ -129,3 +130,15 @@ def test_hf_keys_without_counterpart_are_named() -> None:
                               "classifier.weight": torch.ones(2)})
     with pytest.raises(ValueError, match="found only \\['key'\\] of key/value"):
         convert_hf_segformer({"segformer.encoder.block.0.0.attention.self.key.weight": torch.ones(2, 2)})
+
+
+def test_peer_model_carries_our_weights() -> None:
+    """The benchmark's peer: HF's model built from our network runs our weights (to HF's eps difference)."""
+    net = build_network("segformer_b1_cityscapes")
+    net.load_state_dict(fill_reference_weights(net))
+    peer = hf_segformer_with_weights_of(net)
+    x = torch.randn(1, 3, 64, 96, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        ours, theirs = net(x), peer(pixel_values=x).logits
+    assert theirs.shape == ours.shape == (1, 19, 16, 24)
+    assert_close_rel(theirs.numpy(), ours.numpy(), 1e-4, "HF peer vs ours (eps 1e-5 vs 1e-6)")

@@ -21,6 +21,8 @@ from ..benchmark import (BACKENDS, END_TO_END_BACKENDS, FIXED_BATCH_ONE, MIXED_P
 from ..networks import ISRScheme, available_networks, network_spec
 
 DEFAULT_NETWORKS = ("dpt_hybrid_midas", "edaformer_t_ade20k")
+#: Families with a Hugging Face ``transformers`` peer (the same weights in HF's implementation).
+TRANSFORMERS_FAMILIES = ("dpt", "segformer")
 #: Network input of the bare-network cases without --size, per task.
 DEFAULT_SIZES = {"depth": (384, 384), "segmentation": (512, 512)}
 
@@ -30,11 +32,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         metavar="NAME", help=f"networks to measure (default: {' '.join(DEFAULT_NETWORKS)})")
     parser.add_argument("--backends", nargs="+", default=["eager", "torch", "onnxruntime", "transformers"],
                         choices=BACKENDS, help="backends; 'eager' is the baseline, 'transformers' DPT only")
-    parser.add_argument("--isr", nargs="+", default=["[8,4,2,1]-[1,2,4]", "[16,8,2,1]-[2,4,8]",
-                                                     "[16,8,4,2]-[2,4,8]"],
-                        help="EDAFormer ISR settings (paper notation or a ratio), the first is the baseline")
+    parser.add_argument("--isr", nargs="+", default=None,
+                        help="ISR settings (paper notation or a ratio), the first is the baseline; settings a "
+                        "network cannot express are left out for it (default per network: training, the "
+                        "paper's setting, ratio 2 -- EDAFormer [8,4,2,1]-[1,2,4] [16,8,2,1]-[2,4,8] "
+                        "[16,8,4,2]-[2,4,8], SegFormer [8,4,2,1] [16,8,2,1] [16,8,4,1])")
     parser.add_argument("--size", type=int, nargs=2, metavar=("H", "W"), default=None,
-                        help="network input size (default: 384 384 for DPT, 512 512 for EDAFormer)")
+                        help="network input size (default: 384 384 for depth, 512 512 for segmentation)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--precisions", nargs="+", default=["fp32"], choices=("fp32", "fp16", "bf16"),
                         help="precisions of the torch, torch-compile and transformers backends (fp16/bf16 under "
@@ -50,19 +54,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--end-to-end", type=int, nargs=2, metavar=("H", "W"), default=None,
                         help="time image -> result on an HxW camera frame (the bundled photograph, resized) "
                              "instead of the bare network, pre-processing, network and post-processing "
-                             f"separately; {'/'.join(END_TO_END_BACKENDS)} (transformers: DPT only); ours at "
-                             "the official keep-aspect size, or at --size when given")
+                             f"separately; {'/'.join(END_TO_END_BACKENDS)} (transformers: DPT and SegFormer, "
+                             "with its own image processor); ours at the network's official input size "
+                             "(whole-image), or at --size when given")
     parser.add_argument("--label-modes", nargs="+", default=["official"], choices=("official", "fast"),
                         help="segmentation end to end: the Segmenter's label modes to time (default: official)")
     parser.add_argument("--out", default="bench/out", help="folder for results.json and results.png")
 
 
-def _isr_texts(name: str, scheme: ISRScheme | None, asked: list[str]) -> list[str | None]:
+def _isr_texts(name: str, scheme: ISRScheme | None, asked: list[str] | None) -> list[str | None]:
     """The ISR settings ``asked`` (ratios or lists) that network ``name``'s ``scheme`` can express, as
     text (the others are left out with a line saying why); None (no setting) for networks without ISR
     and for an adaptive training grid."""
     if scheme is None:
         return [None]
+    if asked is None:
+        defaults = (scheme.training, scheme.paper_setting(), scheme.from_ratio(2))
+        return list(dict.fromkeys(None if setting is None else str(setting) for setting in defaults))
     texts: list[str | None] = []
     for text in asked:
         try:
@@ -83,15 +91,19 @@ def _cases(args: argparse.Namespace) -> list[Case]:
         height, width = args.size or DEFAULT_SIZES[spec.task]
         settings = _isr_texts(name, spec.isr, args.isr)
         for backend in args.backends:
-            if backend == "transformers" and spec.family != "dpt":
+            if backend == "transformers" and spec.family not in TRANSFORMERS_FAMILIES:
                 continue
             if args.end_to_end and backend not in END_TO_END_BACKENDS:
                 continue
             precisions = args.precisions if backend in MIXED_PRECISION_BACKENDS else ["fp32"]
-            modes = args.label_modes if args.end_to_end and spec.task == "segmentation" else ["official"]
+            # transformers has no ISR and its own post-processing: the training ratios (its rows compare
+            # with ours at those), one label mode
+            training = None if spec.isr is None or spec.isr.training is None else str(spec.isr.training)
+            segments_end_to_end = args.end_to_end and spec.task == "segmentation" and backend != "transformers"
+            modes = args.label_modes if segments_end_to_end else ["official"]
             for precision in precisions:
                 for mode in modes:
-                    for isr in settings:
+                    for isr in ([training] if backend == "transformers" else settings):
                         cases.append(Case(name, backend, height, width, isr, args.batch, args.device, args.threads,
                                           tuple(args.end_to_end) if args.end_to_end else None,
                                           fixed_input=bool(args.end_to_end and args.size), precision=precision,
@@ -155,7 +167,7 @@ def stage_table(results: list[Measurement]) -> str:
             gains = f"{whole:+.1%} | {network:+.1%} | {whole / network:.2f}" if network else f"{whole:+.1%} | – | –"
         else:
             gains = "– | – | –"
-        labels = c.label_mode if c.segments else "–"
+        labels = ("its own" if c.backend == "transformers" else c.label_mode) if c.segments else "–"
         lines.append(f"| {c.network} | {c.end_to_end[0]}x{c.end_to_end[1]} | {c.label} | {labels} | {c.isr or '–'} "
                      f"| {_fmt(pre)} | {_fmt(net)} | {_fmt(post)} | {_fmt(m.p50)} | {_fmt(post / net, '.1%')} "
                      f"| {gains} |")
@@ -187,11 +199,13 @@ def table(results: list[Measurement]) -> str:
         ratio = m.fps / baseline.get((c.network, c.height, c.width), float("nan"))
         size = f"{c.height}x{c.width}"
         if c.end_to_end:
-            network_input = ("384x384 (DPTImageProcessor)" if c.backend == "transformers" else
-                             size if c.fixed_input else "official keep-aspect")
+            task = network_spec(c.network).task
+            processor = "384x384 (DPTImageProcessor)" if task == "depth" else "512x512 (SegformerImageProcessor)"
+            official = "official keep-aspect" if task == "depth" else "official aligned resize"
+            network_input = processor if c.backend == "transformers" else size if c.fixed_input else official
             size = f"{c.end_to_end[0]}x{c.end_to_end[1]} image, input {network_input}"
             if c.segments:
-                size += f", {c.label_mode} labels"
+                size += f", {c.label_mode} labels" if c.backend != "transformers" else ", its own labels"
         if m.error:
             lines.append(f"| {c.network} | {size} | {c.label} | {c.isr or '–'} "
                          f"| failed: {m.error} ||||||||||")

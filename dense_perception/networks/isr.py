@@ -325,22 +325,25 @@ class ISRScheme:
             ratios.append(ratio)
         return ISRSetting(tuple(ratios[:ENCODER_STAGES]), tuple(ratios[ENCODER_STAGES:]))
 
+    def _doubled(self, encoder_stages: int, decoder: bool) -> ISRSetting:
+        """The training ratios (a linear scheme's base ratios) with the first ``encoder_stages`` stages and,
+        with ``decoder``, the decoder levels x2."""
+        encoder = tuple(lv.times(2) if i < encoder_stages else lv.training for i, lv in enumerate(self.encoder))
+        return ISRSetting(encoder, tuple(lv.times(2) if decoder else lv.training for lv in self.decoder))
+
+    def paper_setting(self) -> ISRSetting:
+        """The paper's recommended setting: stages 1-2 and the decoder x2 (EDAFormer ``[16,8,2,1]-[2,4,8]``;
+        SegFormer ``[16,8,2,1]``, EDAFormer's Table 7)."""
+        return self._doubled(2, decoder=True)
+
     def budget_ladder(self) -> tuple[ISRSetting | None, ...]:
         """Settings a frame budget chooses from, most accurate first: training; the decoder ratios x2
-        (networks with decoder attention); the paper's setting (stages 1-2 and the decoder x2:
-        EDAFormer ``[16,8,2,1]-[2,4,8]``, SegFormer ``[16,8,2,1]``); then every reducible ratio x2, x3,
-        x4. Repeats are left out."""
-        doubled = [lv.times(2) for lv in self.levels]
-        base = [lv.training for lv in self.levels]
-        stages = ENCODER_STAGES
-
-        def setting(ratios: Sequence[int]) -> ISRSetting:
-            return ISRSetting(tuple(ratios[:stages]), tuple(ratios[stages:]))
-
+        (networks with decoder attention); :meth:`paper_setting`; then every reducible ratio x2, x3, x4.
+        Repeats are left out."""
         rungs: list[ISRSetting | None] = [self.training]
         if self.decoder:
-            rungs.append(setting(base[:stages] + doubled[stages:]))
-        rungs.append(setting(doubled[:2] + base[2:stages] + doubled[stages:]))
+            rungs.append(self._doubled(0, decoder=True))
+        rungs.append(self.paper_setting())
         rungs += [self.from_ratio(k) for k in (2, 3, 4)]
         return tuple(dict.fromkeys(rungs))
 

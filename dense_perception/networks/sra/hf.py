@@ -156,3 +156,28 @@ def official_to_hf_segformer(official: Mapping[str, torch.Tensor], hf_keys: list
             raise ValueError(f"Hugging Face SegFormer key {hf_key!r} has no official counterpart")
         out[hf_key] = official[new].clone()
     return out
+
+
+def hf_segformer_config(variant: str, num_labels: int) -> object:
+    """``transformers.SegformerConfig`` of MiT-``variant`` with a ``num_labels`` head, as the hub's
+    ``nvidia/segformer-b*-finetuned-*`` files configure it (needs ``transformers``)."""
+    from transformers import SegformerConfig
+
+    from .segformer import HEAD_WIDTH, MIT_VARIANTS
+
+    cfg = MIT_VARIANTS[variant]
+    return SegformerConfig(num_labels=num_labels, hidden_sizes=list(cfg.widths), depths=list(cfg.depths),
+                           num_attention_heads=list(cfg.heads), sr_ratios=list(cfg.sr_ratios),
+                           mlp_ratios=list(cfg.mlp_ratios), decoder_hidden_size=HEAD_WIDTH[variant],
+                           patch_sizes=[7, 3, 3, 3], strides=[4, 2, 2, 2], hidden_act="gelu")
+
+
+def hf_segformer_with_weights_of(net: torch.nn.Module) -> torch.nn.Module:
+    """A ``transformers`` ``SegformerForSemanticSegmentation`` of the same variant as our SegFormer ``net``
+    carrying ``net``'s weights -- the peer for benchmarks and comparisons (HF's LayerNorm eps differs: see
+    the module docstring)."""
+    from transformers import SegformerForSemanticSegmentation
+
+    model = SegformerForSemanticSegmentation(hf_segformer_config(net.variant, net.num_classes)).eval()
+    model.load_state_dict(official_to_hf_segformer(net.state_dict(), list(model.state_dict())), strict=True)
+    return model
