@@ -128,8 +128,12 @@ def test_separate_processes_label_every_cloud(ros_context):
     """``single_process:=false``: depth, seg and cloud as three executables, pairing over topics."""
     namespace = "/every_cloud"
     small = ("-p", "publish_colored:=false")
-    processes = [start("depth", namespace, "-p", f"input_size:={list(DEPTH_SIZE)}", *small),
-                 start("seg", namespace, "-p", "input_size:=[64,64]", *small),
+    # One intra-op thread per network process, as a robot gives each node its cores: on this 2-core
+    # machine two torch processes of 2 threads each starve one another (a 64x64 segmentation then
+    # takes seconds, slower than depth, and no pairing can label every cloud).
+    one_core = {"OMP_NUM_THREADS": "1"}
+    processes = [start("depth", namespace, "-p", f"input_size:={list(DEPTH_SIZE)}", *small, env=one_core),
+                 start("seg", namespace, "-p", "input_size:=[64,64]", *small, env=one_core),
                  start("cloud", namespace, "-p", "diagnostics_period:=0.2")]
     stream = Stream(ros_context, namespace)
     executor = MultiThreadedExecutor(num_threads=2, context=ros_context)
@@ -152,6 +156,7 @@ def test_separate_processes_label_every_cloud(ros_context):
         for process in processes:
             if process.poll() is None:
                 status, _elapsed, output = signal_and_measure(process, (2,))
+                print(f"--- {process.args[0]} (exit {status}):\n{output}")  # shown when the test fails
                 assert status == 0, output
         executor.shutdown()
         stream.node.destroy_node()

@@ -15,17 +15,17 @@ import yaml
 from dense_perception.ros.cloud_node import CLOUD_PARAMETERS
 from dense_perception.ros.config_file import render_config
 from dense_perception.ros.depth_node import DEPTH_LISTS, DEPTH_PARAMETERS
-from dense_perception.ros.inference_node import COMMON_PARAMETERS
+from dense_perception.ros.inference_node import node_parameters
 from dense_perception.ros.perception import parse_options
-from dense_perception.ros.seg_node import SEG_LISTS, SEG_PARAMETERS
+from dense_perception.ros.seg_node import SEG_LISTS, SEG_PARAMETERS, SEG_QOS
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH_FILE = REPO / "launch" / "perception.launch.py"
 CONFIG = REPO / "config" / "perception.yaml"
 RVIZ = REPO / "config" / "perception.rviz"
 DECLARED = {
-    "depth": DEPTH_PARAMETERS + DEPTH_LISTS + COMMON_PARAMETERS,
-    "seg": SEG_PARAMETERS + SEG_LISTS + COMMON_PARAMETERS,
+    "depth": node_parameters(DEPTH_PARAMETERS, DEPTH_LISTS),
+    "seg": node_parameters(SEG_PARAMETERS, SEG_LISTS, SEG_QOS),
     "cloud": CLOUD_PARAMETERS,
 }
 REQUIRED_ARGUMENTS = {"image", "camera_info", "namespace", "config", "depth", "seg", "cloud",

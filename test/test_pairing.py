@@ -25,14 +25,35 @@ def clock() -> Clock:
 
 
 def test_a_claimed_frame_keeps_its_labels_while_seg_runs_ahead(clock):
-    pairing = FramePairing(["labels"], max_items=8, max_unclaimed=2, clock=clock)
+    pairing = FramePairing(["labels"], timeout_s=0.5, max_items=8, max_unclaimed=2, clock=clock)
     pairing.claim(stamp(1))  # depth starts on frame 1 (takes long)
     for sec in range(1, 20):  # seg, faster, labels frame 1 and many newer ones meanwhile
         assert pairing.add("labels", stamp(sec), f"labels{sec}") == []
-    assert pairing.held("labels") == 3  # frame 1 (claimed) + the 2 newest unclaimed
+        clock.now += 0.1
+    # frame 1 (claimed) + the unclaimed ones a claim may still come for: those of the last 0.5 s
+    assert pairing.held("labels") == 1 + 5
     [frame] = pairing.add_depth(stamp(1), "depth1", ["labels"])
     assert frame.complete and frame.items == {"labels": "labels1"} and frame.depth == "depth1"
-    assert pairing.stats.complete == 1 and pairing.stats.evicted["labels"] == 16
+    assert pairing.stats.complete == 1 and pairing.stats.evicted["labels"] == 13
+
+
+def test_labels_that_arrive_before_their_claim_still_pair(clock):
+    """Under load the depth node sees the camera later than the segmenter: by the time it claims a
+    frame, the labels of several newer frames have come. The claimed frame's labels are still there;
+    those of frames older than the claim go at once (depth only goes forward)."""
+    pairing = FramePairing(["labels"], timeout_s=1.0, max_items=32, max_unclaimed=4, clock=clock)
+    pairing.claim(stamp(0))
+    for sec in range(1, 13):  # 12 frames at 30 Hz while depth is still on frame 0
+        pairing.add("labels", stamp(sec), f"labels{sec}")
+        clock.now += 1 / 30
+    pairing.claim(stamp(3))  # depth starts on frame 3, the newest it had seen
+    assert pairing.held("labels") == 10  # 3..12: frames 1 and 2 can never be claimed now
+    assert pairing.stats.evicted["labels"] == 2
+    [frame] = pairing.add_depth(stamp(3), "depth3", ["labels"])
+    assert frame.complete and frame.items == {"labels": "labels3"}
+    clock.now += 2.0  # no claim came for the rest within the wait: only the newest 4 stay
+    pairing.add("labels", stamp(13), "labels13")
+    assert pairing.held("labels") == 4
 
 
 def test_labels_after_depth_complete_the_waiting_frame(clock):

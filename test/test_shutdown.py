@@ -109,11 +109,13 @@ class Camera:
         self.node.destroy_node()
 
 
-def start(name: str, namespace: str, *ros_args: str) -> subprocess.Popen:
-    """The executable as ``ros2 run`` starts it, in its own process group, output captured."""
+def start(name: str, namespace: str, *ros_args: str, env: dict[str, str] | None = None
+          ) -> subprocess.Popen:
+    """The executable as ``ros2 run`` starts it, in its own process group, output captured
+    (``env``: variables to add)."""
     command = [executable(name), "--ros-args",
                "-r", f"__ns:={namespace}", *ros_args]
-    env = dict(os.environ, PYTHONUNBUFFERED="1", RCUTILS_COLORIZED_OUTPUT="0")
+    env = dict(os.environ, PYTHONUNBUFFERED="1", RCUTILS_COLORIZED_OUTPUT="0", **(env or {}))
     return subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
 

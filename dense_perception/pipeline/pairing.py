@@ -9,8 +9,11 @@ How a frame gets its labels although depth and segmentation run at different rat
 claim, ``depth/frame_started``), the segmentation side processes claimed frames first, and the
 pairing keeps the labels and colour of claimed stamps until that depth frame is done. So what is
 kept follows the real rates: nothing of a frame that no depth will come for, everything of a frame
-that one will. Items of unclaimed stamps are kept too, newest first, within small bounds (a depth
-source that sends no claims still pairs when the streams carry the same frames).
+that one will. An item can arrive before its claim -- the segmenter may be further down the camera
+stream than the depth node, whose claims lag under load -- so an unclaimed item newer than every claim
+is kept as long as a depth frame would wait for it (the current timeout); the ``max_unclaimed`` newest
+are kept whatever their age (a depth source that sends no claims still pairs when the streams carry
+the same frames); one older than a claim is dropped, as depth goes forward only.
 
 A depth frame whose other items are not there yet waits, until they come, until their producer
 says it will not make them (:meth:`FramePairing.give_up`, e.g. the segmenter skipped the frame), or
@@ -79,7 +82,7 @@ class FramePairing:
         timeout_s: shortest wait of a depth frame for late items (the wait grows to twice the
             largest lateness seen recently, up to ``max_timeout_s``).
         max_items: items kept per stream at most (claimed and unclaimed together).
-        max_unclaimed: of those, items of stamps nobody claimed (newest kept).
+        max_unclaimed: of those, items of stamps nobody claimed kept whatever their age (newest).
         max_waiting: depth frames waiting at most; the oldest is released first when full.
         clock: ``time.monotonic`` or a fake for tests.
     """
@@ -98,6 +101,8 @@ class FramePairing:
         self._lock = threading.Lock()
         self._items: dict[str, OrderedDict[StampKey, Any]] = {s: OrderedDict() for s in self.streams}
         self._claimed: OrderedDict[StampKey, float] = OrderedDict()
+        self._claimed_through: StampKey | None = None  # newest stamp ever claimed
+        self._arrived: dict[str, dict[StampKey, float]] = {s: {} for s in self.streams}
         self._waiting: OrderedDict[StampKey, _Waiting] = OrderedDict()
         self._done_through: StampKey | None = None  # newest depth stamp released
         self._lateness = 0.0  # largest recent wait for a late item, decaying
@@ -113,6 +118,10 @@ class FramePairing:
             self._claimed[stamp] = self._clock()
             while len(self._claimed) > self.max_items:
                 self._claimed.popitem(last=False)
+            if self._claimed_through is None or stamp > self._claimed_through:
+                self._claimed_through = stamp
+                for stream in self.streams:  # older unclaimed items can never be claimed now
+                    self._bound(stream)
 
     def add(self, stream: str, stamp: StampKey, item: Any) -> list[PairedFrame]:
         """An item of ``stream``; returns depth frames it completed (at most one)."""
@@ -128,6 +137,7 @@ class FramePairing:
             items = self._items[stream]
             items[stamp] = item
             items.move_to_end(stamp)
+            self._arrived[stream][stamp] = self._clock()
             self._bound(stream)
             return self._release_ready()
 
@@ -187,15 +197,19 @@ class FramePairing:
         self._lateness = max(waited, 0.9 * self._lateness)
 
     def _bound(self, stream: str) -> None:
-        """Keep at most ``max_unclaimed`` unclaimed and ``max_items`` items in all (oldest go)."""
-        items = self._items[stream]
+        """Drop unclaimed items no claim can come for any more (see the module docstring), then the
+        oldest beyond ``max_items``."""
+        items, arrived = self._items[stream], self._arrived[stream]
         wanted = set(self._claimed) | set(self._waiting)
         unclaimed = [stamp for stamp in items if stamp not in wanted]
+        oldest_kept = self._clock() - self.current_timeout()
         for stamp in unclaimed[: max(0, len(unclaimed) - self.max_unclaimed)]:
-            del items[stamp]
-            self.stats.evicted[stream] += 1
+            claimable = self._claimed_through is None or stamp > self._claimed_through
+            if not (claimable and arrived[stamp] > oldest_kept):
+                del items[stamp], arrived[stamp]
+                self.stats.evicted[stream] += 1
         while len(items) > self.max_items:
-            items.popitem(last=False)
+            arrived.pop(items.popitem(last=False)[0], None)
             self.stats.evicted[stream] += 1
 
     def _release_ready(self) -> list[PairedFrame]:
@@ -211,6 +225,9 @@ class FramePairing:
             items = self._items[stream]
             for old in [key for key in items if key <= stamp and key not in self._waiting]:
                 del items[old]
+            arrived = self._arrived[stream]
+            for old in [key for key in arrived if key not in items]:
+                del arrived[old]
         for old in [key for key in self._claimed if key <= stamp and key not in self._waiting]:
             del self._claimed[old]
         if self._done_through is None or stamp > self._done_through:

@@ -39,7 +39,7 @@ from ..pipeline.pairing import FramePairing, PairedFrame
 from .diagnostics import StatusPublisher, status_message
 from .messages import copy_header, to_pointcloud2
 from .params import ParamSpec, add_parameter_callbacks, declare_parameters
-from .qos import QOS_PARAMETERS, qos_from_parameters
+from .qos import qos_from_parameters, qos_parameters
 from .runtime import ClosingNode, ThrottledWarnings, run_node
 from .sync import StampKey, StampMatcher, stamp_key
 
@@ -69,7 +69,8 @@ CLOUD_PARAMETERS: tuple[ParamSpec, ...] = (
               "of frames the depth node started on first)", read_only=True, minimum=4, maximum=256),
     ParamSpec("diagnostics_period", 1.0, "Seconds between /diagnostics messages",
               read_only=True, minimum=0.1, maximum=60.0),
-) + QOS_PARAMETERS
+) + qos_parameters(10, "10: every depth image, claim, colour image and labels message is paired, "
+                   "so none may be lost while the node is busy")
 
 
 def check_depth_range(values: Mapping[str, Any]) -> str | None:

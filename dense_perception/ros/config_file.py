@@ -14,9 +14,9 @@ from collections.abc import Sequence
 
 from .cloud_node import CLOUD_PARAMETERS
 from .depth_node import DEPTH_LISTS, DEPTH_PARAMETERS
-from .inference_node import COMMON_PARAMETERS
+from .inference_node import node_parameters
 from .params import ParamSpec
-from .seg_node import SEG_LISTS, SEG_PARAMETERS
+from .seg_node import SEG_LISTS, SEG_PARAMETERS, SEG_QOS
 
 HEADER = """\
 # Parameters of the dense_perception nodes: depth (DPT), seg (EDAFormer, SegFormer, PVT, HRViT, ViT-CoMer) and cloud.
@@ -37,8 +37,8 @@ HEADER = """\
 
 #: Each node's parameters, in the order they appear in the file.
 NODE_PARAMETERS: dict[str, tuple[ParamSpec, ...]] = {
-    "depth": DEPTH_PARAMETERS + DEPTH_LISTS + COMMON_PARAMETERS,
-    "seg": SEG_PARAMETERS + SEG_LISTS + COMMON_PARAMETERS,
+    "depth": node_parameters(DEPTH_PARAMETERS, DEPTH_LISTS),
+    "seg": node_parameters(SEG_PARAMETERS, SEG_LISTS, SEG_QOS),
     "cloud": CLOUD_PARAMETERS,
 }
 

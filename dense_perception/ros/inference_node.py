@@ -74,7 +74,7 @@ COMMON_PARAMETERS: tuple[ParamSpec, ...] = (
               read_only=True, minimum=0.1, maximum=60.0),
     ParamSpec("log_period", 10.0, "Seconds between the log lines summarising frame rate, latency "
               "and drops", read_only=True, minimum=1.0, maximum=3600.0),
-) + QOS_PARAMETERS
+)
 
 #: ``input_size`` (both nodes): an integer list (empty = the official per-image resize).
 INPUT_SIZE = ParamSpec(
@@ -94,6 +94,12 @@ def input_size_problem(size: Sequence[int], multiple: int = 1) -> str | None:
     except ValueError as error:
         return f"input_size: {error}"
     return None
+
+
+def node_parameters(specs: Sequence[ParamSpec], list_specs: Sequence[ParamSpec],
+                    qos: Sequence[ParamSpec] = QOS_PARAMETERS) -> tuple[ParamSpec, ...]:
+    """All the parameters an inference node declares: its own, its lists, the common ones, QoS."""
+    return tuple(specs) + tuple(list_specs) + COMMON_PARAMETERS + tuple(qos)
 
 
 def optional_size(size: Sequence[int]) -> tuple[int, int] | None:
@@ -156,11 +162,12 @@ class InferenceNode(ClosingNode):
     input_multiple = 1
 
     def __init__(self, node_name: str, specs: Sequence[ParamSpec],
-                 list_specs: Sequence[ParamSpec] = (INPUT_SIZE,), **kwargs: Any) -> None:
+                 list_specs: Sequence[ParamSpec] = (INPUT_SIZE,),
+                 qos: Sequence[ParamSpec] = QOS_PARAMETERS, **kwargs: Any) -> None:
         super().__init__(node_name, **kwargs)
         forward_python_logging()
         self.warnings = ThrottledWarnings(self)
-        self.specs = tuple(specs) + COMMON_PARAMETERS + tuple(list_specs)
+        self.specs = node_parameters(specs, list_specs, qos)
         declare_parameters(self, self.specs)
         values = current_values(self, self.specs)
         if problem := input_size_problem(values["input_size"], self.input_multiple):
@@ -265,12 +272,13 @@ class InferenceNode(ClosingNode):
 
     def require_stamp(self, stamp: StampKey) -> bool:
         """Process the frame with this stamp next: a recent one now, one still on its way when it
-        arrives (a small claim can overtake a large image). False when it is older than every frame
-        held -- this node will not have a result for it."""
+        arrives (a small claim can overtake a large image). False when it is not held and older than
+        the newest frame held (frames come in stamp order: it was dropped, or lost on the way) -- this
+        node will not have a result for it."""
         with self._recent_lock:
             frame = self._recent.get(stamp)
             if frame is None:
-                if self._recent and stamp < next(iter(self._recent)):
+                if self._recent and stamp < next(reversed(self._recent)):
                     return False
                 self._claimed_early[stamp] = time.monotonic()
                 while len(self._claimed_early) > RECENT_FRAMES:

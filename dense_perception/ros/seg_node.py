@@ -46,7 +46,16 @@ from ..isr_control import ISREvent
 from ..networks.isr import EDAFORMER_ISR, ISRScheme, ISRSetting
 from ..networks.registry import INFERENCE_MODES, available_networks
 from ..pipeline.colormap import colorize_labels, overlay
-from .inference_node import INPUT_SIZE, Frame, InferenceNode, Listeners, optional_size, predictor_options
+from .inference_node import (
+    INPUT_SIZE,
+    RECENT_FRAMES,
+    Frame,
+    InferenceNode,
+    Listeners,
+    optional_size,
+    predictor_options,
+)
+from .qos import qos_parameters
 from .messages import copy_header, to_image_msg
 from .params import ParamSpec
 from .runtime import run_node
@@ -74,6 +83,10 @@ SEG_PARAMETERS: tuple[ParamSpec, ...] = (
     ParamSpec("follow_depth_frames", True, "Segment the frames the depth node starts on first "
               "(depth/frame_started), so every point cloud gets its labels", read_only=True),
 )
+#: The segmenter's QoS: it holds the last frames, for the depth node may claim one its executor took
+#: late (under load, a history of 1 loses frames before the node sees them).
+SEG_QOS = qos_parameters(RECENT_FRAMES, f"{RECENT_FRAMES}: the frames the depth node may claim, "
+                         "received even when the node lags; the newest is segmented")
 #: The depth node's claims (std_msgs/Header of each image as depth starts on it).
 FRAME_STARTED_TOPIC = "depth/frame_started"
 ISR_LISTS: tuple[ParamSpec, ...] = (
@@ -143,7 +156,7 @@ class SegNode(InferenceNode):
         self.segmenter: Segmenter
         self._settings: SegSettings
         self._writing_isr = False  # the node writes the ISR parameters itself (governor, fallback)
-        super().__init__(node_name, SEG_PARAMETERS, SEG_LISTS, **kwargs)
+        super().__init__(node_name, SEG_PARAMETERS, SEG_LISTS, qos=SEG_QOS, **kwargs)
         self.listeners: Listeners[SegFrame] = Listeners()
         #: told of each required frame that was not segmented, with the reason
         self.skipped_listeners: Listeners[tuple[Frame, str]] = Listeners()
@@ -247,8 +260,8 @@ class SegNode(InferenceNode):
         """A frame the depth node started on: segment it next (if it is still held)."""
         if not self.closing and not self.require_stamp(stamp_key(header.stamp)):
             self.warnings.warn("frame_gone", (
-                f"depth started on frame {stamp_key(header.stamp)}, which this node no longer holds: "
-                "its cloud will have no labels"))
+                f"depth started on frame {stamp_key(header.stamp)}, which this node does not hold (dropped, "
+                "or lost on the way): its cloud will have no labels"))
 
     # -- ISR --------------------------------------------------------------------------------------
 
