@@ -13,7 +13,11 @@ Decisions come from measurements, with three guards against oscillation:
 * **hysteresis**: one rung faster when the average exceeds the budget; one rung more accurate only when
   that rung is predicted to take at most ``1 - margin`` of the budget: the current time times the two
   rungs' time ratio, as measured across the last switch between them (both at the same load), else
-  their cost ratio (else 1: an unmeasured rung is tried only when the current one leaves the margin);
+  their cost ratio (else 1: an unmeasured rung is tried only when the current one leaves the margin).
+  A measured ratio predicts only while the served rung's time is still about what it was when the
+  ratio was measured: a ratio taken while the load changed (a rung timed before a competing process
+  started, the next one after) would otherwise keep the governor on a fast rung long after the load
+  is gone;
 * **dwell and back-off**: no switch within ``dwell_s`` of the last one, and a rung that proved too slow
   is not tried again for a back-off that doubles each time it fails (reset when it holds).
 
@@ -34,6 +38,9 @@ S = TypeVar("S", bound=Hashable)
 EMA_WEIGHT = 0.3
 #: Frames measured on a rung before it is judged.
 MIN_FRAMES = 3
+#: A measured time ratio predicts while the served rung's time is within this fraction of its time
+#: when the ratio was measured (the load is the same); beyond, the cost ratio (or 1) does.
+SAME_LOAD = 0.25
 
 
 @dataclass(frozen=True)
@@ -109,7 +116,8 @@ class FrameBudgetGovernor(Generic[S]):
         self._rung = self._ladder.index(served) if served in self._ladder else min(self._rung, len(ladder) - 1)
         self._average: float | None = None
         self._frames = 0
-        self._ratios: dict[tuple[S, S], float] = {}  # (a, b) -> time of a / time of b, measured
+        # (a, b) -> (time of a / time of b, time of b), measured across a switch between them
+        self._ratios: dict[tuple[S, S], tuple[float, float]] = {}
         self._previous: tuple[S, float] | None = None  # the rung before the last switch, its average
 
     # -- the loop -------------------------------------------------------------------------------------
@@ -132,8 +140,8 @@ class FrameBudgetGovernor(Generic[S]):
             EMA_WEIGHT * frame_s + (1 - EMA_WEIGHT) * self._average)
         if self._frames == MIN_FRAMES and self._previous is not None:  # the switch's time ratio
             before, before_s = self._previous
-            self._ratios[(served, before)] = self._average / before_s
-            self._ratios[(before, served)] = before_s / self._average
+            self._ratios[(served, before)] = (self._average / before_s, before_s)
+            self._ratios[(before, served)] = (before_s / self._average, self._average)
         now = self._clock()
         if self._frames < MIN_FRAMES or now - self._since_switch < self.dwell_s:
             return self.choose()
@@ -149,10 +157,15 @@ class FrameBudgetGovernor(Generic[S]):
 
     def predicted(self, rung: int) -> float:
         """Predicted frame time of ``rung`` at the current load: the served rung's average times the two
-        rungs' time ratio measured across a switch between them, else their cost ratio."""
+        rungs' time ratio measured across a switch between them (when the served rung's time is still
+        about what it was then), else their cost ratio, else 1."""
         current, candidate = self._ladder[self._rung], self._ladder[rung]
+        average = float(self._average)
+        measured = self._ratios.get((candidate, current))
+        if measured is not None and abs(average / measured[1] - 1.0) <= SAME_LOAD:
+            return average * measured[0]
         estimate = 1.0 if self._cost is None else self._cost(candidate) / self._cost(current)
-        return float(self._average) * self._ratios.get((candidate, current), estimate)
+        return average * estimate
 
     def state(self) -> GovernorState[S]:
         served = self.choose()

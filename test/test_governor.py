@@ -160,3 +160,26 @@ def test_a_rung_that_failed_is_not_retried_before_its_back_off():
     assert frames("b", 0.1) == "b"
     clock[0] += 3.5
     assert frames("b", 0.1) == "a"
+
+
+def test_a_ratio_measured_while_the_load_changed_does_not_block_the_way_back():
+    """A rung timed under a heavy load, the next one as the load eased: their time ratio (2x) says
+    nothing of the rungs. Once the served rung's time is far from what it was then, the ratio no longer
+    predicts, and the governor climbs back when the load has gone."""
+    clock = [0.0]
+    governor = FrameBudgetGovernor(["a", "b"], budget_s=0.35, dwell_s=0.0, backoff_s=1.0,
+                                   clock=lambda: clock[0])
+
+    def frames(setting: str, seconds: float, count: int = 3) -> str:
+        choice = setting
+        for _ in range(count):
+            clock[0] += seconds
+            choice = governor.record(setting, seconds)
+        return choice
+
+    assert frames("a", 0.7) == "b"  # a misses under the load: b
+    assert frames("b", 0.34) == "b"  # b timed as the load eases: measured ratio a/b = 2.06
+    assert governor.predicted(0) == pytest.approx(0.7)  # same load: the ratio predicts a (0.7 s)
+    clock[0] += 2.0  # a's back-off is over
+    assert frames("b", 0.145) == "a"  # the load is gone: b's time moved, the ratio no longer predicts
+    assert frames("a", 0.2) == "a" and governor.state().holds
