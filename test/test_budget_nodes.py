@@ -71,3 +71,22 @@ def test_depth_budget_serves_a_smaller_input_size(ros_context, harness):
                         lambda: depth.predictor.budget_state.served == (32, 32))
     metres = np.frombuffer(bytes(graph.received["depth/image"][-1].data), np.float32)
     assert metres.size == 48 * 64 and np.isfinite(metres).all()  # still the image's size
+
+
+def test_a_whole_number_budget_is_taken_as_a_float(ros_context, harness):
+    """``ros2 param set /seg frame_budget_ms 150`` sends an integer, as ``frame_budget_ms: 150`` in a
+    YAML file gives one: both are a budget of 150 ms, not a type error. Not a number: rejected."""
+    seg = SegNode(context=ros_context, parameter_overrides=overrides(
+        input_size=[64, 64], publish_colored=False, frame_budget_ms=150))
+    assert seg.predictor.governor.budget_s == 0.15
+    graph = harness([seg], {"seg/labels": Image})
+    result = graph.set_parameter("seg", "frame_budget_ms", "200")
+    assert result.successful, result.reason
+    assert seg.predictor.governor.budget_s == 0.2
+    assert isinstance(seg.get_parameter("frame_budget_ms").value, int)  # stored as sent ...
+    for text in ("fast", "true"):
+        refused = graph.set_parameter("seg", "frame_budget_ms", text)
+        assert not refused.successful and "frame_budget_ms must be a number" in refused.reason
+    assert seg.predictor.governor.budget_s == 0.2  # ... and a refused value changes nothing
+    assert graph.set_parameter("seg", "frame_budget_ms", "0").successful
+    assert seg.predictor.governor is None  # 0 = off

@@ -4,7 +4,8 @@ Each node lists its parameters as :class:`ParamSpec` rows. :func:`declare_parame
 with a ``ParameterDescriptor`` (type, description, integer/float range, read-only), so
 ``ros2 param describe`` documents them, and checks the start-up values. :func:`make_validator`
 builds the on-set-parameters callback: rclpy itself rejects a wrong type, an out-of-range number or
-a read-only parameter; the callback adds the checks a descriptor cannot express (string choices,
+a read-only parameter (a floating-point parameter also takes an integer -- ``ros2 param set /seg
+frame_budget_ms 150`` sends one -- and the nodes see it as a float); the callback adds the checks a descriptor cannot express (string choices,
 relations between parameters) and answers ``SetParametersResult(successful=False, reason=...)``.
 :func:`add_parameter_callbacks` installs the check and the "apply the new values" step on Jazzy
 (post-set callback) and on Humble (which has no post-set callback: the values are applied from the
@@ -45,12 +46,18 @@ class ParamSpec:
     #: a ParameterType constant; inferred from a scalar default when None
     param_type: int | None = None
 
+    @property
+    def is_float(self) -> bool:
+        return isinstance(self.default, float)
+
     def descriptor(self) -> ParameterDescriptor:
-        """The ParameterDescriptor that ``ros2 param describe`` shows."""
+        """The ParameterDescriptor that ``ros2 param describe`` shows. A floating-point parameter is
+        dynamically typed, so that an integer (``150``, from the command line or a YAML file) is
+        accepted: :meth:`check` rejects anything but a number and :meth:`coerce` makes it a float."""
         descriptor = ParameterDescriptor(
             name=self.name, type=self.param_type or _parameter_type(self.default),
             description=self.description,
-            read_only=self.read_only)
+            read_only=self.read_only, dynamic_typing=self.is_float)
         if self.choices:
             descriptor.additional_constraints = f"one of: {', '.join(self.choices)}"
         if self.minimum is not None and self.maximum is not None:
@@ -62,8 +69,16 @@ class ParamSpec:
                     from_value=float(self.minimum), to_value=float(self.maximum), step=0.0)]
         return descriptor
 
+    def coerce(self, value: Any) -> Any:
+        """The value as the node uses it: an integer given to a floating-point parameter as a float."""
+        if self.is_float and isinstance(value, int) and not isinstance(value, bool):
+            return float(value)
+        return value
+
     def check(self, value: Any) -> str | None:
         """Why ``value`` is not acceptable for this parameter, or None if it is."""
+        if self.is_float and (isinstance(value, bool) or not isinstance(value, (int, float))):
+            return f"{self.name} must be a number, got {value!r}"
         if self.choices and value not in self.choices:
             return f"{self.name} must be one of {', '.join(self.choices)}, got {value!r}"
         if isinstance(value, float) and not math.isfinite(value):
@@ -88,7 +103,7 @@ def declare_parameters(node: Node, specs: Sequence[ParamSpec],
                                  for spec in specs if spec not in lists])
     for spec in lists:
         _declare_list(node, spec)
-    values = {spec.name: node.get_parameter(spec.name).value for spec in specs}
+    values = current_values(node, specs)
     reasons = [reason for spec in specs if (reason := spec.check(values[spec.name]))]
     if cross_check is not None and (reason := cross_check(values)):
         reasons.append(reason)
@@ -127,7 +142,7 @@ def make_validator(node: Node, specs: Sequence[ParamSpec], cross_check: CrossChe
     by_name = {spec.name: spec for spec in specs}
 
     def validate(parameters: list[Parameter]) -> SetParametersResult:
-        changes = {p.name: p.value for p in parameters if p.name in by_name}
+        changes = {p.name: by_name[p.name].coerce(p.value) for p in parameters if p.name in by_name}
         reasons = [reason for name, value in changes.items()
                    if (reason := by_name[name].check(value))]
         if cross_check is not None and changes and not reasons:
@@ -152,7 +167,7 @@ def add_parameter_callbacks(node: Node, specs: Sequence[ParamSpec],
     end of the on-set callback with the candidate values, once they passed every check (rclpy then
     stores them; no other on-set callback of this node can veto them)."""
     validate = make_validator(node, specs, cross_check)
-    names = {spec.name for spec in specs}
+    by_name = {spec.name: spec for spec in specs}
     if hasattr(node, "add_post_set_parameters_callback"):
         node.add_on_set_parameters_callback(validate)
         node.add_post_set_parameters_callback(lambda _changed: apply(current_values(node, specs)))
@@ -160,7 +175,7 @@ def add_parameter_callbacks(node: Node, specs: Sequence[ParamSpec],
 
     def validate_then_apply(parameters: list[Parameter]) -> SetParametersResult:
         result = validate(parameters)
-        changes = {p.name: p.value for p in parameters if p.name in names}
+        changes = {p.name: by_name[p.name].coerce(p.value) for p in parameters if p.name in by_name}
         if result.successful and changes:
             apply({**current_values(node, specs), **changes})
         return result
@@ -169,8 +184,9 @@ def add_parameter_callbacks(node: Node, specs: Sequence[ParamSpec],
 
 
 def current_values(node: Node, specs: Iterable[ParamSpec]) -> dict[str, Any]:
-    """The node's current value of each parameter in ``specs``."""
-    return {spec.name: node.get_parameter(spec.name).value for spec in specs}
+    """The node's current value of each parameter in ``specs`` (integers of floating-point ones as
+    floats)."""
+    return {spec.name: spec.coerce(node.get_parameter(spec.name).value) for spec in specs}
 
 
 def _parameter_type(default: Any) -> int:
