@@ -135,19 +135,28 @@ def test_without_a_cost_model_the_ratio_measured_across_a_switch_predicts():
     assert len(run.switches()) == 1
 
 
+class TwoRungs:
+    """Frames of a given setting and time fed to a governor by hand, on its fake clock."""
+
+    def __init__(self, governor: FrameBudgetGovernor, clock: list[float]) -> None:
+        self.governor, self.clock = governor, clock
+
+    def frames(self, setting: str, seconds: float, count: int = 3) -> str:
+        """``count`` frames of ``setting`` taking ``seconds`` each; the governor's choice after them."""
+        choice = setting
+        for _ in range(count):
+            self.clock[0] += seconds
+            choice = self.governor.record(setting, seconds)
+        return choice
+
+
 def test_a_rung_that_failed_is_not_retried_before_its_back_off():
     """With nothing known of a rung (no cost, no ratio: a new ladder), a probe that misses the budget
     keeps it out for the back-off, which doubles with each failure."""
     clock = [0.0]
     governor = FrameBudgetGovernor(["a", "b"], budget_s=0.2, dwell_s=0.0, backoff_s=4.0,
                                    clock=lambda: clock[0])
-
-    def frames(setting: str, seconds: float, count: int = 3) -> str:
-        choice = setting
-        for _ in range(count):
-            clock[0] += seconds
-            choice = governor.record(setting, seconds)
-        return choice
+    frames = TwoRungs(governor, clock).frames
 
     assert frames("a", 0.3) == "b"  # a misses: b, and a is out for 4 s
     governor.set_ladder(["a", "b"])  # forget what was measured (as after an input-size change)
@@ -169,13 +178,7 @@ def test_a_ratio_measured_while_the_load_changed_does_not_block_the_way_back():
     clock = [0.0]
     governor = FrameBudgetGovernor(["a", "b"], budget_s=0.35, dwell_s=0.0, backoff_s=1.0,
                                    clock=lambda: clock[0])
-
-    def frames(setting: str, seconds: float, count: int = 3) -> str:
-        choice = setting
-        for _ in range(count):
-            clock[0] += seconds
-            choice = governor.record(setting, seconds)
-        return choice
+    frames = TwoRungs(governor, clock).frames
 
     assert frames("a", 0.7) == "b"  # a misses under the load: b
     assert frames("b", 0.34) == "b"  # b timed as the load eases: measured ratio a/b = 2.06
