@@ -31,7 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--networks", nargs="+", default=list(DEFAULT_NETWORKS), choices=available_networks(),
                         metavar="NAME", help=f"networks to measure (default: {' '.join(DEFAULT_NETWORKS)})")
     parser.add_argument("--backends", nargs="+", default=["eager", "torch", "onnxruntime", "transformers"],
-                        choices=BACKENDS, help="backends; 'eager' is the baseline, 'transformers' DPT only")
+                        choices=BACKENDS,
+                        help="backends; 'eager' is the baseline, 'transformers' DPT and SegFormer only")
     parser.add_argument("--isr", nargs="+", default=None,
                         help="ISR settings (paper notation or a ratio), the first is the baseline; settings a "
                         "network cannot express are left out for it (default per network: training, the "
