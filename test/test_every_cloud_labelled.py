@@ -4,9 +4,9 @@ A camera streams faster than either network runs, and segmentation runs faster t
 robot: EDAFormer-T is several times faster than DPT-Hybrid): each node drops frames independently, so
 without coordination most depth frames have no labels of the same stamp. Here the real nodes run (in
 this process as the ``perception`` executable builds them, and as three separate executables), and
-once both depth and labels flow every cloud that comes out must be labelled -- each point's label a
-class id, none :data:`~dense_perception.pipeline.cloud.NO_LABEL` -- with the cloud node's counters
-agreeing.
+once both depth and labels flow (from the first labelled cloud on) every cloud that comes out must be
+labelled -- each point's label a class id, none :data:`~dense_perception.pipeline.cloud.NO_LABEL` --
+with the cloud node's counters agreeing.
 """
 from __future__ import annotations
 
@@ -59,7 +59,10 @@ class Stream:
         self.flowing[topic] += 1
 
     def _cloud(self, cloud: PointCloud2) -> None:
-        if all(self.flowing.values()):  # both streams flow: from here on every cloud counts
+        # Both streams flow, and have reached the cloud node: from its first labelled cloud on, every
+        # cloud counts. (Before, a message published while the cloud node's subscriptions were still
+        # being matched is lost, as DDS drops volatile messages for readers not yet discovered.)
+        if self.clouds or (all(self.flowing.values()) and unlabelled_points(cloud) == 0):
             self.clouds.append(cloud)
 
     def _stream(self) -> None:
