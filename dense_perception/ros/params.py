@@ -5,8 +5,10 @@ with a ``ParameterDescriptor`` (type, description, integer/float range, read-onl
 ``ros2 param describe`` documents them, and checks the start-up values. :func:`make_validator`
 builds the on-set-parameters callback: rclpy itself rejects a wrong type, an out-of-range number or
 a read-only parameter (a floating-point parameter also takes an integer -- ``ros2 param set /seg
-frame_budget_ms 150`` sends one -- and the nodes see it as a float); the callback adds the checks a descriptor cannot express (string choices,
-relations between parameters) and answers ``SetParametersResult(successful=False, reason=...)``.
+frame_budget_ms 150`` sends one -- and the nodes see it as a float); the callback adds the checks a
+descriptor cannot express (string choices, relations between parameters, a number where a
+floating-point parameter takes any type) and answers ``SetParametersResult(successful=False,
+reason=...)``.
 :func:`add_parameter_callbacks` installs the check and the "apply the new values" step on Jazzy
 (post-set callback) and on Humble (which has no post-set callback: the values are applied from the
 on-set callback once they passed, just before rclpy stores them).
