@@ -24,6 +24,8 @@ from typing import Callable, Mapping
 
 import torch
 
+from .hf_keys import fused, regroup, rename_key, unfused
+
 #: Prefixes of a ``DPTForDepthEstimation`` state_dict.
 HF_PREFIXES = ("dpt.", "neck.", "head.")
 
@@ -84,12 +86,8 @@ def is_hf_state_dict(state_dict: Mapping[str, object]) -> bool:
     return bool(state_dict) and all(str(k).startswith(HF_PREFIXES) for k in state_dict)
 
 
-def _rename(key: str) -> str | None:
-    for pattern, replacement in _RENAMES:
-        match = re.fullmatch(pattern, key)
-        if match:
-            return replacement(match) if callable(replacement) else match.expand(replacement)
-    return None
+#: DPT's fused projection: its parts in the official order.
+_QKV_ORDER = ("query", "key", "value")
 
 
 def convert_hf_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -99,25 +97,9 @@ def convert_hf_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, t
         ValueError: a key has no official counterpart (e.g. an auxiliary segmentation head), or a
             block's q/k/v set is incomplete.
     """
-    out: dict[str, torch.Tensor] = {}
-    qkv: dict[tuple[int, str], dict[str, torch.Tensor]] = {}
-    unknown = []
-    for key, tensor in state_dict.items():
-        match = _QKV.fullmatch(key)
-        if match:
-            qkv.setdefault((int(match[1]), match[3]), {})[match[2]] = tensor
-            continue
-        new = _rename(key)
-        if new is None:
-            unknown.append(key)
-        else:
-            out[new] = tensor
-    if unknown:
-        raise ValueError(f"{len(unknown)} Hugging Face DPT keys have no official counterpart: {sorted(unknown)[:5]}")
+    out, qkv = regroup(state_dict, _RENAMES, _QKV, lambda m: ((int(m[1]), m[3]), m[2]), "DPT")
     for (block, kind), parts in sorted(qkv.items()):
-        if set(parts) != {"query", "key", "value"}:
-            raise ValueError(f"block {block} {kind}: found only {sorted(parts)} of query/key/value")
-        out[f"{_VIT}blocks.{block}.attn.qkv.{kind}"] = torch.cat([parts["query"], parts["key"], parts["value"]])
+        out[f"{_VIT}blocks.{block}.attn.qkv.{kind}"] = fused(parts, _QKV_ORDER, f"block {block} {kind}")
     cls_token = out.get(_VIT + "cls_token")
     if cls_token is not None:
         dim, like = cls_token.shape[-1], cls_token
@@ -133,10 +115,9 @@ def official_to_hf_state_dict(official: Mapping[str, torch.Tensor], hf_keys: lis
     for key in hf_keys:
         match = _QKV.fullmatch(key)
         if match:
-            qkv = official[f"{_VIT}blocks.{match[1]}.attn.qkv.{match[3]}"]
-            out[key] = qkv.chunk(3, dim=0)[("query", "key", "value").index(match[2])].clone()
+            out[key] = unfused(official[f"{_VIT}blocks.{match[1]}.attn.qkv.{match[3]}"], _QKV_ORDER, match[2])
             continue
-        new = _rename(key)
+        new = rename_key(_RENAMES, key)
         if new is None:
             raise ValueError(f"Hugging Face DPT key {key!r} has no official counterpart")
         out[key] = official[new].clone()

@@ -20,6 +20,7 @@ from typing import Callable, Mapping
 
 import torch
 
+from ..hf_keys import fused, regroup, rename_key, unfused
 from .segformer import UNUSED_CONV_SEG_CHANNELS
 
 _ENC = r"segformer\.encoder\."
@@ -96,12 +97,8 @@ def is_hf_segformer(state_dict: Mapping[str, object]) -> bool:
     return any(str(k).startswith("segformer.") for k in state_dict)
 
 
-def _rename(key: str) -> str | None:
-    for pattern, replacement in _RENAMES:
-        match = re.fullmatch(pattern, key)
-        if match:
-            return replacement(match)
-    return None
+#: SegFormer's fused projection: its parts in the official order.
+_KV_ORDER = ("key", "value")
 
 
 def convert_hf_segformer(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -111,27 +108,11 @@ def convert_hf_segformer(state_dict: Mapping[str, torch.Tensor]) -> dict[str, to
         ValueError: a key has no official counterpart (e.g. an image-classification head), or a block has
             a key without its value (or the reverse).
     """
-    out: dict[str, torch.Tensor] = {}
-    key_value: dict[tuple[str, str, str], dict[str, torch.Tensor]] = {}
-    unknown = []
-    for key, tensor in state_dict.items():
-        key = _v4_name(key)
-        match = _KEY_VALUE.fullmatch(key)
-        if match:
-            key_value.setdefault((match[1], match[2], match[4]), {})[match[3]] = tensor
-            continue
-        new = _rename(key)
-        if new is None:
-            unknown.append(key)
-        else:
-            out[new] = tensor
-    if unknown:
-        raise ValueError(f"{len(unknown)} Hugging Face SegFormer keys have no official counterpart: "
-                         f"{sorted(unknown)[:5]}")
+    out, key_value = regroup(state_dict, _RENAMES, _KEY_VALUE, lambda m: ((m[1], m[2], m[4]), m[3]),
+                             "SegFormer", name=_v4_name)
     for (stage, block, kind), parts in sorted(key_value.items()):
-        if set(parts) != {"key", "value"}:
-            raise ValueError(f"stage {_stage(stage)} block {block} {kind}: found only {sorted(parts)} of key/value")
-        out[f"backbone.block{_stage(stage)}.{block}.attn.kv.{kind}"] = torch.cat([parts["key"], parts["value"]])
+        where = f"stage {_stage(stage)} block {block} {kind}"
+        out[f"backbone.block{_stage(stage)}.{block}.attn.kv.{kind}"] = fused(parts, _KV_ORDER, where)
     classifier = out.get("decode_head.linear_pred.weight")
     if classifier is not None:
         out.setdefault("decode_head.conv_seg.weight",
@@ -149,9 +130,9 @@ def official_to_hf_segformer(official: Mapping[str, torch.Tensor], hf_keys: list
         match = _KEY_VALUE.fullmatch(key)
         if match:
             kv = official[f"backbone.block{_stage(match[1])}.{match[2]}.attn.kv.{match[4]}"]
-            out[hf_key] = kv.chunk(2, dim=0)[("key", "value").index(match[3])].clone()
+            out[hf_key] = unfused(kv, _KV_ORDER, match[3])
             continue
-        new = _rename(key)
+        new = rename_key(_RENAMES, key)
         if new is None:
             raise ValueError(f"Hugging Face SegFormer key {hf_key!r} has no official counterpart")
         out[hf_key] = official[new].clone()
