@@ -20,6 +20,7 @@ from torch import nn
 
 from ..blocks import LAYER_NORM_EPS, FeedForward, PatchEmbed, adaptive_avg_pool2d, map_to_tokens, tokens_to_map
 from ..isr import LINEAR_SRA_GRID, TRAINING_ENCODER
+from ..vit import Mlp
 
 #: Block and stage LayerNorm eps (patch-embed and ``attn.norm`` use LAYER_NORM_EPS = 1e-5).
 BLOCK_EPS = 1e-6
@@ -92,16 +93,12 @@ class SpatialReductionAttention(nn.Module):
         return self.proj(out.transpose(1, 2).reshape(b, n, c))
 
 
-class PlainMlp(nn.Module):
-    """PVT v1's MLP: fc1 → GELU (exact) → fc2."""
+class PlainMlp(Mlp):
+    """PVT v1's MLP: the ViT's (fc1 → GELU (exact) → fc2), called like the Mix-FFN (with the token
+    map's size, which it does not need)."""
 
-    def __init__(self, dim: int, hidden: int) -> None:
-        super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
-        self.fc2 = nn.Linear(hidden, dim)
-
-    def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        return self.fc2(F.gelu(self.fc1(x)))
+    def forward(self, x: torch.Tensor, h: int, w: int) -> torch.Tensor:  # type: ignore[override]
+        return super().forward(x)
 
 
 class SRABlock(nn.Module):
