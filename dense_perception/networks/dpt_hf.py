@@ -24,7 +24,7 @@ from typing import Callable, Mapping
 
 import torch
 
-from .hf_keys import fused, regroup, rename_key, unfused
+from .hf_keys import fused, regroup, to_hf
 
 #: Prefixes of a ``DPTForDepthEstimation`` state_dict.
 HF_PREFIXES = ("dpt.", "neck.", "head.")
@@ -111,17 +111,8 @@ def convert_hf_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, t
 def official_to_hf_state_dict(official: Mapping[str, torch.Tensor], hf_keys: list[str]) -> dict[str, torch.Tensor]:
     """The inverse of :func:`convert_hf_state_dict` for the keys of a given HF model (``hf_keys``):
     official weights in HF layout, so both implementations can run *the same* weights."""
-    out: dict[str, torch.Tensor] = {}
-    for key in hf_keys:
-        match = _QKV.fullmatch(key)
-        if match:
-            out[key] = unfused(official[f"{_VIT}blocks.{match[1]}.attn.qkv.{match[3]}"], _QKV_ORDER, match[2])
-            continue
-        new = rename_key(_RENAMES, key)
-        if new is None:
-            raise ValueError(f"Hugging Face DPT key {key!r} has no official counterpart")
-        out[key] = official[new].clone()
-    return out
+    return to_hf(official, hf_keys, _RENAMES, _QKV, lambda m: (f"{_VIT}blocks.{m[1]}.attn.qkv.{m[3]}", m[2]),
+                 _QKV_ORDER, "DPT")
 
 
 def hf_model_with_weights_of(net: torch.nn.Module) -> torch.nn.Module:

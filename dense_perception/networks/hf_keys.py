@@ -4,8 +4,8 @@ A converter (``dpt_hf`` for ``DPTForDepthEstimation``, ``sra.hf`` for ``Segforme
 gives a table of renames and the pattern of the projections that Hugging Face keeps apart and the
 official code fuses (DPT's query/key/value, SegFormer's key/value). :func:`regroup` sorts every key
 into a renamed tensor or a part of a fused one, and refuses keys with no counterpart;
-:func:`fused` joins a fused projection's parts in the official order, :func:`unfused` takes one back
-out (the inverse conversion, which gives a Hugging Face model the official weights).
+:func:`fused` joins a fused projection's parts in the official order. :func:`to_hf` is the inverse
+conversion, which gives a Hugging Face model the official weights.
 """
 from __future__ import annotations
 
@@ -72,6 +72,28 @@ def fused(parts: Mapping[str, torch.Tensor], order: Sequence[str], where: str) -
     return torch.cat([parts[part] for part in order])
 
 
-def unfused(fused_tensor: torch.Tensor, order: Sequence[str], part: str) -> torch.Tensor:
-    """Part ``part`` of a fused projection whose parts are concatenated in ``order`` (a copy)."""
-    return fused_tensor.chunk(len(order), dim=0)[list(order).index(part)].clone()
+def to_hf(official: Mapping[str, torch.Tensor], hf_keys: Sequence[str], table: RenameTable,
+          parts: re.Pattern[str], fused_part: Callable[[re.Match[str]], tuple[str, str]],
+          order: Sequence[str], family: str, name: Callable[[str], str] = lambda key: key,
+          ) -> dict[str, torch.Tensor]:
+    """Official weights under a Hugging Face model's keys ``hf_keys`` (copies): the inverse of
+    :func:`regroup` and :func:`fused`. A key matching ``parts`` (after ``name``) takes its part of the
+    official fused tensor ``fused_part(match)`` names (tensor name, part; parts concatenated in
+    ``order``); any other key the tensor ``table`` renames it to.
+
+    Raises:
+        ValueError: a key with no official counterpart.
+    """
+    out: dict[str, torch.Tensor] = {}
+    for hf_key in hf_keys:
+        key = name(hf_key)
+        match = parts.fullmatch(key)
+        if match:
+            fused_name, part = fused_part(match)
+            out[hf_key] = official[fused_name].chunk(len(order), dim=0)[list(order).index(part)].clone()
+            continue
+        new = rename_key(table, key)
+        if new is None:
+            raise ValueError(f"Hugging Face {family} key {hf_key!r} has no official counterpart")
+        out[hf_key] = official[new].clone()
+    return out

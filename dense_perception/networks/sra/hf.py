@@ -20,7 +20,7 @@ from typing import Callable, Mapping
 
 import torch
 
-from ..hf_keys import fused, regroup, rename_key, unfused
+from ..hf_keys import fused, regroup, to_hf
 from .segformer import UNUSED_CONV_SEG_CHANNELS
 
 _ENC = r"segformer\.encoder\."
@@ -124,19 +124,9 @@ def convert_hf_segformer(state_dict: Mapping[str, torch.Tensor]) -> dict[str, to
 def official_to_hf_segformer(official: Mapping[str, torch.Tensor], hf_keys: list[str]) -> dict[str, torch.Tensor]:
     """The inverse of :func:`convert_hf_segformer` for the keys of a given HF model (``hf_keys``, 4.x or 5.x
     names): official weights in HF layout, so both implementations can run the same weights."""
-    out: dict[str, torch.Tensor] = {}
-    for hf_key in hf_keys:
-        key = _v4_name(hf_key)
-        match = _KEY_VALUE.fullmatch(key)
-        if match:
-            kv = official[f"backbone.block{_stage(match[1])}.{match[2]}.attn.kv.{match[4]}"]
-            out[hf_key] = unfused(kv, _KV_ORDER, match[3])
-            continue
-        new = rename_key(_RENAMES, key)
-        if new is None:
-            raise ValueError(f"Hugging Face SegFormer key {hf_key!r} has no official counterpart")
-        out[hf_key] = official[new].clone()
-    return out
+    return to_hf(official, hf_keys, _RENAMES, _KEY_VALUE,
+                 lambda m: (f"backbone.block{_stage(m[1])}.{m[2]}.attn.kv.{m[4]}", m[3]), _KV_ORDER, "SegFormer",
+                 name=_v4_name)
 
 
 def hf_segformer_config(variant: str, num_labels: int) -> object:
