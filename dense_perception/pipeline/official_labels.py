@@ -52,11 +52,13 @@ from .bilinear_kernel import (ROUNDED_SEPARATELY, GatheredTaps, KernelArithmetic
 
 #: Default bound on the number of float32 values in any one intermediate tensor (8 MiB).
 DEFAULT_BUDGET = 1 << 21
+#: Float32 values of the largest intermediate of one step (a few classes' window extremes, a few cells'
+#: candidates on their pixels): small enough that a step's buffers stay in a core's cache and come back
+#: from the allocator for the next step. Larger buffers are fresh memory each call, and their page
+#: faults cost more than the arithmetic.
+STEP = 1 << 17
 #: Longest run of image rows (columns) evaluated together as one tile; longer cells are split.
 MAX_TILE = 16
-#: Logit of the padding candidates of a bucket: far below any real logit (never a maximum) and finite
-#: (zero weights times it stay zero).
-PAD_LOGIT = torch.finfo(torch.float32).min / 64
 #: An index beyond any image (tile padding), small enough that FAR * width + FAR fits in int64.
 FAR = 1 << 40
 #: Pruning slack, relative to max|logit|: far above the float32 rounding of the two resizes (a few
@@ -97,7 +99,7 @@ class AxisPlan:
 
     Image index ``i`` reads the logit indices ``cell_start[c] .. cell_start[c] + window - 1`` of its
     cell ``c = cell_of[i]``. Each cell is cut into ``cell_tiles[c]`` tiles of consecutive indices, from
-    tile ``cell_first_tile[c]`` on; tile ``t`` holds the image indices ``members[t]`` (-1 = padding).
+    tile ``cell_first_tile[c]`` on; tile ``t`` (of cell ``tile_cell[t]``) holds the image indices ``members[t]`` (-1 = padding).
     ``composed[t]`` gives each member's value as one weighted sum of the window (to within a few float32
     roundings of the kernel's). Exactly as the kernel: the tile's network indices ``network[t]`` come from
     the window with the taps ``first`` (indices into the window, ``[G, M]``), and its members from those
@@ -110,6 +112,7 @@ class AxisPlan:
     cell_of: torch.Tensor  # [n_image] int64
     cell_first_tile: torch.Tensor  # [U] int64
     cell_tiles: torch.Tensor  # [U] int64
+    tile_cell: torch.Tensor  # [G] int64
     members: torch.Tensor  # [G, L] int64
     members_or_far: torch.Tensor  # [G, L] int64: padding as FAR (beyond any image)
     composed: torch.Tensor  # [G, L, window] float32: both resizes in one weight (not the kernel's rounding)
@@ -187,7 +190,7 @@ def axis_plan(stages: Stages, n_logit: int, n_image: int, device: torch.device |
 
     return AxisPlan(window, on_device(cell_start), on_device(cell_of),
                     on_device(np.searchsorted(tile_cell, np.arange(cells))),
-                    on_device(np.bincount(tile_cell, minlength=cells)), on_device(members),
+                    on_device(np.bincount(tile_cell, minlength=cells)), on_device(tile_cell), on_device(members),
                     on_device(np.where(members >= 0, members, FAR)), on_device(composed.astype(np.float32)),
                     GatheredTaps.of(first, torch.device(device)),
                     None if second is None else GatheredTaps.of(second, torch.device(device)))
@@ -253,58 +256,57 @@ def official_labels(logits: torch.Tensor, network_size: tuple[int, int], image_s
     return image, official_confidence(values, network_size, image_size, arithmetic.source_fused, budget)
 
 
-#: Classes whose window extremes are computed together (small buffers, reused by the allocator).
-_BOUNDS_CLASSES = 16
-
-
-def cell_bounds(values: torch.Tensor, window_rows: int, window_cols: int, row_starts: torch.Tensor,
-                col_starts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """For contiguous ``values`` ``[K, r, c]`` and the cells whose windows start at ``row_starts`` x
-    ``col_starts``: each class's window maximum ``[K, Ur, Uc]``, the largest window minimum of any class
-    ``[Ur, Uc]`` and a class that has it ``[Ur, Uc]`` (int64). A few classes at a time, so that only the
-    maxima take memory of the logits' size."""
+def cell_candidates(values: torch.Tensor, window_rows: int, window_cols: int, row_starts: torch.Tensor,
+                    col_starts: torch.Tensor, slack: float, step: int,
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For contiguous logits ``values`` ``[K, r, c]`` and the cells whose windows start at ``row_starts`` x
+    ``col_starts`` (numbered row-major): the largest window minimum of any class ``[Ur * Uc]``, and the
+    candidates -- the classes whose window maximum is not below it by more than ``slack`` -- as pairs
+    ``cell``, ``cls`` (cell by cell, classes increasing), with each cell's number of candidates. A few
+    classes at a time, about ``step`` logits each (two sweeps: minima, then maxima)."""
     classes = values.shape[0]
-    upper = values.new_empty((classes, row_starts.numel(), col_starts.numel()))
-    best_lower = reference = None
-    for first in range(0, classes, _BOUNDS_CLASSES):
-        part = values[first:first + _BOUNDS_CLASSES]
-        part_upper, part_lower = window_extremes(part, window_rows, window_cols)
-        upper[first:first + part.shape[0]] = _take(_take(part_upper, 1, row_starts), 2, col_starts)
-        part_lower = _take(_take(part_lower, 1, row_starts), 2, col_starts)
-        part_best = part_lower.amax(0)
-        part_reference = _a_maximiser(part_lower, part_best) + first
-        if best_lower is None:
-            best_lower, reference = part_best, part_reference
-        else:
-            higher = part_best > best_lower
-            reference = torch.where(higher, part_reference, reference)
-            best_lower = torch.maximum(best_lower, part_best)
-    return upper, best_lower, reference
+    per_step = max(1, step // max(1, values.shape[1] * values.shape[2]))
+
+    def taken(extremes: torch.Tensor) -> torch.Tensor:
+        return _take(_take(extremes, 1, row_starts), 2, col_starts)
+
+    best_lower = None
+    for first in range(0, classes, per_step):
+        lower = taken(window_extremes(values[first:first + per_step], window_rows, window_cols, torch.minimum))
+        part = lower.amax(0)
+        best_lower = part if best_lower is None else torch.maximum(best_lower, part, out=best_lower)
+    threshold = best_lower - slack
+    # written cell by cell (classes last), so that the candidates come out cell by cell
+    candidate = torch.empty((row_starts.numel(), col_starts.numel(), classes), dtype=torch.bool,
+                            device=values.device)
+    for first in range(0, classes, per_step):
+        upper = taken(window_extremes(values[first:first + per_step], window_rows, window_cols, torch.maximum))
+        torch.ge(upper, threshold, out=candidate[:, :, first:first + per_step].permute(2, 0, 1))
+    candidate = candidate.view(-1, classes)
+    count = candidate.view(torch.uint8).sum(1, dtype=torch.int32)
+    cell, cls = torch.nonzero(candidate, as_tuple=True)
+    return best_lower.flatten(), count, cell, cls
 
 
-def window_extremes(values: torch.Tensor, window_rows: int, window_cols: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Maximum and minimum of contiguous ``values`` ``[K, r, c]`` over every ``window_rows x
-    window_cols`` window: ``[K, r - window_rows + 1, c - window_cols + 1]`` each.
+def window_extremes(values: torch.Tensor, window_rows: int, window_cols: int, extreme=torch.maximum,
+                    ) -> torch.Tensor:
+    """The ``extreme`` (:func:`torch.maximum` or :func:`torch.minimum`) of contiguous ``values`` ``[K, r, c]``
+    over every ``window_rows x window_cols`` window: ``[K, r - window_rows + 1, c - window_cols + 1]``.
 
     Running extremes over the flat memory, shifted by one element (columns) and then by one row: every
-    operation reads contiguous memory, and each pass fills one new buffer in place (fresh large buffers
-    cost more than the arithmetic). Windows that would wrap into the next row are computed too and left
-    out of the returned views."""
+    operation reads contiguous memory, and each pass fills one new buffer in place. Windows that would
+    wrap into the next row are computed too and left out of the returned view."""
     classes, rows, cols = values.shape
-    upper = lower = values.view(-1)
+    run = values.view(-1)
     for step, count in ((1, window_cols), (cols, window_rows)):
         if count == 1:
             continue
-        size = upper.numel() - (count - 1) * step
-        upper_run = torch.maximum(upper[:size], upper[step:step + size])
-        lower_run = torch.minimum(lower[:size], lower[step:step + size])
+        size = run.numel() - (count - 1) * step
+        shorter = extreme(run[:size], run[step:step + size])
         for shift in range(2 * step, count * step, step):
-            torch.maximum(upper_run, upper[shift:shift + size], out=upper_run)
-            torch.minimum(lower_run, lower[shift:shift + size], out=lower_run)
-        upper, lower = upper_run, lower_run
-    shape = (classes, rows - window_rows + 1, cols - window_cols + 1)
-    strides = (rows * cols, cols, 1)
-    return upper.as_strided(shape, strides), lower.as_strided(shape, strides)
+            extreme(shorter, run[shift:shift + size], out=shorter)
+        run = shorter
+    return run.as_strided((classes, rows - window_rows + 1, cols - window_cols + 1), (rows * cols, cols, 1))
 
 
 def consecutive_chunks(sizes: torch.Tensor, limit: int) -> list[tuple[int, int]]:
@@ -328,20 +330,6 @@ def _largest_magnitude(values: torch.Tensor) -> float:
     return max(float(highest), -float(lowest))
 
 
-def _a_maximiser(values: torch.Tensor, maximum: torch.Tensor) -> torch.Tensor:
-    """For each position of ``values`` ``[K, ...]``, one index ``k`` where ``values[k]`` equals
-    ``maximum`` (the largest such; the narrowest integer type that holds K is the fastest)."""
-    classes = values.shape[0]
-    dtype = torch.uint8 if classes <= 256 else torch.int16 if classes <= 1 << 15 else torch.int32
-    index = torch.arange(classes, device=values.device).to(dtype).view(-1, *([1] * (values.dim() - 1)))
-    return ((values == maximum).to(dtype) * index).amax(0).long()
-
-
-def _capacity(count: torch.Tensor) -> torch.Tensor:
-    """Bucket sizes: ``count`` rounded up to a power of two."""
-    return torch.exp2(torch.ceil(torch.log2(count.float()))).long()
-
-
 def _take(values: torch.Tensor, dim: int, index: torch.Tensor) -> torch.Tensor:
     """``values.index_select(dim, index)``; a slice (no copy) when ``index`` counts up by one."""
     begin = int(index[0])
@@ -356,25 +344,58 @@ def _taps_of(taps_: GatheredTaps, tile: torch.Tensor) -> GatheredTaps:
                                                                    taps_.weight1)))
 
 
+def _spread(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Item ``i`` of ``counts[i]`` repeated: for each repetition its item (``owner``) and its rank among
+    that item's repetitions (``within``)."""
+    owner = torch.repeat_interleave(torch.arange(counts.numel(), device=counts.device), counts)
+    within = torch.arange(owner.numel(), device=counts.device) - (torch.cumsum(counts, 0) - counts).index_select(0, owner)
+    return owner, within
+
+
 @dataclass(frozen=True)
-class _Tiles:
-    """Tiles with their candidates: window logits ``[T, C, Sr, Sc]``, classes ``[T, C]`` (increasing, then
-    padding: class K with :data:`PAD_LOGIT` logits), row and column tile numbers ``[T]``."""
+class _Items:
+    """Candidates on tiles, one item per (candidate, tile of its cell): window logits less those of the
+    cell's reference ``[I, Sr, Sc]``, classes, row and column tile numbers and the item's *group* -- its
+    tile's number among the tiles being labelled -- ``[I]`` each."""
 
     windows: torch.Tensor
     classes: torch.Tensor
     row_tile: torch.Tensor
     col_tile: torch.Tensor
+    group: torch.Tensor
 
-    def take(self, index: torch.Tensor) -> _Tiles:
-        return _Tiles(*(part.index_select(0, index) for part in (self.windows, self.classes, self.row_tile,
-                                                                  self.col_tile)))
+    def take(self, index: torch.Tensor) -> _Items:
+        return _Items(*(part.index_select(0, index) for part in self._parts()))
 
-    def items(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """One item per (tile, candidate): windows ``[T * C, Sr, Sc]``, classes, row and column tiles."""
-        count = self.classes.shape[1]
-        return (self.windows.flatten(0, 1), self.classes.flatten(), self.row_tile.repeat_interleave(count),
-                self.col_tile.repeat_interleave(count))
+    def narrow(self, begin: int, end: int) -> _Items:
+        return _Items(*(part[begin:end] for part in self._parts()))
+
+    def _parts(self) -> tuple[torch.Tensor, ...]:
+        return self.windows, self.classes, self.row_tile, self.col_tile, self.group
+
+
+@dataclass(frozen=True)
+class _Groups:
+    """The tiles being labelled (*groups*, cell by cell): row and column tile numbers and the cell's
+    reference class ``[groups]``; per cell (in order) its number of tiles and of items."""
+
+    row_tile: torch.Tensor
+    col_tile: torch.Tensor
+    reference: torch.Tensor
+    tiles_per_cell: torch.Tensor
+    items_per_cell: torch.Tensor
+
+
+def _by_group(values: torch.Tensor, group: torch.Tensor, groups: int, reduce: str, initial: float | int,
+              ) -> torch.Tensor:
+    """``[groups, P]``: the ``reduce`` ("amax", "amin", "sum") of the rows of ``values`` ``[I, P]`` with the
+    same ``group`` ``[I]`` (``initial`` where a group has none), as one scatter along the first dimension
+    (the fast layout for it)."""
+    out = values.new_full((groups, values.shape[1]), initial)
+    index = group[:, None].expand(values.shape)
+    if reduce == "sum":
+        return out.scatter_add_(0, index, values)
+    return out.scatter_reduce_(0, index, values, reduce)
 
 
 @dataclass
@@ -394,35 +415,44 @@ class _Labeller:
     labels: torch.Tensor
     image_width: int
 
+    @property
+    def step(self) -> int:
+        return min(self.budget, STEP)
+
     def band(self, first_cell: int, end_cell: int) -> None:
         """Label the image rows of row cells ``first_cell .. end_cell - 1``."""
         rows, cols = self.rows, self.cols
         logit_row = int(rows.cell_start[first_cell])
-        part = self.values[:, logit_row:int(rows.cell_start[end_cell - 1]) + rows.window].contiguous()
-        upper, best_lower, reference = cell_bounds(part, rows.window, cols.window,
-                                                   rows.cell_start[first_cell:end_cell] - logit_row, cols.cell_start)
-        reference = reference.flatten()
-        self._fill(first_cell, end_cell, reference)
-        candidate = (upper >= best_lower - self.slack).flatten(1)  # [K, cells]
-        del upper
-        count = candidate.view(torch.uint8).sum(0, dtype=torch.int32)
-        cls, cell = torch.nonzero(candidate & (count > 1), as_tuple=True)
+        part = self.values[:, logit_row:int(rows.cell_start[end_cell - 1]) + rows.window]
+        best_lower, count, cell, cls = cell_candidates(part.contiguous(), rows.window, cols.window,
+                                                       rows.cell_start[first_cell:end_cell] - logit_row,
+                                                       cols.cell_start, self.slack, self.step)
+        cell, cls, differences, reference = self._undominated(cell, cls, count, best_lower, first_cell)
         if cell.numel() == 0:
             return
-        order = torch.argsort(cell, stable=True)  # by cell, then class
-        cell, cls = self._undominated(cell[order], cls[order], first_cell, reference)
-        if cell.numel() == 0:
-            return
-        # chunks of whole cells (a cell's candidates are consecutive), each within the budget
-        per_cell = torch.unique_consecutive(cell, return_counts=True)[1]
-        firsts = torch.cumsum(per_cell, 0) - per_cell
-        first_cells = cell.index_select(0, firsts)
-        tiles = (rows.cell_tiles.index_select(0, first_cells // cols.cells + first_cell)
-                 * cols.cell_tiles.index_select(0, first_cells % cols.cells))
-        cost = _capacity(per_cell) * tiles * self._approximate_size()
-        for begin, end in consecutive_chunks(cost, self.budget):
-            chunk = slice(int(firsts[begin]), int(firsts[end - 1] + per_cell[end - 1]))
-            self._evaluate(cell[chunk], cls[chunk], first_cell)
+        items, groups = self._items(cell, cls, differences, reference, first_cell)
+        pixels = rows.tile_length * cols.tile_length
+        counter = torch.int16 if self.values.shape[0] < 1 << 15 else torch.int32
+        near_count = torch.empty((groups.row_tile.numel(), pixels), dtype=counter, device=cell.device)
+        label = torch.empty_like(near_count)
+        reference = groups.reference.to(counter)
+        tiles_per_cell, items_per_cell = groups.tiles_per_cell, groups.items_per_cell
+        first_group, first_item = torch.cumsum(tiles_per_cell, 0) - tiles_per_cell, torch.cumsum(items_per_cell, 0)
+        first_item -= items_per_cell
+        for begin, end in consecutive_chunks(items_per_cell * self._approximate_size(), self.step):
+            group_begin, group_end = int(first_group[begin]), int(first_group[end - 1] + tiles_per_cell[end - 1])
+            item_begin, item_end = int(first_item[begin]), int(first_item[end - 1] + items_per_cell[end - 1])
+            chunk = slice(group_begin, group_end)
+            self._evaluate(items.narrow(item_begin, item_end), group_begin, reference[chunk], near_count[chunk],
+                           label[chunk])
+        doubtful = torch.nonzero((near_count > 1).any(1))[:, 0]
+        if doubtful.numel():
+            self._relabel_exactly(label, doubtful, items, groups)
+        per_write = max(1, self.step // (2 * pixels))
+        for begin in range(0, groups.row_tile.numel(), per_write):
+            part = slice(begin, begin + per_write)
+            self.labels.scatter_(0, self._targets(groups.row_tile[part], groups.col_tile[part]).view(-1),
+                                 label[part].to(self.labels.dtype).view(-1))
 
     def _approximate_size(self) -> int:
         """Float32 values of the largest intermediate of one candidate on one tile, composed weights."""
@@ -458,102 +488,106 @@ class _Labeller:
         index = (corner[:, None, None] + offsets).view(-1)
         return values.view(-1).index_select(0, index).view(-1, rows.window, cols.window)
 
-    def _undominated(self, cell: torch.Tensor, cls: torch.Tensor, first_cell: int, reference: torch.Tensor,
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """The candidates (``cell`` in the band's numbering, non-decreasing; classes increasing within a
-        cell) that are not below their cell's reference class (by more than the slack) at every logit of
-        the window, in the cells where more than one is left (a single one left is the reference, as
-        filled)."""
+    def _undominated(self, cell: torch.Tensor, cls: torch.Tensor, count: torch.Tensor, best_lower: torch.Tensor,
+                     first_cell: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """From the candidates of :func:`cell_candidates`: each cell's *reference* ``[cells]`` -- its first
+        candidate whose window minimum is the cell's largest -- fills the band; returned with it are the
+        other candidates that are not below the reference (by more than the slack) at every logit of the
+        window, with their window logits less the reference's ``[P, Sr, Sc]``."""
         cols = self.cols
-        row_cell, col_cell = cell // cols.cells + first_cell, cell % cols.cells
-        keep = torch.empty_like(cell, dtype=torch.bool)
-        per_chunk = max(1, self.budget // (2 * self.rows.window * cols.window))
-        for begin in range(0, cell.numel(), per_chunk):
-            part = slice(begin, begin + per_chunk)
-            own = self._windows(cls[part], row_cell[part], col_cell[part])
-            best = self._windows(reference.index_select(0, cell[part]), row_cell[part], col_cell[part])
-            keep[part] = (own - best).amax((1, 2)) >= -self.slack
-        cell_rank, count = torch.unique_consecutive(cell, return_inverse=True, return_counts=True)[1:]
-        count = torch.zeros_like(count).index_add_(0, cell_rank, keep.to(count.dtype))
-        kept = torch.nonzero(keep & (count > 1).index_select(0, cell_rank))[:, 0]
-        return cell.index_select(0, kept), cls.index_select(0, kept)
+        windows = self._windows(cls, cell // cols.cells + first_cell, cell % cols.cells)
+        pair = torch.arange(cell.numel(), device=cell.device)
+        is_reference = windows.amin((1, 2)) >= best_lower.index_select(0, cell)
+        reference_pair = torch.full((count.numel(),), cell.numel(), dtype=torch.int64, device=cell.device)
+        reference_pair.scatter_reduce_(0, cell, torch.where(is_reference, pair, cell.numel()), "amin")
+        reference = cls.index_select(0, reference_pair)
+        self._fill(first_cell, first_cell + count.numel() // cols.cells, reference)
+        own_reference = reference_pair.index_select(0, cell)
+        others = torch.nonzero((count > 1).index_select(0, cell) & (pair != own_reference))[:, 0]
+        differences = windows.index_select(0, others) - windows.index_select(0, own_reference.index_select(0, others))
+        kept = torch.nonzero(differences.amax((1, 2)) >= -self.slack)[:, 0]
+        others = others.index_select(0, kept)
+        return cell.index_select(0, others), cls.index_select(0, others), differences.index_select(0, kept), reference
 
-    def _evaluate(self, cell: torch.Tensor, cls: torch.Tensor, first_cell: int) -> None:
-        """Label the pixels of the candidates' cells (``cell`` in the band's numbering, non-decreasing;
-        classes increasing within a cell; at least two per cell), in buckets of cells with up to 2, 4,
-        8, ... candidates."""
+    def _items(self, cell: torch.Tensor, cls: torch.Tensor, differences: torch.Tensor, reference: torch.Tensor,
+               first_cell: int) -> tuple[_Items, _Groups]:
+        """The candidates (as from :meth:`_undominated`) on the tiles of their cells: the items (cell by
+        cell, each cell's candidate by candidate, each candidate's tile by tile) and the tiles."""
         cols = self.cols
-        cell_rank, count = torch.unique_consecutive(cell, return_inverse=True, return_counts=True)[1:]
-        first_pair = torch.cumsum(count, 0) - count
-        first_cells = cell.index_select(0, first_pair)
-        row_cell, col_cell = first_cells // cols.cells + first_cell, first_cells % cols.cells  # per cell
-        windows = self._windows(cls, row_cell.index_select(0, cell_rank), col_cell.index_select(0, cell_rank))
-        slot = torch.arange(cell.numel(), device=cell.device) - first_pair.index_select(0, cell_rank)
-        capacity = _capacity(count)
-        doubtful = []
-        for size in torch.unique(capacity).tolist():
-            in_bucket = capacity == size  # [cells]
-            chosen = torch.nonzero(in_bucket.index_select(0, cell_rank))[:, 0]
-            rank = (torch.cumsum(in_bucket, 0) - 1).index_select(0, cell_rank.index_select(0, chosen))
-            place = rank * size + slot.index_select(0, chosen)  # the pair's cell's rank in the bucket, its slot
-            cells = torch.nonzero(in_bucket)[:, 0]
-            dense = windows.new_full((cells.numel() * size, *windows.shape[1:]), PAD_LOGIT)
-            dense.index_copy_(0, place, windows.index_select(0, chosen))
-            classes = cls.new_full((cells.numel() * size,), self.values.shape[0])
-            classes.index_copy_(0, place, cls.index_select(0, chosen))
-            doubtful.append(self._label_tiles(dense.view(-1, size, *windows.shape[1:]), classes.view(-1, size),
-                                              row_cell.index_select(0, cells), col_cell.index_select(0, cells)))
-        self._relabel_exactly([tiles for tiles in doubtful if tiles.classes.numel()])
+        cells, cell_rank, per_cell = torch.unique_consecutive(cell, return_inverse=True, return_counts=True)
+        row_tile, col_tile, tiles_per_cell = self._tiles(cells // cols.cells + first_cell, cells % cols.cells)
+        reference = reference.index_select(0, cells)
+        group = cell_rank
+        if tiles_per_cell is None:  # every cell is one tile: one item per candidate
+            tiles_per_cell = torch.ones_like(per_cell)
+        else:  # one item per candidate and tile
+            reference = torch.repeat_interleave(reference, tiles_per_cell)
+            pair, within = _spread(tiles_per_cell.index_select(0, cell_rank))
+            first_tile = (torch.cumsum(tiles_per_cell, 0) - tiles_per_cell).index_select(0, cell_rank)
+            group = first_tile.index_select(0, pair) + within
+            differences, cls = differences.index_select(0, pair), cls.index_select(0, pair)
+        items = _Items(differences, cls, row_tile.index_select(0, group), col_tile.index_select(0, group), group)
+        return items, _Groups(row_tile, col_tile, reference, tiles_per_cell, per_cell * tiles_per_cell)
 
-    def _label_tiles(self, windows: torch.Tensor, classes: torch.Tensor, row_cell: torch.Tensor,
-                     col_cell: torch.Tensor) -> _Tiles:
-        """Label every tile of the cells (``row_cell[i]``, ``col_cell[i]``) from their candidates
-        ``classes[i]`` (increasing, then padding) and window logits ``windows[i]`` ``[C, Sr, Sc]``, all
-        candidates with the composed weights. Returns the tiles whose top two come within the slack
-        somewhere (rounding could order them either way, ties included), for :meth:`_relabel_exactly`."""
+    def _evaluate(self, items: _Items, first_group: int, reference: torch.Tensor, near_count: torch.Tensor,
+                  label: torch.Tensor) -> None:
+        """Evaluate the items on their tiles (groups ``first_group`` on, whole; ``reference`` their
+        reference classes) with the composed weights, as differences to the reference (which is 0), and
+        count per pixel the candidates that come within the slack of the pixel's largest value
+        (``near_count``, rows from ``first_group`` on); where only one does, ``label`` gets its class.
+        Where two or more do, rounding could order them either way (ties included): such tiles go
+        through :meth:`_relabel_exactly`."""
         rows, cols = self.rows, self.cols
-        row_tile, col_tile, of_cell = self._tiles(row_cell, col_cell)
-        if of_cell is not None:
-            windows, classes = windows.index_select(0, of_cell), classes.index_select(0, of_cell)
-        tiles = classes.shape[0]
-        values = _weighted(windows, rows.composed.index_select(0, row_tile), cols.composed.index_select(0, col_tile))
-        top, second, position = _top_two(values)  # [Lr, Lc, T] each; exact ties are doubtful below
-        slots = position.long() * tiles + torch.arange(tiles, device=position.device)
-        label = classes.t().reshape(-1).index_select(0, slots.view(-1)).to(self.labels.dtype)
-        self.labels.scatter_(0, self._targets(row_tile, col_tile).reshape(-1), label)
-        doubtful = torch.nonzero((top - second).flatten(0, 1).amin(0) <= self.slack)[:, 0]
-        return _Tiles(windows, classes, row_tile, col_tile).take(doubtful)
+        # along rows first: a candidate below the reference (by more than the slack) on every row of the
+        # tile there is below it on every pixel (a pixel's value is a convex combination of its row's)
+        down = torch.matmul(rows.composed.index_select(0, items.row_tile), items.windows)  # [I, Lr, Sc]
+        group, classes, col_tile = items.group - first_group, items.classes, items.col_tile
+        alive = torch.nonzero(down.amax((1, 2)) >= -self.slack)[:, 0]
+        if alive.numel() < down.shape[0]:
+            down, group, classes, col_tile = (part.index_select(0, alive) for part in (down, group, classes, col_tile))
+        values = torch.matmul(down, cols.composed.index_select(0, col_tile).transpose(1, 2)).flatten(1)  # [I, pixels]
+        threshold = _by_group(values, group, label.shape[0], "amax", 0.0).sub_(self.slack)
+        reference_near = threshold <= 0
+        near_count.copy_(reference_near)
+        torch.mul(reference_near, reference[:, None], out=label)
+        near = (values >= threshold.index_select(0, group)).to(label.dtype)
+        index = group[:, None].expand(near.shape)
+        near_count.scatter_add_(0, index, near)
+        label.scatter_reduce_(0, index, near.mul_(classes.to(label.dtype)[:, None]), "amax")
 
-    def _relabel_exactly(self, groups: list[_Tiles]) -> None:
-        """Label the tiles of ``groups`` from their candidates' values as the kernel computes them, the
-        argmax being the first maximum as ``torch.argmax`` takes it on the official tensor. The groups
-        go through one evaluation when the budget allows (its operations cost more than its arithmetic
-        here), else group by group in chunks of whole tiles."""
-        if not groups:
-            return
-        sizes = [tiles.classes.numel() for tiles in groups]
-        if sum(sizes) * self._exact_size() > self.budget:
-            for tiles in groups:
-                count = tiles.classes.shape[1]
-                for begin, end in consecutive_chunks(torch.full((tiles.classes.shape[0],), count * self._exact_size()),
-                                                     self.budget):
-                    self._relabel_exactly_at_once([tiles.take(torch.arange(begin, end, device=tiles.classes.device))])
-            return
-        self._relabel_exactly_at_once(groups)
-
-    def _relabel_exactly_at_once(self, groups: list[_Tiles]) -> None:
-        items = [tiles.items() for tiles in groups]
-        exact = self._resized(*(torch.cat(field) for field in zip(*items)))
-        for tiles, values in zip(groups, exact.split([item[1].numel() for item in items])):
-            count, pixels = tiles.classes.shape[1], values.shape[1] * values.shape[2]
-            position = values.view(-1, count, pixels).argmax(1)  # [T, Lr * Lc]
-            label = tiles.classes.gather(1, position).to(self.labels.dtype).t()  # [Lr * Lc, T]
-            self.labels.scatter_(0, self._targets(tiles.row_tile, tiles.col_tile).reshape(-1), label.reshape(-1))
+    def _relabel_exactly(self, label: torch.Tensor, doubtful: torch.Tensor, items: _Items, groups: _Groups) -> None:
+        """Label the pixels of the tiles ``doubtful`` (rows of ``label`` ``[groups, pixels]``) from the
+        values of their candidates (the items and the reference) as the kernel computes them, the argmax
+        being the first maximum as ``torch.argmax`` takes it on the official tensor: the smallest class
+        with the largest value. Tiles in chunks within the budget."""
+        rows, cols = self.rows, self.cols
+        rank = torch.full((label.shape[0],), -1, dtype=torch.int64, device=label.device)
+        rank[doubtful] = torch.arange(doubtful.numel(), device=label.device)
+        item_rank = rank.index_select(0, items.group)
+        inside = torch.nonzero(item_rank >= 0)[:, 0]
+        cls = torch.cat([items.classes.index_select(0, inside), groups.reference.index_select(0, doubtful)])
+        row_tile = torch.cat([items.row_tile.index_select(0, inside), groups.row_tile.index_select(0, doubtful)])
+        col_tile = torch.cat([items.col_tile.index_select(0, inside), groups.col_tile.index_select(0, doubtful)])
+        item_rank = torch.cat([item_rank.index_select(0, inside), torch.arange(doubtful.numel(), device=label.device)])
+        per_group = torch.bincount(item_rank, minlength=doubtful.numel())
+        beyond = int(self.values.shape[0])
+        for begin, end in consecutive_chunks(per_group * self._exact_size(), self.budget):
+            part = torch.nonzero((item_rank >= begin) & (item_rank < end))[:, 0]
+            local, part_cls = item_rank.index_select(0, part) - begin, cls.index_select(0, part)
+            part_rows, part_cols = row_tile.index_select(0, part), col_tile.index_select(0, part)
+            windows = self._windows(part_cls, rows.tile_cell.index_select(0, part_rows),
+                                    cols.tile_cell.index_select(0, part_cols))
+            exact = self._resized(windows, part_cls, part_rows, part_cols).flatten(1)
+            top = _by_group(exact, local, end - begin, "amax", -torch.inf)
+            at_top = exact == top.index_select(0, local)
+            classes = torch.where(at_top, part_cls[:, None], beyond)
+            first = _by_group(classes, local, end - begin, "amin", beyond)
+            label.index_copy_(0, doubtful[begin:end], first.to(label.dtype))
 
     def _tiles(self, row_cell: torch.Tensor, col_cell: torch.Tensor,
                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """The tiles of the cells (``row_cell[i]``, ``col_cell[i]``): their row and column tile numbers
-        and the cell each came from (None when every cell is one tile)."""
+        """The tiles of the cells (``row_cell[i]``, ``col_cell[i]``), cell by cell: their row and column
+        tile numbers and each cell's number of tiles (None when every cell is one tile)."""
         rows, cols = self.rows, self.cols
         row_tiles, col_tiles = rows.cell_tiles.index_select(0, row_cell), cols.cell_tiles.index_select(0, col_cell)
         row_first = rows.cell_first_tile.index_select(0, row_cell)
@@ -561,11 +595,10 @@ class _Labeller:
         if bool((row_tiles == 1).all()) and bool((col_tiles == 1).all()):
             return row_first, col_first, None
         per_cell = row_tiles * col_tiles
-        of_cell = torch.repeat_interleave(torch.arange(row_cell.numel(), device=row_cell.device), per_cell)
-        within = torch.arange(of_cell.numel(), device=of_cell.device) - torch.repeat_interleave(
-            torch.cumsum(per_cell, 0) - per_cell, per_cell)
-        return (row_first[of_cell] + within // col_tiles[of_cell],
-                col_first[of_cell] + within % col_tiles[of_cell], of_cell)
+        of_cell, within = _spread(per_cell)
+        col_tiles = col_tiles.index_select(0, of_cell)
+        return (row_first.index_select(0, of_cell) + within // col_tiles,
+                col_first.index_select(0, of_cell) + within % col_tiles, per_cell)
 
     def _resized(self, windows: torch.Tensor, cls: torch.Tensor, row_tile: torch.Tensor,
                  col_tile: torch.Tensor) -> torch.Tensor:
@@ -579,50 +612,16 @@ class _Labeller:
                               self.arithmetic, self.vectorised[1], tail)
 
     def _targets(self, row_tile: torch.Tensor, col_tile: torch.Tensor) -> torch.Tensor:
-        """Flat index into ``labels`` ``[Lr, Lc, T]`` of each tile pixel (padding: the spare element)."""
-        image_rows = self.rows.members_or_far.index_select(0, row_tile).t()[:, None, :]
-        image_cols = self.cols.members_or_far.index_select(0, col_tile).t()[None, :, :]
+        """Flat index into ``labels`` ``[T, Lr, Lc]`` of each tile pixel (padding: the spare element)."""
+        image_rows = self.rows.members_or_far.index_select(0, row_tile)[:, :, None]
+        image_cols = self.cols.members_or_far.index_select(0, col_tile)[:, None, :]
         return (image_rows * self.image_width + image_cols).clamp_(max=self.labels.numel() - 1)
 
 
 def _weighted(windows: torch.Tensor, row_weights: torch.Tensor, col_weights: torch.Tensor) -> torch.Tensor:
-    """``values[c, y, x, t] = sum over r, s of row_weights[t, y, r] * windows[t, c, r, s] *
-    col_weights[t, x, s]``: ``[C, Lr, Lc, T]`` from windows ``[T, C, Sr, Sc]`` and weights ``[T, Lr, Sr]``,
-    ``[T, Lc, Sc]``. Along rows, then along columns, as broadcast multiply-adds with the tiles innermost:
-    long contiguous runs (tiles are many, everything else is short)."""
-    windows = windows.permute(1, 2, 3, 0).contiguous()  # [C, Sr, Sc, T]
-    row_weights = row_weights.permute(1, 2, 0).contiguous()  # [Lr, Sr, T]
-    col_weights = col_weights.permute(1, 2, 0).contiguous()  # [Lc, Sc, T]
-    down = None  # [C, Lr, Sc, T]
-    for r in range(windows.shape[1]):
-        term = (row_weights[None, :, r, None, :], windows[:, None, r, :, :])
-        down = term[0] * term[1] if down is None else torch.addcmul(down, *term)
-    values = None  # [C, Lr, Lc, T]
-    for s in range(windows.shape[2]):
-        term = (col_weights[None, None, :, s, :], down[:, :, None, s, :])
-        values = term[0] * term[1] if values is None else torch.addcmul(values, *term)
-    return values
-
-
-def _top_two(values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The largest and second largest of ``values`` ``[C, ...]`` over C (a power of two), and the position
-    of a largest (uint8, or int32 beyond 256 candidates): a tournament of elementwise operations on
-    contiguous halves, which is faster than a reduction over a short dimension."""
-    half = values.shape[0] // 2
-    dtype = torch.uint8 if values.shape[0] <= 256 else torch.int32
-    if half == 0:
-        return values[0], torch.full_like(values[0], -torch.inf), torch.zeros_like(values[0], dtype=dtype)
-    low, high = values[:half], values[half:]
-    top, second = torch.maximum(low, high), torch.minimum(low, high)
-    slots = torch.arange(half, dtype=dtype, device=values.device).view(half, *([1] * (values.dim() - 1)))
-    position = (high > low).to(dtype) * half + slots
-    while half > 1:
-        half //= 2
-        low_top, high_top = top[:half], top[half:]
-        second = torch.maximum(torch.minimum(low_top, high_top), torch.maximum(second[:half], second[half:]))
-        position = torch.where(high_top > low_top, position[half:], position[:half])
-        top = torch.maximum(low_top, high_top)
-    return top[0], second[0], position[0]
+    """``values[i] = row_weights[i] @ windows[i] @ col_weights[i].T``: ``[I, Lr, Lc]`` from windows
+    ``[I, Sr, Sc]`` and weights ``[I, Lr, Sr]``, ``[I, Lc, Sc]`` (batched small products)."""
+    return torch.matmul(torch.matmul(row_weights, windows), col_weights.transpose(1, 2))
 
 
 def _band_taps(axis: Taps, begin: int, end: int, offset: int, device: torch.device) -> GatheredTaps:
