@@ -292,7 +292,7 @@ def test_cuda_matches_the_official_computation_on_cuda() -> None:
 
 def test_more_than_256_candidates_in_a_cell() -> None:
     """300 classes that differ by less than the pruning slack (1e-8 steps on a common map): every class is
-    a candidate in every cell, and the kernel's rounding decides (exact evaluation, 512-wide buckets)."""
+    a candidate in every cell, and the kernel's rounding decides (exact evaluation of 300 candidates per tile)."""
     common = torch.from_numpy(np.random.default_rng(4).standard_normal((1, 1, 3, 4)).astype(np.float32))
     logits = common + 1e-8 * torch.arange(300, dtype=torch.float32).view(1, 300, 1, 1)
     labels, _ = official_labels(logits, (24, 32), (17, 29))

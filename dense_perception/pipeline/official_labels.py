@@ -19,13 +19,17 @@ Why it can:
   it is below it at every pixel, since both are the same weighted sums). In real logit maps most cells
   keep one class, which is then the label of the whole cell; the others keep a few. Both tests leave a
   slack of :data:`SLACK` x max|logit| for rounding.
-- The remaining candidates are evaluated at every pixel of their cell's tiles with both resizes
-  composed into one weight per window logit (float32; within a few roundings of the kernel's values).
-  Where a tile's top two values come within the slack of each other -- a near-tie, or an exact tie --
-  its candidates are evaluated again exactly as ``F.interpolate`` evaluates them: the first resize at
-  the network pixels the tile reads, then the second, each with the kernel's own float32 operations
-  (:mod:`.bilinear_kernel`). The label is the argmax, the first class on ties like ``torch.argmax``.
-  So the labels are the official ones bit for bit wherever the probe of
+- The remaining candidates are evaluated at every pixel of their cell's tiles as differences to the
+  reference, with both resizes composed into one weight per window logit (float32; within a few
+  roundings of the kernel's values): along the tile's rows first (a candidate below the reference on
+  every row is dropped there), then along its columns. Each pixel's largest difference (0 for the
+  reference itself) and the candidates within the slack of it come from scatter-max / scatter-sum over
+  the tile's candidates, all cells of a step at once.
+- Where two candidates come within the slack of each other at a pixel of a tile -- a near-tie, or an
+  exact tie -- the tile's candidates are evaluated again exactly as ``F.interpolate`` evaluates them:
+  the first resize at the network pixels the tile reads, then the second, each with the kernel's own
+  float32 operations (:mod:`.bilinear_kernel`). The label is the argmax, the first class on ties like
+  ``torch.argmax``. So the labels are the official ones bit for bit wherever the probe of
   :func:`.bilinear_kernel.kernel_arithmetic` found the device's rounding rules, ties included.
 
 Confidence (the softmax probability of the top class) needs every class at every pixel; it is computed
@@ -33,8 +37,9 @@ band by band of image rows (:func:`official_confidence`), at about the literal p
 bounded memory.
 
 Memory: every intermediate holds at most about ``budget`` float32 values (row bands, chunks of
-candidates), besides the output arrays; with the default budget the extra memory at 4000x3000 with 150
-classes stays far below 64 MB (``test/test_official_labels.py`` measures it).
+candidates), besides the output arrays, and the work goes in steps of :data:`STEP` values; with the
+default budget the extra memory at 4000x3000 with 150 classes stays far below 64 MB
+(``test/test_official_labels.py`` measures it).
 
 NaN logits are outside the contract (the literal argmax returns a NaN's index; this module does not).
 Everything is plain torch, so it runs where the logits are (CPU or CUDA).
@@ -99,12 +104,12 @@ class AxisPlan:
 
     Image index ``i`` reads the logit indices ``cell_start[c] .. cell_start[c] + window - 1`` of its
     cell ``c = cell_of[i]``. Each cell is cut into ``cell_tiles[c]`` tiles of consecutive indices, from
-    tile ``cell_first_tile[c]`` on; tile ``t`` (of cell ``tile_cell[t]``) holds the image indices ``members[t]`` (-1 = padding).
-    ``composed[t]`` gives each member's value as one weighted sum of the window (to within a few float32
-    roundings of the kernel's). Exactly as the kernel: the tile's network indices ``network[t]`` come from
-    the window with the taps ``first`` (indices into the window, ``[G, M]``), and its members from those
-    with ``second`` (indices into ``network[t]``, ``[G, L]``; None when the second resize is skipped,
-    then ``network`` = members).
+    tile ``cell_first_tile[c]`` on; tile ``t`` (of cell ``tile_cell[t]``) holds the image indices
+    ``members[t]`` (-1 = padding). ``composed[t]`` gives each member's value as one weighted sum of the
+    window (to within a few float32 roundings of the kernel's). Exactly as the kernel: the tile's network
+    indices ``network[t]`` come from the window with the taps ``first`` (indices into the window,
+    ``[G, M]``), and its members from those with ``second`` (indices into ``network[t]``, ``[G, L]``;
+    None when the second resize is skipped, then ``network`` = members).
     """
 
     window: int
@@ -282,10 +287,8 @@ def cell_candidates(values: torch.Tensor, window_rows: int, window_cols: int, ro
     for first in range(0, classes, per_step):
         upper = taken(window_extremes(values[first:first + per_step], window_rows, window_cols, torch.maximum))
         torch.ge(upper, threshold, out=candidate[:, :, first:first + per_step].permute(2, 0, 1))
-    candidate = candidate.view(-1, classes)
-    count = candidate.view(torch.uint8).sum(1, dtype=torch.int32)
-    cell, cls = torch.nonzero(candidate, as_tuple=True)
-    return best_lower.flatten(), count, cell, cls
+    cell, cls = torch.nonzero(candidate.view(-1, classes), as_tuple=True)
+    return best_lower.flatten(), torch.bincount(cell, minlength=best_lower.numel()), cell, cls
 
 
 def window_extremes(values: torch.Tensor, window_rows: int, window_cols: int, extreme=torch.maximum,
@@ -348,8 +351,8 @@ def _spread(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Item ``i`` of ``counts[i]`` repeated: for each repetition its item (``owner``) and its rank among
     that item's repetitions (``within``)."""
     owner = torch.repeat_interleave(torch.arange(counts.numel(), device=counts.device), counts)
-    within = torch.arange(owner.numel(), device=counts.device) - (torch.cumsum(counts, 0) - counts).index_select(0, owner)
-    return owner, within
+    first = torch.cumsum(counts, 0) - counts
+    return owner, torch.arange(owner.numel(), device=counts.device) - first.index_select(0, owner)
 
 
 @dataclass(frozen=True)
@@ -358,20 +361,15 @@ class _Items:
     cell's reference ``[I, Sr, Sc]``, classes, row and column tile numbers and the item's *group* -- its
     tile's number among the tiles being labelled -- ``[I]`` each."""
 
-    windows: torch.Tensor
+    differences: torch.Tensor
     classes: torch.Tensor
     row_tile: torch.Tensor
     col_tile: torch.Tensor
     group: torch.Tensor
 
-    def take(self, index: torch.Tensor) -> _Items:
-        return _Items(*(part.index_select(0, index) for part in self._parts()))
-
     def narrow(self, begin: int, end: int) -> _Items:
-        return _Items(*(part[begin:end] for part in self._parts()))
-
-    def _parts(self) -> tuple[torch.Tensor, ...]:
-        return self.windows, self.classes, self.row_tile, self.col_tile, self.group
+        return _Items(*(part[begin:end] for part in (self.differences, self.classes, self.row_tile, self.col_tile,
+                                                     self.group)))
 
 
 @dataclass(frozen=True)
@@ -386,16 +384,12 @@ class _Groups:
     items_per_cell: torch.Tensor
 
 
-def _by_group(values: torch.Tensor, group: torch.Tensor, groups: int, reduce: str, initial: float | int,
-              ) -> torch.Tensor:
-    """``[groups, P]``: the ``reduce`` ("amax", "amin", "sum") of the rows of ``values`` ``[I, P]`` with the
-    same ``group`` ``[I]`` (``initial`` where a group has none), as one scatter along the first dimension
-    (the fast layout for it)."""
+def _by_group(values: torch.Tensor, group: torch.Tensor, groups: int, reduce: str, initial: float) -> torch.Tensor:
+    """``[groups, P]``: the ``reduce`` ("amax" or "amin") of the rows of float ``values`` ``[I, P]`` with
+    the same ``group`` ``[I]`` (``initial`` where a group has none), as one scatter along the first
+    dimension (the layout torch scatters fast)."""
     out = values.new_full((groups, values.shape[1]), initial)
-    index = group[:, None].expand(values.shape)
-    if reduce == "sum":
-        return out.scatter_add_(0, index, values)
-    return out.scatter_reduce_(0, index, values, reduce)
+    return out.scatter_reduce_(0, group[:, None].expand(values.shape), values, reduce)
 
 
 @dataclass
@@ -432,10 +426,11 @@ class _Labeller:
             return
         items, groups = self._items(cell, cls, differences, reference, first_cell)
         pixels = rows.tile_length * cols.tile_length
-        counter = torch.int16 if self.values.shape[0] < 1 << 15 else torch.int32
-        near_count = torch.empty((groups.row_tile.numel(), pixels), dtype=counter, device=cell.device)
+        # counts and classes as float32 (exact far beyond any class count): torch scatters floats
+        # several times faster than integers
+        near_count = torch.empty((groups.row_tile.numel(), pixels), device=cell.device)
         label = torch.empty_like(near_count)
-        reference = groups.reference.to(counter)
+        reference = groups.reference.to(label.dtype)
         tiles_per_cell, items_per_cell = groups.tiles_per_cell, groups.items_per_cell
         first_group, first_item = torch.cumsum(tiles_per_cell, 0) - tiles_per_cell, torch.cumsum(items_per_cell, 0)
         first_item -= items_per_cell
@@ -445,7 +440,7 @@ class _Labeller:
             chunk = slice(group_begin, group_end)
             self._evaluate(items.narrow(item_begin, item_end), group_begin, reference[chunk], near_count[chunk],
                            label[chunk])
-        doubtful = torch.nonzero((near_count > 1).any(1))[:, 0]
+        doubtful = torch.nonzero(near_count.amax(1) > 1)[:, 0]
         if doubtful.numel():
             self._relabel_exactly(label, doubtful, items, groups)
         per_write = max(1, self.step // (2 * pixels))
@@ -496,13 +491,16 @@ class _Labeller:
         window, with their window logits less the reference's ``[P, Sr, Sc]``."""
         cols = self.cols
         windows = self._windows(cls, cell // cols.cells + first_cell, cell % cols.cells)
-        pair = torch.arange(cell.numel(), device=cell.device)
-        is_reference = windows.amin((1, 2)) >= best_lower.index_select(0, cell)
-        reference_pair = torch.full((count.numel(),), cell.numel(), dtype=torch.int64, device=cell.device)
-        reference_pair.scatter_reduce_(0, cell, torch.where(is_reference, pair, cell.numel()), "amin")
+        # every cell has one (the class whose window minimum is the largest is a candidate); the first
+        is_reference = torch.nonzero(windows.amin((1, 2)) >= best_lower.index_select(0, cell))[:, 0]
+        reference_cell = cell.index_select(0, is_reference)
+        first = torch.ones_like(reference_cell, dtype=torch.bool)
+        first[1:] = reference_cell[1:] != reference_cell[:-1]
+        reference_pair = is_reference[first]  # [cells]
         reference = cls.index_select(0, reference_pair)
         self._fill(first_cell, first_cell + count.numel() // cols.cells, reference)
         own_reference = reference_pair.index_select(0, cell)
+        pair = torch.arange(cell.numel(), device=cell.device)
         others = torch.nonzero((count > 1).index_select(0, cell) & (pair != own_reference))[:, 0]
         differences = windows.index_select(0, others) - windows.index_select(0, own_reference.index_select(0, others))
         kept = torch.nonzero(differences.amax((1, 2)) >= -self.slack)[:, 0]
@@ -540,7 +538,7 @@ class _Labeller:
         rows, cols = self.rows, self.cols
         # along rows first: a candidate below the reference (by more than the slack) on every row of the
         # tile there is below it on every pixel (a pixel's value is a convex combination of its row's)
-        down = torch.matmul(rows.composed.index_select(0, items.row_tile), items.windows)  # [I, Lr, Sc]
+        down = torch.matmul(rows.composed.index_select(0, items.row_tile), items.differences)  # [I, Lr, Sc]
         group, classes, col_tile = items.group - first_group, items.classes, items.col_tile
         alive = torch.nonzero(down.amax((1, 2)) >= -self.slack)[:, 0]
         if alive.numel() < down.shape[0]:
@@ -570,7 +568,7 @@ class _Labeller:
         col_tile = torch.cat([items.col_tile.index_select(0, inside), groups.col_tile.index_select(0, doubtful)])
         item_rank = torch.cat([item_rank.index_select(0, inside), torch.arange(doubtful.numel(), device=label.device)])
         per_group = torch.bincount(item_rank, minlength=doubtful.numel())
-        beyond = int(self.values.shape[0])
+        beyond = float(self.values.shape[0])
         for begin, end in consecutive_chunks(per_group * self._exact_size(), self.budget):
             part = torch.nonzero((item_rank >= begin) & (item_rank < end))[:, 0]
             local, part_cls = item_rank.index_select(0, part) - begin, cls.index_select(0, part)
@@ -580,7 +578,7 @@ class _Labeller:
             exact = self._resized(windows, part_cls, part_rows, part_cols).flatten(1)
             top = _by_group(exact, local, end - begin, "amax", -torch.inf)
             at_top = exact == top.index_select(0, local)
-            classes = torch.where(at_top, part_cls[:, None], beyond)
+            classes = torch.where(at_top, part_cls.to(exact.dtype)[:, None], beyond)
             first = _by_group(classes, local, end - begin, "amin", beyond)
             label.index_copy_(0, doubtful[begin:end], first.to(label.dtype))
 
