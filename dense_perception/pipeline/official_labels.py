@@ -46,6 +46,7 @@ Everything is plain torch, so it runs where the logits are (CPU or CUDA).
 """
 from __future__ import annotations
 
+import bisect
 import functools
 from dataclasses import dataclass
 
@@ -271,9 +272,10 @@ def cell_candidates(values: torch.Tensor, window_rows: int, window_cols: int, ro
     classes at a time, about ``step`` logits each (two sweeps: minima, then maxima)."""
     classes = values.shape[0]
     per_step = max(1, step // max(1, values.shape[1] * values.shape[2]))
+    rows, cols = _selection(row_starts), _selection(col_starts)
 
     def taken(extremes: torch.Tensor) -> torch.Tensor:
-        return _take(_take(extremes, 1, row_starts), 2, col_starts)
+        return _take(_take(extremes, 1, rows), 2, cols)
 
     best_lower = None
     for first in range(0, classes, per_step):
@@ -315,13 +317,13 @@ def window_extremes(values: torch.Tensor, window_rows: int, window_cols: int, ex
 def consecutive_chunks(sizes: torch.Tensor, limit: int) -> list[tuple[int, int]]:
     """Ranges ``[begin, end)`` covering ``sizes`` in order, each summing to at most ``limit`` (an item
     larger than ``limit`` makes a range of its own)."""
-    ends = sizes.cumsum(0)
+    ends = sizes.cumsum(0).tolist()
     ranges: list[tuple[int, int]] = []
     begin, done = 0, 0
-    while begin < sizes.numel():
-        end = max(int(torch.searchsorted(ends, done + limit, right=True)), begin + 1)
+    while begin < len(ends):
+        end = max(bisect.bisect_right(ends, done + limit, lo=begin), begin + 1)
         ranges.append((begin, end))
-        begin, done = end, int(ends[end - 1])
+        begin, done = end, ends[end - 1]
     return ranges
 
 
@@ -333,12 +335,17 @@ def _largest_magnitude(values: torch.Tensor) -> float:
     return max(float(highest), -float(lowest))
 
 
-def _take(values: torch.Tensor, dim: int, index: torch.Tensor) -> torch.Tensor:
-    """``values.index_select(dim, index)``; a slice (no copy) when ``index`` counts up by one."""
-    begin = int(index[0])
-    if int(index[-1]) - begin == index.numel() - 1:
-        return values.narrow(dim, begin, index.numel())
-    return values.index_select(dim, index)
+def _selection(index: torch.Tensor) -> slice | torch.Tensor:
+    """``index`` as a slice when it counts up by one (taking it then copies nothing), else as it is."""
+    begin, last = index[[0, -1]].tolist()
+    return slice(begin, last + 1) if last - begin == index.numel() - 1 else index
+
+
+def _take(values: torch.Tensor, dim: int, selection: slice | torch.Tensor) -> torch.Tensor:
+    """``values.index_select(dim, ...)`` of a :func:`_selection`."""
+    if isinstance(selection, slice):
+        return values.narrow(dim, selection.start, selection.stop - selection.start)
+    return values.index_select(dim, selection)
 
 
 def _taps_of(taps_: GatheredTaps, tile: torch.Tensor) -> GatheredTaps:
@@ -416,8 +423,8 @@ class _Labeller:
     def band(self, first_cell: int, end_cell: int) -> None:
         """Label the image rows of row cells ``first_cell .. end_cell - 1``."""
         rows, cols = self.rows, self.cols
-        logit_row = int(rows.cell_start[first_cell])
-        part = self.values[:, logit_row:int(rows.cell_start[end_cell - 1]) + rows.window]
+        logit_row, last_row = rows.cell_start[[first_cell, end_cell - 1]].tolist()
+        part = self.values[:, logit_row:last_row + rows.window]
         best_lower, count, cell, cls = cell_candidates(part.contiguous(), rows.window, cols.window,
                                                        rows.cell_start[first_cell:end_cell] - logit_row,
                                                        cols.cell_start, self.slack, self.step)
@@ -432,11 +439,11 @@ class _Labeller:
         label = torch.empty_like(near_count)
         reference = groups.reference.to(label.dtype)
         tiles_per_cell, items_per_cell = groups.tiles_per_cell, groups.items_per_cell
-        first_group, first_item = torch.cumsum(tiles_per_cell, 0) - tiles_per_cell, torch.cumsum(items_per_cell, 0)
-        first_item -= items_per_cell
+        group_ends = [0] + torch.cumsum(tiles_per_cell, 0).tolist()
+        item_ends = [0] + torch.cumsum(items_per_cell, 0).tolist()
         for begin, end in consecutive_chunks(items_per_cell * self._approximate_size(), self.step):
-            group_begin, group_end = int(first_group[begin]), int(first_group[end - 1] + tiles_per_cell[end - 1])
-            item_begin, item_end = int(first_item[begin]), int(first_item[end - 1] + items_per_cell[end - 1])
+            group_begin, group_end = group_ends[begin], group_ends[end]
+            item_begin, item_end = item_ends[begin], item_ends[end]
             chunk = slice(group_begin, group_end)
             self._evaluate(items.narrow(item_begin, item_end), group_begin, reference[chunk], near_count[chunk],
                            label[chunk])
