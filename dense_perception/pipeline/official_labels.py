@@ -364,19 +364,24 @@ def _spread(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 @dataclass(frozen=True)
 class _Items:
-    """Candidates on tiles, one item per (candidate, tile of its cell): window logits less those of the
-    cell's reference ``[I, Sr, Sc]``, classes, row and column tile numbers and the item's *group* -- its
-    tile's number among the tiles being labelled -- ``[I]`` each."""
+    """Candidates on tiles, one item per (candidate, tile of its cell): the candidate's logits less those
+    of the cell's reference, resized along the tile's rows ``[I, Lr, Sc]``; classes, row and column tile
+    numbers and the item's *group* -- its tile's number among the tiles being labelled -- ``[I]`` each."""
 
-    differences: torch.Tensor
+    down: torch.Tensor
     classes: torch.Tensor
     row_tile: torch.Tensor
     col_tile: torch.Tensor
     group: torch.Tensor
 
     def narrow(self, begin: int, end: int) -> _Items:
-        return _Items(*(part[begin:end] for part in (self.differences, self.classes, self.row_tile, self.col_tile,
-                                                     self.group)))
+        return _Items(*(part[begin:end] for part in self._parts()))
+
+    def take(self, index: torch.Tensor) -> _Items:
+        return _Items(*(part.index_select(0, index) for part in self._parts()))
+
+    def _parts(self) -> tuple[torch.Tensor, ...]:
+        return self.down, self.classes, self.row_tile, self.col_tile, self.group
 
 
 @dataclass(frozen=True)
@@ -517,8 +522,12 @@ class _Labeller:
     def _items(self, cell: torch.Tensor, cls: torch.Tensor, differences: torch.Tensor, reference: torch.Tensor,
                first_cell: int) -> tuple[_Items, _Groups]:
         """The candidates (as from :meth:`_undominated`) on the tiles of their cells: the items (cell by
-        cell, each cell's candidate by candidate, each candidate's tile by tile) and the tiles."""
-        cols = self.cols
+        cell, each cell's candidate by candidate, each candidate's tile by tile) and the tiles.
+
+        The differences are resized along the tile's rows here, and an item below the reference (by more
+        than the slack) on every row of its tile is left out: it is below it on every pixel (a pixel's
+        value is a convex combination of its row's)."""
+        rows, cols = self.rows, self.cols
         cells, cell_rank, per_cell = torch.unique_consecutive(cell, return_inverse=True, return_counts=True)
         row_tile, col_tile, tiles_per_cell = self._tiles(cells // cols.cells + first_cell, cells % cols.cells)
         reference = reference.index_select(0, cells)
@@ -531,26 +540,26 @@ class _Labeller:
             first_tile = (torch.cumsum(tiles_per_cell, 0) - tiles_per_cell).index_select(0, cell_rank)
             group = first_tile.index_select(0, pair) + within
             differences, cls = differences.index_select(0, pair), cls.index_select(0, pair)
-        items = _Items(differences, cls, row_tile.index_select(0, group), col_tile.index_select(0, group), group)
-        return items, _Groups(row_tile, col_tile, reference, tiles_per_cell, per_cell * tiles_per_cell)
+        item_rows = row_tile.index_select(0, group)
+        down = torch.matmul(rows.composed.index_select(0, item_rows), differences)  # [I, Lr, Sc]
+        items = _Items(down, cls, item_rows, col_tile.index_select(0, group), group)
+        items = items.take(torch.nonzero(down.amax((1, 2)) >= -self.slack)[:, 0])
+        group_cell = torch.repeat_interleave(torch.arange(cells.numel(), device=cell.device), tiles_per_cell)
+        items_per_cell = torch.bincount(group_cell.index_select(0, items.group), minlength=cells.numel())
+        return items, _Groups(row_tile, col_tile, reference, tiles_per_cell, items_per_cell)
 
     def _evaluate(self, items: _Items, first_group: int, reference: torch.Tensor, near_count: torch.Tensor,
                   label: torch.Tensor) -> None:
         """Evaluate the items on their tiles (groups ``first_group`` on, whole; ``reference`` their
-        reference classes) with the composed weights, as differences to the reference (which is 0), and
+        reference classes): resize them along the tile's columns, giving differences to the reference
+        (which is 0) at every pixel, and
         count per pixel the candidates that come within the slack of the pixel's largest value
         (``near_count``, rows from ``first_group`` on); where only one does, ``label`` gets its class.
         Where two or more do, rounding could order them either way (ties included): such tiles go
         through :meth:`_relabel_exactly`."""
-        rows, cols = self.rows, self.cols
-        # along rows first: a candidate below the reference (by more than the slack) on every row of the
-        # tile there is below it on every pixel (a pixel's value is a convex combination of its row's)
-        down = torch.matmul(rows.composed.index_select(0, items.row_tile), items.differences)  # [I, Lr, Sc]
-        group, classes, col_tile = items.group - first_group, items.classes, items.col_tile
-        alive = torch.nonzero(down.amax((1, 2)) >= -self.slack)[:, 0]
-        if alive.numel() < down.shape[0]:
-            down, group, classes, col_tile = (part.index_select(0, alive) for part in (down, group, classes, col_tile))
-        values = torch.matmul(down, cols.composed.index_select(0, col_tile).transpose(1, 2)).flatten(1)  # [I, pixels]
+        group = items.group - first_group
+        values = torch.matmul(items.down, self.cols.composed.index_select(0, items.col_tile).transpose(1, 2))
+        values = values.flatten(1)  # [I, pixels]
         threshold = _by_group(values, group, label.shape[0], "amax", 0.0).sub_(self.slack)
         reference_near = threshold <= 0
         near_count.copy_(reference_near)
@@ -558,7 +567,7 @@ class _Labeller:
         near = (values >= threshold.index_select(0, group)).to(label.dtype)
         index = group[:, None].expand(near.shape)
         near_count.scatter_add_(0, index, near)
-        label.scatter_reduce_(0, index, near.mul_(classes.to(label.dtype)[:, None]), "amax")
+        label.scatter_reduce_(0, index, near.mul_(items.classes.to(label.dtype)[:, None]), "amax")
 
     def _relabel_exactly(self, label: torch.Tensor, doubtful: torch.Tensor, items: _Items, groups: _Groups) -> None:
         """Label the pixels of the tiles ``doubtful`` (rows of ``label`` ``[groups, pixels]``) from the
@@ -621,12 +630,6 @@ class _Labeller:
         image_rows = self.rows.members_or_far.index_select(0, row_tile)[:, :, None]
         image_cols = self.cols.members_or_far.index_select(0, col_tile)[:, None, :]
         return (image_rows * self.image_width + image_cols).clamp_(max=self.labels.numel() - 1)
-
-
-def _weighted(windows: torch.Tensor, row_weights: torch.Tensor, col_weights: torch.Tensor) -> torch.Tensor:
-    """``values[i] = row_weights[i] @ windows[i] @ col_weights[i].T``: ``[I, Lr, Lc]`` from windows
-    ``[I, Sr, Sc]`` and weights ``[I, Lr, Sr]``, ``[I, Lc, Sc]`` (batched small products)."""
-    return torch.matmul(torch.matmul(row_weights, windows), col_weights.transpose(1, 2))
 
 
 def _band_taps(axis: Taps, begin: int, end: int, offset: int, device: torch.device) -> GatheredTaps:
