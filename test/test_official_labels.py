@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from golden_cases import REPO, GoldenCase, case_params, load_case
 
 from dense_perception.pipeline.bilinear_kernel import kernel_arithmetic, taps
-from dense_perception.pipeline.official_labels import axis_plan, axis_stages, official_labels
+from dense_perception.pipeline.official_labels import NON_FINITE, axis_plan, axis_stages, official_labels
 from dense_perception.pipeline.postprocess import labels_from_logits
 
 CLASS_COUNTS = (19, 150, 171)
@@ -141,6 +141,20 @@ def test_duplicated_classes_resolve_to_the_lower_index_like_argmax() -> None:
     literal = literal_official(logits, (72, 104), (61, 90))
     assert np.array_equal(labels.numpy(), literal.labels)
     assert set(np.unique(literal.labels)) == {2, 4}
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), float("-inf")])
+@pytest.mark.parametrize("where", ["one logit", "one class", "everywhere"])
+def test_non_finite_logits_give_valid_labels(value: float, where: str) -> None:
+    """A diverged network (NaN or infinite logits) never makes the labelling fail: the labels are the
+    official ones of the logits with NaN read as 0 and +-inf as +-NON_FINITE."""
+    logits = torch.from_numpy(np.random.default_rng(9).standard_normal((1, 19, 9, 13)).astype(np.float32))
+    target = {"one logit": (0, 3, 4, 5), "one class": (0, 3), "everywhere": ...}[where]
+    logits[target] = value
+    labels, confidence = official_labels(logits, (72, 104), (61, 90), with_confidence=True)
+    read_as = torch.nan_to_num(logits, nan=0.0, posinf=NON_FINITE, neginf=-NON_FINITE)
+    assert labels.shape == (61, 90) and confidence.shape == (61, 90)
+    assert np.array_equal(labels.numpy(), literal_official(read_as, (72, 104), (61, 90)).labels)
 
 
 def test_axis_plan_composes_both_resizes() -> None:

@@ -41,13 +41,16 @@ candidates), besides the output arrays, and the work goes in steps of :data:`STE
 default budget the extra memory at 4000x3000 with 150 classes stays far below 64 MB
 (``test/test_official_labels.py`` measures it).
 
-NaN logits are outside the contract (the literal argmax returns a NaN's index; this module does not).
+Non-finite logits (a diverged network) are outside the contract: the labels are those of the logits with
+NaN read as 0 and +-inf as +-:data:`NON_FINITE` -- valid classes, never an error -- where the literal
+argmax would return a NaN's index; the confidence is computed from the logits as they are.
 Everything is plain torch, so it runs where the logits are (CPU or CUDA).
 """
 from __future__ import annotations
 
 import bisect
 import functools
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -67,6 +70,9 @@ STEP = 1 << 17
 MAX_TILE = 16
 #: An index beyond any image (tile padding), small enough that FAR * width + FAR fits in int64.
 FAR = 1 << 40
+#: What +-inf logits are read as: finite, and far enough from float32's limit that no weighted sum or
+#: difference of two overflows.
+NON_FINITE = 2.0 ** 100
 #: Pruning slack, relative to max|logit|: far above the float32 rounding of the two resizes (a few
 #: units of 2**-24), far below any gap that matters.
 SLACK = 2.0 ** -18
@@ -248,8 +254,12 @@ def official_labels(logits: torch.Tensor, network_size: tuple[int, int], image_s
                   twice and channel_vectorised(classes, resized_channels_last(logits), image_size, device))
     # one spare element at the end: the padding pixels of tiles are written there
     labels = torch.empty(image_size[0] * image_size[1] + 1, dtype=label_tensor_dtype(classes), device=device)
-    slack = SLACK * _largest_magnitude(values)
-    labeller = _Labeller(values, rows, cols, arithmetic, vectorised, tail_classes(classes, arithmetic).to(device),
+    finite, magnitude = values, _largest_magnitude(values)
+    if not math.isfinite(magnitude):
+        finite = torch.nan_to_num(values, nan=0.0, posinf=NON_FINITE, neginf=-NON_FINITE)
+        magnitude = _largest_magnitude(finite)
+    slack = SLACK * magnitude
+    labeller = _Labeller(finite, rows, cols, arithmetic, vectorised, tail_classes(classes, arithmetic).to(device),
                          slack, budget, labels, image_size[1])
     rows_per_cell = -(-image_size[0] // rows.cells)
     per_band = max(1, min(budget // max(1, classes * width) - rows.window,
