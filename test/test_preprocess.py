@@ -21,6 +21,8 @@ from dense_perception.pipeline.preprocess import (
     edaformer_network_size,
     hrvit_network_size,
     kitti_crop,
+    normalise_imagenet,
+    normalised_batch,
     preprocess_dpt,
     preprocess_edaformer,
     preprocess_for,
@@ -130,6 +132,16 @@ def test_edaformer_input_is_the_official_input_bit_for_bit(hw, dataset, expected
     official = _official_edaformer_input(cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR), scale, dataset != "cityscapes")
     assert ours.network_size == expected == edaformer_network_size(*hw, dataset)
     assert np.array_equal(ours.tensor.numpy(), official)
+
+
+def test_table_normalisation_is_the_mmcv_arithmetic_for_every_value() -> None:
+    """The per-channel table gives what mmcv's float arithmetic gives, for each of the 256 values in each
+    channel (shuffled differently per channel, in a 7x256 image)."""
+    rng = np.random.default_rng(3)
+    image = np.stack([rng.permutation(np.tile(np.arange(256, dtype=np.uint8), 7)) for _ in range(3)], axis=1)
+    image = image.reshape(7, 256, 3)
+    expected = np.ascontiguousarray(normalise_imagenet(image).transpose(2, 0, 1))[None]
+    assert np.array_equal(normalised_batch(image).numpy(), expected)
 
 
 def test_edaformer_forced_size() -> None:

@@ -234,6 +234,7 @@ def _cached_plan(n_logit: int, n_network: int, n_image: int, resized_twice: bool
     return axis_plan(stages, n_logit, n_image, device)
 
 
+@torch.inference_mode()  # hundreds of small operations: the autograd bookkeeping alone costs ~5 %
 def official_labels(logits: torch.Tensor, network_size: tuple[int, int], image_size: tuple[int, int],
                     with_confidence: bool = False, budget: int = DEFAULT_BUDGET,
                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -561,12 +562,11 @@ class _Labeller:
     def _evaluate(self, items: _Items, first_group: int, reference: torch.Tensor, near_count: torch.Tensor,
                   label: torch.Tensor) -> None:
         """Evaluate the items on their tiles (groups ``first_group`` on, whole; ``reference`` their
-        reference classes): resize them along the tile's columns, giving differences to the reference
-        (which is 0) at every pixel, and
-        count per pixel the candidates that come within the slack of the pixel's largest value
-        (``near_count``, rows from ``first_group`` on); where only one does, ``label`` gets its class.
-        Where two or more do, rounding could order them either way (ties included): such tiles go
-        through :meth:`_relabel_exactly`."""
+        reference classes): resized along the tile's columns they are differences to the reference (which
+        is 0) at every pixel. Count per pixel the candidates that come within the slack of the pixel's
+        largest value (``near_count``, rows from ``first_group`` on); where only one does, ``label`` gets
+        its class. Where two or more do, rounding could order them either way (ties included): such
+        tiles go through :meth:`_relabel_exactly`."""
         group = items.group - first_group
         values = torch.matmul(items.down, self.cols.composed.index_select(0, items.col_tile).transpose(1, 2))
         values = values.flatten(1)  # [I, pixels]

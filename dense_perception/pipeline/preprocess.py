@@ -10,6 +10,7 @@ Input images are RGB ``uint8`` ``[H, W, 3]`` (see :func:`as_rgb_uint8` for what 
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from types import MappingProxyType
@@ -188,6 +189,25 @@ def normalise_imagenet(image_rgb: np.ndarray) -> np.ndarray:
     return image
 
 
+@functools.lru_cache(maxsize=1)
+def _imagenet_table() -> np.ndarray:
+    """:func:`normalise_imagenet` of every uint8 value, per channel ``[3, 256]`` (a pure function of the
+    constants)."""
+    ramp = np.repeat(np.arange(256, dtype=np.uint8)[None, :, None], 3, axis=2)
+    return np.ascontiguousarray(normalise_imagenet(ramp)[0].T)
+
+
+def normalised_batch(image_rgb: np.ndarray) -> torch.Tensor:
+    """:func:`normalise_imagenet` of a uint8 RGB image as a float32 NCHW batch of one, the same values
+    looked up per channel (OpenCV ``LUT``): a uint8 has 256 values, so one table per channel gives the
+    mmcv arithmetic bit for bit, in one pass instead of four."""
+    planes = np.ascontiguousarray(image_rgb.transpose(2, 0, 1))
+    normalised = np.empty(planes.shape, np.float32)
+    for channel, table in enumerate(_imagenet_table()):
+        cv2.LUT(planes[channel], table, dst=normalised[channel])
+    return torch.from_numpy(normalised)[None]
+
+
 def preprocess_mmseg(image_rgb: np.ndarray, scale: tuple[int, int], align: int = 1,
                      input_size: tuple[int, int] | None = None,
                      fit_side: Callable[[int], int] | None = None) -> NetworkInput:
@@ -208,8 +228,7 @@ def preprocess_mmseg(image_rgb: np.ndarray, scale: tuple[int, int], align: int =
         net_h, net_w = mmseg_network_size(height, width, scale, align, fit_side)
         if align > 1 or (net_h, net_w) != (new_h, new_w):
             image = cv2.resize(image, (net_w, net_h), interpolation=cv2.INTER_LINEAR)
-    normalised = normalise_imagenet(image)
-    return NetworkInput(_to_batch(normalised), (height, width), normalised.shape[:2])
+    return NetworkInput(normalised_batch(image), (height, width), image.shape[:2])
 
 
 def _family_pipeline(family: str, dataset: str, title: str) -> Preprocessing:
