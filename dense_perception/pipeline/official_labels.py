@@ -52,6 +52,7 @@ import bisect
 import functools
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 import torch
@@ -304,8 +305,8 @@ def cell_candidates(values: torch.Tensor, window_rows: int, window_cols: int, ro
     return best_lower.flatten(), torch.bincount(cell, minlength=best_lower.numel()), cell, cls
 
 
-def window_extremes(values: torch.Tensor, window_rows: int, window_cols: int, extreme=torch.maximum,
-                    ) -> torch.Tensor:
+def window_extremes(values: torch.Tensor, window_rows: int, window_cols: int,
+                    extreme: Callable[..., torch.Tensor] = torch.maximum) -> torch.Tensor:
     """The ``extreme`` (:func:`torch.maximum` or :func:`torch.minimum`) of contiguous ``values`` ``[K, r, c]``
     over every ``window_rows x window_cols`` window: ``[K, r - window_rows + 1, c - window_cols + 1]``.
 
