@@ -450,11 +450,11 @@ class _Labeller:
             return
         items, groups = self._items(cell, cls, differences, reference, first_cell)
         pixels = rows.tile_length * cols.tile_length
-        # counts and classes as float32 (exact far beyond any class count): torch scatters floats
-        # several times faster than integers
-        near_count = torch.empty((groups.row_tile.numel(), pixels), device=cell.device)
-        label = torch.empty_like(near_count)
-        reference = groups.reference.to(label.dtype)
+        # per pixel, the sum over the candidates within the slack of its largest value of K + class:
+        # below 2K exactly when one is (then it is K + its class); float64 holds every such sum exactly,
+        # and torch scatters floats several times faster than integers
+        near = torch.empty((groups.row_tile.numel(), pixels), dtype=torch.float64, device=cell.device)
+        reference = groups.reference.to(near.dtype) + self.values.shape[0]
         tiles_per_cell, items_per_cell = groups.tiles_per_cell, groups.items_per_cell
         group_ends = [0] + torch.cumsum(tiles_per_cell, 0).tolist()
         item_ends = [0] + torch.cumsum(items_per_cell, 0).tolist()
@@ -462,9 +462,10 @@ class _Labeller:
             group_begin, group_end = group_ends[begin], group_ends[end]
             item_begin, item_end = item_ends[begin], item_ends[end]
             chunk = slice(group_begin, group_end)
-            self._evaluate(items.narrow(item_begin, item_end), group_begin, reference[chunk], near_count[chunk],
-                           label[chunk])
-        doubtful = torch.nonzero(near_count.amax(1) > 1)[:, 0]
+            self._evaluate(items.narrow(item_begin, item_end), group_begin, reference[chunk], near[chunk])
+        classes = self.values.shape[0]
+        doubtful = torch.nonzero(near.amax(1) >= 2 * classes)[:, 0]
+        label = near.sub_(classes)
         if doubtful.numel():
             self._relabel_exactly(label, doubtful, items, groups)
         per_write = max(1, self.step // (2 * pixels))
@@ -560,25 +561,21 @@ class _Labeller:
         items_per_cell = torch.bincount(group_cell.index_select(0, items.group), minlength=cells.numel())
         return items, _Groups(row_tile, col_tile, reference, tiles_per_cell, items_per_cell)
 
-    def _evaluate(self, items: _Items, first_group: int, reference: torch.Tensor, near_count: torch.Tensor,
-                  label: torch.Tensor) -> None:
-        """Evaluate the items on their tiles (groups ``first_group`` on, whole; ``reference`` their
+    def _evaluate(self, items: _Items, first_group: int, reference: torch.Tensor, near: torch.Tensor) -> None:
+        """Evaluate the items on their tiles (groups ``first_group`` on, whole; ``reference`` K + their
         reference classes): resized along the tile's columns they are differences to the reference (which
-        is 0) at every pixel. Count per pixel the candidates that come within the slack of the pixel's
-        largest value (``near_count``, rows from ``first_group`` on); where only one does, ``label`` gets
-        its class. Where two or more do, rounding could order them either way (ties included): such
+        is 0) at every pixel. ``near`` (rows from ``first_group`` on) gets, per pixel, the sum of K + class
+        over the candidates that come within the slack of the pixel's largest value: K + the class where
+        only one does. Where two or more do, rounding could order them either way (ties included): such
         tiles go through :meth:`_relabel_exactly`."""
         group = items.group - first_group
         values = torch.matmul(items.down, self.cols.composed.index_select(0, items.col_tile).transpose(1, 2))
         values = values.flatten(1)  # [I, pixels]
-        threshold = _by_group(values, group, label.shape[0], "amax", 0.0).sub_(self.slack)
-        reference_near = threshold <= 0
-        near_count.copy_(reference_near)
-        torch.mul(reference_near, reference[:, None], out=label)
-        near = (values >= threshold.index_select(0, group)).to(label.dtype)
-        index = group[:, None].expand(near.shape)
-        near_count.scatter_add_(0, index, near)
-        label.scatter_reduce_(0, index, near.mul_(items.classes.to(label.dtype)[:, None]), "amax")
+        threshold = _by_group(values, group, near.shape[0], "amax", 0.0).sub_(self.slack)
+        torch.mul(threshold <= 0, reference[:, None], out=near)
+        sums = (values >= threshold.index_select(0, group)).to(near.dtype)
+        sums.mul_((items.classes + self.values.shape[0]).to(near.dtype)[:, None])
+        near.scatter_add_(0, group[:, None].expand(sums.shape), sums)
 
     def _relabel_exactly(self, label: torch.Tensor, doubtful: torch.Tensor, items: _Items, groups: _Groups) -> None:
         """Label the pixels of the tiles ``doubtful`` (rows of ``label`` ``[groups, pixels]``) from the
