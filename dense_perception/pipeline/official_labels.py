@@ -446,15 +446,16 @@ class _Labeller:
                                                        rows.cell_start[first_cell:end_cell] - logit_row,
                                                        cols.cell_start, self.slack, self.step)
         cell, cls, differences, reference = self._undominated(cell, cls, count, best_lower, first_cell)
+        self._fill(first_cell, end_cell, reference)
         if cell.numel() == 0:
             return
         items, groups = self._items(cell, cls, differences, reference, first_cell)
-        pixels = rows.tile_length * cols.tile_length
+        pixels, classes = rows.tile_length * cols.tile_length, self.values.shape[0]
         # per pixel, the sum over the candidates within the slack of its largest value of K + class:
         # below 2K exactly when one is (then it is K + its class); float64 holds every such sum exactly,
         # and torch scatters floats several times faster than integers
         near = torch.empty((groups.row_tile.numel(), pixels), dtype=torch.float64, device=cell.device)
-        reference = groups.reference.to(near.dtype) + self.values.shape[0]
+        near_reference = groups.reference.to(near.dtype) + classes
         tiles_per_cell, items_per_cell = groups.tiles_per_cell, groups.items_per_cell
         group_ends = [0] + torch.cumsum(tiles_per_cell, 0).tolist()
         item_ends = [0] + torch.cumsum(items_per_cell, 0).tolist()
@@ -462,8 +463,7 @@ class _Labeller:
             group_begin, group_end = group_ends[begin], group_ends[end]
             item_begin, item_end = item_ends[begin], item_ends[end]
             chunk = slice(group_begin, group_end)
-            self._evaluate(items.narrow(item_begin, item_end), group_begin, reference[chunk], near[chunk])
-        classes = self.values.shape[0]
+            self._evaluate(items.narrow(item_begin, item_end), group_begin, near_reference[chunk], near[chunk])
         doubtful = torch.nonzero(near.amax(1) >= 2 * classes)[:, 0]
         label = near.sub_(classes)
         if doubtful.numel():
@@ -511,9 +511,9 @@ class _Labeller:
     def _undominated(self, cell: torch.Tensor, cls: torch.Tensor, count: torch.Tensor, best_lower: torch.Tensor,
                      first_cell: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """From the candidates of :func:`cell_candidates`: each cell's *reference* ``[cells]`` -- its first
-        candidate whose window minimum is the cell's largest -- fills the band; returned with it are the
-        other candidates that are not below the reference (by more than the slack) at every logit of the
-        window, with their window logits less the reference's ``[P, Sr, Sc]``."""
+        candidate whose window minimum is the cell's largest -- and the other candidates that are not
+        below the reference (by more than the slack) at every logit of the window, with their window
+        logits less the reference's ``[P, Sr, Sc]``."""
         cols = self.cols
         windows = self._windows(cls, cell // cols.cells + first_cell, cell % cols.cells)
         # every cell has one (the class whose window minimum is the largest is a candidate); the first
@@ -523,7 +523,6 @@ class _Labeller:
         first[1:] = reference_cell[1:] != reference_cell[:-1]
         reference_pair = is_reference[first]  # [cells]
         reference = cls.index_select(0, reference_pair)
-        self._fill(first_cell, first_cell + count.numel() // cols.cells, reference)
         own_reference = reference_pair.index_select(0, cell)
         pair = torch.arange(cell.numel(), device=cell.device)
         others = torch.nonzero((count > 1).index_select(0, cell) & (pair != own_reference))[:, 0]

@@ -144,7 +144,7 @@ def make_validator(node: Node, specs: Sequence[ParamSpec], cross_check: CrossChe
     by_name = {spec.name: spec for spec in specs}
 
     def validate(parameters: list[Parameter]) -> SetParametersResult:
-        changes = {p.name: by_name[p.name].coerce(p.value) for p in parameters if p.name in by_name}
+        changes = _changes(specs, parameters)
         reasons = [reason for name, value in changes.items()
                    if (reason := by_name[name].check(value))]
         if cross_check is not None and changes and not reasons:
@@ -169,7 +169,6 @@ def add_parameter_callbacks(node: Node, specs: Sequence[ParamSpec],
     end of the on-set callback with the candidate values, once they passed every check (rclpy then
     stores them; no other on-set callback of this node can veto them)."""
     validate = make_validator(node, specs, cross_check)
-    by_name = {spec.name: spec for spec in specs}
     if hasattr(node, "add_post_set_parameters_callback"):
         node.add_on_set_parameters_callback(validate)
         node.add_post_set_parameters_callback(lambda _changed: apply(current_values(node, specs)))
@@ -177,12 +176,19 @@ def add_parameter_callbacks(node: Node, specs: Sequence[ParamSpec],
 
     def validate_then_apply(parameters: list[Parameter]) -> SetParametersResult:
         result = validate(parameters)
-        changes = {p.name: by_name[p.name].coerce(p.value) for p in parameters if p.name in by_name}
+        changes = _changes(specs, parameters)
         if result.successful and changes:
             apply({**current_values(node, specs), **changes})
         return result
 
     node.add_on_set_parameters_callback(validate_then_apply)
+
+
+def _changes(specs: Iterable[ParamSpec], parameters: list[Parameter]) -> dict[str, Any]:
+    """The new values ``parameters`` give the parameters of ``specs`` (coerced as :meth:`ParamSpec.coerce`);
+    other parameters (e.g. ``use_sim_time``) are left out."""
+    by_name = {spec.name: spec for spec in specs}
+    return {p.name: by_name[p.name].coerce(p.value) for p in parameters if p.name in by_name}
 
 
 def current_values(node: Node, specs: Iterable[ParamSpec]) -> dict[str, Any]:
