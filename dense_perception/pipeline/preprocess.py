@@ -201,10 +201,10 @@ def normalised_batch(image_rgb: np.ndarray) -> torch.Tensor:
     """:func:`normalise_imagenet` of a uint8 RGB image as a float32 NCHW batch of one, the same values
     looked up per channel (OpenCV ``LUT``): a uint8 has 256 values, so one table per channel gives the
     mmcv arithmetic bit for bit, in one pass instead of four."""
-    planes = np.ascontiguousarray(image_rgb.transpose(2, 0, 1))
-    normalised = np.empty(planes.shape, np.float32)
-    for channel, table in enumerate(_imagenet_table()):
-        cv2.LUT(planes[channel], table, dst=normalised[channel])
+    planes = cv2.split(np.ascontiguousarray(image_rgb))  # faster than a transposed copy
+    normalised = np.empty((len(planes), *image_rgb.shape[:2]), np.float32)
+    for plane, table, out in zip(planes, _imagenet_table(), normalised):
+        cv2.LUT(plane, table, dst=out)
     return torch.from_numpy(normalised)[None]
 
 
