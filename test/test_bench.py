@@ -114,6 +114,11 @@ def test_bench_end_to_end_segmentation_times_stages_per_label_mode_and_isr_gains
     # one interleaved group per label mode, its frames timed by stage
     assert out.count("ISR interleaved]") == 2
     results = json.loads((tmp_path / "results.json").read_text())
+    # both gains are the stream's: the ratio of the two settings' total times over the same frames
+    for first, second, row in zip(results[0::2], results[1::2], stages[1::2]):
+        network = sum(first["interleaved_stage_ms"]["network"]) / sum(second["interleaved_stage_ms"]["network"]) - 1
+        whole = sum(first["interleaved_ms"]) / sum(second["interleaved_ms"]) - 1
+        assert row["ISR gain network only"] == f"{network:+.1%}" and row["ISR gain end to end"] == f"{whole:+.1%}"
     assert all(sorted(r["stage_ms"]) == ["network", "postprocess", "preprocess"] for r in results)
     assert all(len(r["interleaved_stage_ms"]["network"]) == 2 == len(r["interleaved_ms"]) for r in results)
 
@@ -146,6 +151,22 @@ def test_isr_gain_of_a_stage_uses_that_stages_interleaved_frames() -> None:
     second.stage_ms, first.stage_ms = {"network": [50.0]}, {"network": [100.0]}
     second.interleaved_stage_ms = {}
     assert isr_gain(second, first, "network") == pytest.approx(1.0)
+
+
+def test_stream_gain_is_the_ratio_of_total_times_over_the_same_turns() -> None:
+    from dense_perception.commands.bench import stream_gain
+
+    case = Case("edaformer_t_ade20k", "torch", 64, 64, "[8,4,2,1]-[1,2,4]", end_to_end=(48, 64))
+    # a slow second turn (a busy machine) slows both settings' networks alike
+    first = Measurement(case, interleaved_ms=[112.0, 212.0], interleaved_stage_ms={"network": [100.0, 200.0]})
+    second = Measurement(case, interleaved_ms=[87.0, 162.0], interleaved_stage_ms={"network": [75.0, 150.0]})
+    assert stream_gain(second, first, "network") == pytest.approx(300 / 225 - 1)
+    assert stream_gain(second, first) == pytest.approx(324 / 249 - 1)
+    # the 12 ms the two settings share end to end lower the gain by the share of the frame they take
+    assert stream_gain(second, first) / stream_gain(second, first, "network") == pytest.approx(225 / 249)
+    assert stream_gain(second, first, "preprocess") is None  # not timed in turn
+    second.interleaved_ms = [87.0]
+    assert stream_gain(second, first) is None  # not the same turns
 
 
 def test_measurements_pool_rounds_and_keep_a_failure_only_when_nothing_ran() -> None:
