@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 
@@ -13,7 +14,7 @@ import pytest
 
 pytestmark = pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 
-# Five frames of EDAFormer-T at 256x256 through the torch engine in a worker thread (as in the ROS
+# Eight frames of EDAFormer-T at 256x256 through the torch engine in a worker thread (as in the ROS
 # nodes); the child prints each frame's minor page faults.
 CHILD = """
 import json, resource, sys, threading
@@ -33,7 +34,7 @@ faults = []
 def frames():
     x = torch.zeros(1, 3, 256, 256)
     with torch.inference_mode():
-        for _ in range(5):
+        for _ in range(8):
             before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             engine.infer(x)
             faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
@@ -42,6 +43,11 @@ worker.start()
 worker.join()
 print(json.dumps({"tuned": engine.host_memory_tuned, "faults": faults}))
 """
+
+
+def steady(run: dict) -> float:
+    """Median page faults of a frame once the first frames have settled the heap (frames 3 to 8)."""
+    return statistics.median(run["faults"][2:])
 
 
 def page_faults(*mode: str, **env: str) -> dict:
@@ -60,17 +66,18 @@ def untuned() -> dict:
 def test_the_tuning_can_be_left_out(untuned: dict) -> None:
     # untuned, every frame faults thousands of pages back in (measured: about 2,800 per frame with the
     # CPU and the CUDA wheels of torch 2.13)
-    assert not untuned["tuned"] and sum(untuned["faults"][2:]) > 1000, untuned
+    assert not untuned["tuned"] and steady(untuned) > 500, untuned
 
 
 def test_the_cpu_torch_engine_keeps_freed_memory_for_the_next_frame(untuned: dict) -> None:
     tuned = page_faults()
-    # tuned, after the first frames the heap holds what a frame needs (measured: 0-500 faults per frame)
-    assert tuned["tuned"] and 10 * sum(tuned["faults"][2:]) < sum(untuned["faults"][2:]), (tuned, untuned)
+    # tuned, after the first frames the heap holds what a frame needs: most frames fault nothing in (a frame
+    # or two may still grow the heap by a few hundred pages); untuned, every frame faults ~1,000-2,800
+    assert tuned["tuned"] and 5 * steady(tuned) < steady(untuned), (tuned, untuned)
     assert tuned["faults"][0] > 1000  # the first frame does fault its memory in
     # also when other threads made their own malloc arenas before the engine existed
     late = page_faults("early-threads")
-    assert late["tuned"] and 10 * sum(late["faults"][2:]) < sum(untuned["faults"][2:]), (late, untuned)
+    assert late["tuned"] and 5 * steady(late) < steady(untuned), (late, untuned)
 
 
 TRIM_CHILD = """
