@@ -148,6 +148,11 @@ class Measurement:
         times = self.stage_ms.get(stage)
         return statistics.median(times) if times else float("nan")
 
+    def interleaved(self, stage: str | None = None) -> list[float]:
+        """Milliseconds of the turns timed interleaved with the other ISR settings: whole frames (``stage``
+        None) or one stage of them (empty when not measured)."""
+        return self.interleaved_ms if stage is None else self.interleaved_stage_ms.get(stage, [])
+
     @property
     def p50(self) -> float:
         return statistics.median(self.latency_ms) if self.latency_ms else float("nan")

@@ -135,7 +135,7 @@ def isr_gain(m: Measurement, first: Measurement, stage: str | None = None) -> fl
     """Frame-rate gain of ``m`` over ``first`` (the first ISR setting of the same group): whole frames, or
     one stage of end-to-end frames. From the interleaved timings when taken -- the median over turns of
     each turn's time ratio -- else from the cases' own rounds."""
-    mine, theirs = _interleaved(m, stage), _interleaved(first, stage)
+    mine, theirs = m.interleaved(stage), first.interleaved(stage)
     if mine and len(mine) == len(theirs):
         return paired_ratio(theirs, mine) - 1
     if stage is None:
@@ -149,15 +149,10 @@ def stream_gain(m: Measurement, first: Measurement, stage: str | None = None) ->
     end-to-end gain and the network-only gain then come from the same frames and the same statistic, so
     the network's timing noise, most of a frame's, is shared by both and cancels in their ratio (a median
     of per-turn ratios picks different turns for the two)."""
-    mine, theirs = _interleaved(m, stage), _interleaved(first, stage)
+    mine, theirs = m.interleaved(stage), first.interleaved(stage)
     if not mine or len(mine) != len(theirs):
         return None
     return sum(theirs) / sum(mine) - 1
-
-
-def _interleaved(m: Measurement, stage: str | None) -> list[float]:
-    """The milliseconds of ``m``'s interleaved turns: whole frames (``stage`` None) or one stage."""
-    return m.interleaved_ms if stage is None else m.interleaved_stage_ms.get(stage, [])
 
 
 def stage_table(results: list[Measurement]) -> str:
